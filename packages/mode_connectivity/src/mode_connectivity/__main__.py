@@ -1,0 +1,5 @@
+import sys
+
+from mode_connectivity.cli import main
+
+sys.exit(main())

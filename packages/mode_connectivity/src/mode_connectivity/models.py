@@ -1,0 +1,189 @@
+"""Tuned T5 models (full fine-tuning, the paper's adapter, LoRA via peft) and their checkpoints.
+
+A checkpoint is a directory `<name>/` holding `weights.safetensors` (only the tensors of its kind: the full
+state dict with tied copies stored once for `model`, the `adapter_` tensors for `adapter`, the `lora_` tensors
+for `lora`) and `meta.json` (kind, step, epoch, args, model config, tied aliases). Reference-style `.pt` files
+(a dict with a `model` or `adapter` key) are accepted on input, tensors only (`weights_only=True`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmlab.errors import LmlabError
+from mode_connectivity.adapter import add_adapters, freeze_backbone
+
+TUNE_METHODS = ("model", "adapter", "lora")
+WEIGHTS = "weights.safetensors"
+META = "meta.json"
+
+
+def load_t5(model_dir: str | Path, dtype: torch.dtype = torch.float32):
+    from transformers import T5ForConditionalGeneration
+
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise LmlabError(f"--model {model_dir} is not a local model directory (run `mode-connectivity make-tiny`)")
+    return T5ForConditionalGeneration.from_pretrained(path, dtype=dtype)
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    if not Path(path).is_dir():
+        raise LmlabError(f"--tokenizer_path {path} is not a local tokenizer directory")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def prepare_model(
+    model: nn.Module,
+    tune_method: str,
+    adapter_type: str = "houlsby",
+    adapter_size: int = 12,
+    r_mean: float = 0.0,
+    r_std: float = 0.02,
+    lora_r: int = 10,
+    lora_alpha: int = 16,
+) -> nn.Module:
+    """Attach the delta modules of `tune_method` and set requires_grad. Seed before calling (adapter init)."""
+    if tune_method == "model":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if tune_method == "adapter":
+        add_adapters(model, adapter_type, adapter_size, r_mean, r_std)
+        freeze_backbone(model)
+        return model
+    if tune_method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=["q", "v"], lora_dropout=0.0)
+        return get_peft_model(model, cfg)
+    raise LmlabError(f"--tune_method must be one of {', '.join(TUNE_METHODS)}, not {tune_method!r}")
+
+
+def unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state dict with tied copies kept once (first name wins, e.g. `shared.weight`), and the aliases
+    {duplicate name: kept name}. The returned tensors share storage with the live parameters."""
+    kept: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    by_ptr: dict[tuple[int, tuple[int, ...]], str] = {}
+    for name, t in model.state_dict(keep_vars=False).items():
+        key = (t.data_ptr(), tuple(t.shape))
+        if key in by_ptr:
+            aliases[name] = by_ptr[key]
+            continue
+        by_ptr[key] = name
+        kept[name] = t
+    return kept, aliases
+
+
+def delta_state(model: nn.Module, tune_method: str) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint of `tune_method` holds and the sweep interpolates, as live storage views."""
+    state, _ = unique_state(model)
+    if tune_method == "model":
+        return {k: v for k, v in state.items() if v.is_floating_point()}
+    marker = "adapter_" if tune_method == "adapter" else "lora_"
+    out = {k: v for k, v in state.items() if marker in k}
+    if not out:
+        raise LmlabError(f"the model has no {marker} tensors for --tune_method {tune_method}")
+    return out
+
+
+def save_checkpoint(
+    path: str | Path, model: nn.Module, tune_method: str, meta: dict[str, Any] | None = None
+) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in delta_state(model, tune_method).items()}
+    _, aliases = unique_state(model)
+    info = {"kind": tune_method, "aliases": aliases if tune_method == "model" else {}, **(meta or {})}
+    tmp = path / (WEIGHTS + ".tmp")
+    save_file(tensors, str(tmp), metadata={"kind": tune_method})
+    tmp.replace(path / WEIGHTS)
+    (path / META).write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, meta) of a checkpoint directory, a `.safetensors` file (meta from a `.json` beside it), or a
+    reference-style `.pt` dict with a `model`/`adapter` key."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        if not (path / WEIGHTS).is_file():
+            raise LmlabError(f"checkpoint {path} has no {WEIGHTS}")
+        meta = json.loads((path / META).read_text()) if (path / META).is_file() else {}
+        return load_file(str(path / WEIGHTS)), meta
+    if not path.is_file():
+        raise LmlabError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        side = path.with_suffix(".json")
+        meta = json.loads(side.read_text()) if side.is_file() else {}
+        return load_file(str(path)), meta
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict):
+        for key in ("model", "adapter", "lora", "state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                kind = {"state_dict": "model"}.get(key, key)
+                return dict(obj[key]), {"kind": kind}
+        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj), {}
+    raise LmlabError(f"cannot read checkpoint {path}: expected a checkpoint directory, .safetensors or a .pt dict")
+
+
+def check_kind(meta: dict[str, Any], tune_method: str, path: str | Path) -> None:
+    kind = meta.get("kind")
+    if kind and kind != tune_method:
+        raise LmlabError(f"checkpoint {path} is of kind {kind!r} but --tune_method is {tune_method!r}")
+
+
+def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], tune_method: str, path: str = "") -> None:
+    """Copy a checkpoint's tensors into the live model (by name; the key set must match the model's)."""
+    targets = delta_state(model, tune_method)
+    check_same_keys(targets, tensors, "model", path or "checkpoint")
+    with torch.no_grad():
+        for k, v in targets.items():
+            v.copy_(tensors[k].to(v.device, v.dtype))
+
+
+def check_same_keys(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], name_a: str, name_b: str) -> None:
+    if set(a) != set(b):
+        only_a = sorted(set(a) - set(b))[:3]
+        only_b = sorted(set(b) - set(a))[:3]
+        raise LmlabError(
+            f"{name_a} and {name_b} have different tensors (only in first: {only_a}, only in second: {only_b}); "
+            "checkpoints must come from the same method and model"
+        )
+    for k in a:
+        if tuple(a[k].shape) != tuple(b[k].shape):
+            raise LmlabError(
+                f"{name_a} and {name_b} differ in the shape of {k}: {tuple(a[k].shape)} vs {tuple(b[k].shape)}"
+            )
+
+
+def build_for_method(cfg, seed: int | None = None) -> nn.Module:
+    """Load `cfg.model` and attach the delta modules; seeds torch first when `seed` is given."""
+    model = load_t5(cfg.model)
+    if seed is not None:
+        from lmlab.seed import seed_everything
+
+        seed_everything(seed)
+    return prepare_model(
+        model,
+        cfg.tune_method,
+        adapter_type=cfg.adapter_type,
+        adapter_size=cfg.adapter_size,
+        r_mean=cfg.r_mean,
+        r_std=cfg.r_std,
+        lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+    )
