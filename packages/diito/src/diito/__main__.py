@@ -1,0 +1,5 @@
+import sys
+
+from diito.cli import main
+
+sys.exit(main())
