@@ -1,0 +1,61 @@
+"""Config files: YAML or JSON in, the resolved dataclass config out as YAML in the run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmlab.errors import LmlabError
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict (an empty file gives {})."""
+    path = Path(path)
+    if not path.is_file():
+        raise LmlabError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise LmlabError(f"cannot parse config file {path}: {err}".splitlines()[0]) from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LmlabError(
+            f"config file {path} must hold a mapping of keys to values, not {type(data).__name__}"
+        )
+    return data
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A dataclass config as a dict of plain YAML/JSON values (enums as values, paths as strings)."""
+    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically) and return the path."""
+    from lmlab.io import atomic_write
+
+    path = Path(path)
+    with atomic_write(path) as fh:
+        yaml.safe_dump(config_to_dict(cfg), fh, sort_keys=False)
+    return path

@@ -1,0 +1,220 @@
+"""Lightning wiring shared by the five trainers: the common options, the Trainer, resume, and a sampler that
+lets a run resume at exactly the next sample.
+
+Exact resume recipe (what every package's LightningModule does):
+
+    class Module(pl.LightningModule):
+        def training_step(self, batch, i):
+            self.samples_seen += batch["input_ids"].shape[0]     # this rank's samples
+            ...
+        def on_save_checkpoint(self, ckpt): ckpt["samples_seen"] = self.samples_seen
+        def on_load_checkpoint(self, ckpt): self.samples_seen = ckpt["samples_seen"]
+        def train_dataloader(self):                               # called after the checkpoint is restored
+            sampler = StepSampler(len(ds), seed=cfg.seed, start=self.samples_seen)
+            return DataLoader(ds, batch_size=b, sampler=sampler, collate_fn=...)
+
+with `build_trainer(..., use_distributed_sampler=False)` (StepSampler shards by rank itself) and
+`trainer.fit(module, ckpt_path=resume_checkpoint(opts, output_dir), weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+from torch.utils.data import Sampler
+
+from lmlab.device import resolve_accelerator, resolve_precision
+from lmlab.errors import LmlabError
+from lmlab.logging import JsonlLogger
+
+LOGGERS = ("csv", "tensorboard", "wandb", "none")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed")
+
+
+@dataclasses.dataclass
+class TrainerOptions:
+    """Options every training subcommand shares. Inherit them in a subcommand's config dataclass."""
+
+    output_dir: str = dataclasses.field(
+        default="runs/run", metadata={"help": "where checkpoints, logs and results go"}
+    )
+    device: str = dataclasses.field(default="auto", metadata={"help": "auto | cpu | cuda | mps"})
+    devices: int | str = dataclasses.field(
+        default="auto", metadata={"help": "devices per node (int, list or auto)"}
+    )
+    num_nodes: int = dataclasses.field(default=1, metadata={"help": "number of nodes"})
+    strategy: str = dataclasses.field(
+        default="auto", metadata={"help": "auto | ddp | ddp_spawn | fsdp | deepspeed"}
+    )
+    precision: str = dataclasses.field(
+        default="auto",
+        metadata={"help": "auto (bf16-mixed on a bf16 GPU, else 32-true) | 32-true | bf16-mixed | 16-mixed"},
+    )
+    max_steps: int = dataclasses.field(default=1000, metadata={"help": "optimizer steps to train for"})
+    accumulate_grad_batches: int = dataclasses.field(
+        default=1, metadata={"help": "micro-batches per optimizer step"}
+    )
+    log_every_n_steps: int = dataclasses.field(default=10, metadata={"help": "log metrics every N steps"})
+    val_check_interval: int | None = dataclasses.field(
+        default=None, metadata={"help": "validate every N batches (None: never)"}
+    )
+    checkpoint_every_n_steps: int = dataclasses.field(
+        default=500, metadata={"help": "save a resumable checkpoint every N steps"}
+    )
+    logger: str = dataclasses.field(
+        default="csv", metadata={"help": "csv | tensorboard | wandb | none (metrics.jsonl is always written)"}
+    )
+    progress_bar: bool = dataclasses.field(default=True, metadata={"help": "show a progress bar"})
+    seed: int = dataclasses.field(default=42, metadata={"help": "random seed"})
+    resume: str = dataclasses.field(
+        default="auto",
+        metadata={"help": "auto (from <output_dir>/checkpoints/last.ckpt if there) | never | PATH"},
+    )
+
+    def __post_init__(self) -> None:
+        positive = (
+            "max_steps",
+            "accumulate_grad_batches",
+            "log_every_n_steps",
+            "checkpoint_every_n_steps",
+            "num_nodes",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.logger not in LOGGERS:
+            raise ValueError(f"--logger must be one of {', '.join(LOGGERS)}, got {self.logger!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.val_check_interval is not None and self.val_check_interval < 1:
+            raise ValueError(f"--val_check_interval must be at least 1, got {self.val_check_interval}")
+
+
+def _loggers(opts: TrainerOptions, output_dir: Path) -> list[Any]:
+    loggers: list[Any] = [JsonlLogger(output_dir)]
+    if opts.logger == "csv":
+        loggers.append(pl.loggers.CSVLogger(output_dir, name="logs"))
+    elif opts.logger == "tensorboard":
+        loggers.append(pl.loggers.TensorBoardLogger(output_dir, name="logs"))
+    elif opts.logger == "wandb":
+        loggers.append(pl.loggers.WandbLogger(save_dir=output_dir, name=output_dir.name))
+    return loggers
+
+
+def build_trainer(
+    opts: TrainerOptions,
+    output_dir: str | os.PathLike | None = None,
+    callbacks: Sequence[Any] = (),
+    **trainer_kwargs: Any,
+) -> pl.Trainer:
+    """A Lightning Trainer configured from `opts`: accelerator, devices, nodes, strategy, precision, step
+    budget, accumulation, loggers (metrics.jsonl always), a progress bar, and a resumable checkpoint
+    (`<output_dir>/checkpoints/last.ckpt`) every `checkpoint_every_n_steps` steps and at the end.
+
+    `trainer_kwargs` override any Trainer argument (e.g. `accumulate_grad_batches=1` for manual optimisation,
+    `use_distributed_sampler=False` with `StepSampler`).
+    """
+    output_dir = Path(output_dir if output_dir is not None else opts.output_dir)
+    accelerator = resolve_accelerator(opts.device)
+    if opts.strategy == "fsdp" and accelerator == "cpu":
+        raise LmlabError("--strategy fsdp needs GPUs; use --strategy ddp on the CPU")
+    checkpoint = ModelCheckpoint(
+        dirpath=output_dir / "checkpoints",
+        filename="step-{step}",
+        every_n_train_steps=opts.checkpoint_every_n_steps,
+        save_last=True,
+        save_top_k=1,
+        save_on_train_epoch_end=True,
+    )
+    all_callbacks = [checkpoint, *callbacks]
+    if opts.progress_bar:
+        all_callbacks.append(TQDMProgressBar(refresh_rate=max(1, opts.log_every_n_steps // 2)))
+    kwargs: dict[str, Any] = {
+        "accelerator": accelerator,
+        "devices": opts.devices,
+        "num_nodes": opts.num_nodes,
+        "strategy": opts.strategy,
+        "precision": resolve_precision(opts.precision, accelerator),
+        "max_steps": opts.max_steps,
+        "max_epochs": -1,
+        "accumulate_grad_batches": opts.accumulate_grad_batches,
+        "log_every_n_steps": opts.log_every_n_steps,
+        "val_check_interval": opts.val_check_interval,
+        "check_val_every_n_epoch": None if opts.val_check_interval is not None else 1,
+        "logger": _loggers(opts, output_dir),
+        "callbacks": all_callbacks,
+        "enable_progress_bar": opts.progress_bar,
+        "enable_model_summary": False,
+        "default_root_dir": output_dir,
+        "num_sanity_val_steps": 0,
+    }
+    kwargs.update(trainer_kwargs)
+    return pl.Trainer(**kwargs)
+
+
+def resume_checkpoint(opts: TrainerOptions, output_dir: str | os.PathLike | None = None) -> str | None:
+    """The checkpoint to resume from: `last.ckpt` of the run directory when `resume=auto` and it exists,
+    nothing with `resume=never`, else the given path (which must exist)."""
+    if opts.resume == "never":
+        return None
+    if opts.resume == "auto":
+        last = Path(output_dir if output_dir is not None else opts.output_dir) / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(opts.resume).is_file():
+        raise LmlabError(f"--resume {opts.resume}: no such checkpoint file")
+    return opts.resume
+
+
+class StepSampler(Sampler[int]):
+    """An endless, deterministic shuffled stream of dataset indices that can start mid-stream.
+
+    Epoch e is `randperm(n)` seeded with `seed + e`; the epochs are concatenated, and rank r of w takes every
+    w-th index of that stream. `start` skips the first `start` indices of this rank's share, so a run resumed
+    after consuming `start` samples continues with exactly the sample it would have seen next. Rank and world
+    size default to torch.distributed's when it is initialised.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        seed: int = 0,
+        start: int = 0,
+        shuffle: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
+        if n < 1:
+            raise LmlabError("cannot sample from an empty data set")
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.n, self.seed, self.start, self.shuffle = n, seed, start, shuffle
+        self.rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
+        self.world_size = (
+            world_size
+            if world_size is not None
+            else (torch.distributed.get_world_size() if distributed else 1)
+        )
+
+    def _epoch(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n))
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.n, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        global_pos = self.rank + self.start * self.world_size  # position in the concatenated stream
+        epoch, offset = divmod(global_pos, self.n)
+        order = self._epoch(epoch)
+        while True:
+            yield order[offset]
+            offset += self.world_size
+            while offset >= self.n:
+                offset -= self.n
+                epoch += 1
+                order = self._epoch(epoch)
