@@ -1,0 +1,317 @@
+"""The IRM-games update (paper §3, reference `InvariantTrainer.invariant_train`), shared by the Lightning module
+and the plain-PyTorch `InvariantTrainer` API.
+
+One update on environment e: clear every gradient (set_to_none), forward the ensemble on a batch of e, the
+ensemble's MLM loss, backward, clip the joint norm of exactly the parameters being stepped (body and head e),
+step the body optimizer and head e's optimizer and their schedulers. Heads that are not stepped run with
+frozen weights, so they compute no weight gradient (their `.grad` stays None) but still pass gradient to the
+body. Fixes to the reference: it clips over all parameters including stale gradients of inactive heads
+(their grads were only cleared on their own turn) and it computes weight gradients for every head.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from lmlab.errors import LmlabError
+from torch import nn
+
+MODES = ("irm", "ensemble", "erm")
+HEAD_LR_SCHEDULES = ("reference", "own")
+
+
+@dataclass
+class OptimSettings:
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    adafactor: bool = False
+    lr_scheduler_type: str = "linear"
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+
+    @classmethod
+    def from_args(cls, args) -> OptimSettings:
+        """From a `transformers.TrainingArguments` (or any object with the same attribute names)."""
+        kw = {}
+        for name in cls.__dataclass_fields__:
+            if hasattr(args, name):
+                value = getattr(args, name)
+                kw[name] = value.value if hasattr(value, "value") else value
+        return cls(**kw)
+
+
+def _no_decay(module: nn.Module) -> set[int]:
+    """ids of parameters HF does not decay: biases and normalisation weights."""
+    out = set()
+    for mod in module.modules():
+        norm = isinstance(mod, nn.LayerNorm) or "norm" in type(mod).__name__.lower()
+        for name, p in mod.named_parameters(recurse=False):
+            if norm or name == "bias" or name.endswith("bias"):
+                out.add(id(p))
+    return out
+
+
+def make_optimizer(
+    params: Iterable[nn.Parameter], module: nn.Module, s: OptimSettings
+) -> torch.optim.Optimizer:
+    params = list(dict.fromkeys(params))  # de-duplicate tied tensors, keep order
+    nd = _no_decay(module)
+    groups = [
+        {"params": [p for p in params if id(p) not in nd], "weight_decay": s.weight_decay},
+        {"params": [p for p in params if id(p) in nd], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if s.adafactor:
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=s.learning_rate, scale_parameter=False, relative_step=False)
+    return torch.optim.AdamW(
+        groups, lr=s.learning_rate, betas=(s.adam_beta1, s.adam_beta2), eps=s.adam_epsilon
+    )
+
+
+def make_scheduler(opt: torch.optim.Optimizer, s: OptimSettings, horizon: int):
+    from transformers import get_scheduler
+
+    return get_scheduler(
+        s.lr_scheduler_type, opt, num_warmup_steps=s.warmup_steps, num_training_steps=max(1, horizon)
+    )
+
+
+def build_optimizers(
+    model, s: OptimSettings, total_updates: int, mode: str = "irm", head_lr_schedule: str = "reference"
+):
+    """n + 1 optimizers and schedulers: (body_opt, {env: head_opt}, body_sched, {env: head_sched}).
+
+    Every scheduler has horizon U (= total updates); with `head_lr_schedule="own"` in IRM mode a head's horizon
+    is its own number of updates U / n, so heads decay to 0 too. The body optimizer holds the body's
+    parameters (including a shared decoder); each head optimizer its head's."""
+    if mode not in MODES:
+        raise LmlabError(f"mode must be one of {MODES}, got {mode!r}")
+    if head_lr_schedule not in HEAD_LR_SCHEDULES:
+        raise LmlabError(f"head_lr_schedule must be one of {HEAD_LR_SCHEDULES}, got {head_lr_schedule!r}")
+    body_opt = make_optimizer(model.body.parameters(), model.body, s)
+    head_opts = {e: make_optimizer(h.parameters(), h, s) for e, h in model.heads.items()}
+    n = len(model.heads)
+    head_horizon = total_updates
+    if head_lr_schedule == "own" and mode == "irm":
+        head_horizon = math.ceil(total_updates / n)
+    body_sched = make_scheduler(body_opt, s, total_updates)
+    head_scheds = {e: make_scheduler(o, s, head_horizon) for e, o in head_opts.items()}
+    return body_opt, head_opts, body_sched, head_scheds
+
+
+def stepped_heads(model, env: str, mode: str) -> list[str]:
+    """Heads stepped by an update on `env`: head `env` in IRM mode, every head otherwise."""
+    if mode == "irm":
+        if env not in model.heads:
+            raise LmlabError(f"no head for environment {env!r}; the model's heads are {model.env_names}")
+        return [env]
+    return model.env_names
+
+
+def environment_update(
+    model,
+    env: str,
+    micro_batches: list[dict[str, torch.Tensor]],
+    body_opt,
+    head_opts: dict,
+    body_sched,
+    head_scheds: dict,
+    mode: str = "irm",
+    max_grad_norm: float = 1.0,
+    backward: Callable[[torch.Tensor], None] | None = None,
+    step: Callable[[object, bool], None] | None = None,
+    sparse: bool = True,
+) -> tuple[float, float, int]:
+    """One update on `env` (module docstring). Returns (loss, pre-clip grad norm of the stepped parameters,
+    number of masked tokens). `backward(loss)` and `step(optimizer, is_body)` let Lightning's manual
+    optimisation plug in; defaults are `loss.backward()` and `optimizer.step()`."""
+    active = stepped_heads(model, env, mode)
+    model.set_trainable_heads(active)
+    for p in model.parameters():
+        p.grad = None
+    k = len(micro_batches)
+    total = torch.zeros(())
+    n_masked = 0
+    for mb in micro_batches:
+        out = model(**mb, sparse=sparse)
+        loss = out.loss / k
+        if not torch.isfinite(loss.detach()):
+            raise LmlabError(
+                f"non-finite loss on environment {env!r}; lower --learning_rate or check the data"
+            )
+        (backward or (lambda t: t.backward()))(loss)
+        total = total + loss.detach().float().cpu()
+        n_masked += int(out.n_masked or 0)
+    params = list(model.body.parameters())
+    for e in active:
+        params += list(model.heads[e].parameters())
+    params = [p for p in dict.fromkeys(params) if p.grad is not None]
+    if max_grad_norm and max_grad_norm > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
+    do_step = step or (lambda opt, is_body: opt.step())
+    do_step(body_opt, True)
+    for e in active:
+        do_step(head_opts[e], False)
+    body_sched.step()
+    for e in active:
+        head_scheds[e].step()
+    model.set_trainable_heads(model.env_names)
+    return float(total), float(norm), n_masked
+
+
+@torch.no_grad()
+def evaluate_batches(model, batches: list[dict], per_head: bool = False) -> dict:
+    """Token-weighted perplexity exp(sum NLL / #masked), the reference-style exp(mean of batch means), and
+    optionally each head's own perplexity."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    nll = 0.0
+    batch_means: list[float] = []
+    batch_sizes: list[int] = []
+    n_tok = 0
+    head_nll = {e: 0.0 for e in model.env_names} if per_head else None
+    for b in batches:
+        b = {k: v.to(device) for k, v in b.items()}
+        out = model(**b, sparse=True, return_head_logits=per_head)
+        labels = b["labels"][b["labels"] != -100]
+        if labels.numel() == 0:
+            continue
+        s = torch.nn.functional.cross_entropy(out.logits.float(), labels, reduction="sum").item()
+        nll += s
+        n_tok += labels.numel()
+        batch_means.append(s / labels.numel())
+        batch_sizes.append(b["input_ids"].shape[0])
+        if per_head:
+            for i, e in enumerate(model.env_names):
+                head_nll[e] += torch.nn.functional.cross_entropy(
+                    out.head_logits[i].float(), labels, reduction="sum"
+                ).item()
+    model.train(was_training)
+    if n_tok == 0:
+        raise LmlabError("the evaluation data has no maskable token; give more text")
+    loss = nll / n_tok
+    batch_avg = sum(m * s for m, s in zip(batch_means, batch_sizes, strict=True)) / sum(batch_sizes)
+    res = {
+        "eval_loss": loss,
+        "perplexity": math.exp(loss),
+        "perplexity_batch_avg": math.exp(batch_avg),
+        "n_masked_tokens": n_tok,
+    }
+    if per_head:
+        res["per_head_perplexity"] = {e: math.exp(v / n_tok) for e, v in head_nll.items()}
+    return res
+
+
+class InvariantTrainer:
+    """Plain-PyTorch driver of the IRM-games updates (the stable Python API; the CLI trains on Lightning with
+    the same `environment_update`). `args` is a `transformers.TrainingArguments` or any object with its names."""
+
+    def __init__(
+        self,
+        model,
+        args,
+        tokenizer=None,
+        mode: str = "irm",
+        head_lr_schedule: str = "reference",
+        total_updates: int | None = None,
+        sparse: bool = True,
+    ) -> None:
+        self.model = model
+        self.args = args
+        self.tokenizer = tokenizer
+        self.mode = mode
+        self.settings = OptimSettings.from_args(args)
+        self.total_updates = total_updates or max(1, int(getattr(args, "max_steps", 0) or 0))
+        self.head_lr_schedule = head_lr_schedule
+        self.sparse = sparse
+        self.body_opt, self.head_opts, self.body_sched, self.head_scheds = build_optimizers(
+            model, self.settings, self.total_updates, mode, head_lr_schedule
+        )
+        self.updates = 0
+        self.env_updates = {e: 0 for e in model.env_names}
+        self.log: list[dict] = []
+
+    def update(self, env_name: str, batch: dict | list[dict]) -> float:
+        """Exactly one environment update on an already-collated batch (or list of micro-batches)."""
+        mbs = batch if isinstance(batch, list) else [batch]
+        lr_body = self.body_sched.get_last_lr()[0]
+        loss, norm, _ = environment_update(
+            self.model, env_name, mbs, self.body_opt, self.head_opts, self.body_sched, self.head_scheds,
+            self.mode, self.settings.max_grad_norm, sparse=self.sparse,
+        )  # fmt: skip
+        self.updates += 1
+        if env_name in self.env_updates:
+            self.env_updates[env_name] += 1
+        self.log.append(
+            {"update": self.updates, "env": env_name, "loss": loss, "lr_body": lr_body, "grad_norm": norm}
+        )
+        return loss
+
+    def train(
+        self, env_datasets: dict, collator=None, batch_size: int | None = None, seed: int | None = None
+    ) -> dict:
+        """Round-robin over the (tokenised, `input_ids`) environments for `total_updates` updates."""
+        from invariant_lm.data import EnvironmentStreams, make_collator
+
+        collator = collator or make_collator(self.tokenizer, getattr(self.args, "mlm_probability", 0.15))
+        bs = batch_size or int(getattr(self.args, "per_device_train_batch_size", 8))
+        seed = int(getattr(self.args, "seed", 42) if seed is None else seed)
+        streams = EnvironmentStreams(env_datasets, collator, bs, seed)
+        names = streams.names
+        while self.updates < self.total_updates:
+            i = self.updates
+            e = i % len(names)
+            self.update(names[e], streams.batch(e, i // len(names)))
+        return {"updates": self.updates, "env_updates": dict(self.env_updates)}
+
+    def evaluate(self, dataset, mask_seed: int = 1234, batch_size: int = 8, per_head: bool = False) -> dict:
+        from invariant_lm.data import eval_batches, make_collator
+
+        collator = make_collator(self.tokenizer, getattr(self.args, "mlm_probability", 0.15))
+        return evaluate_batches(self.model, eval_batches(dataset, collator, batch_size, mask_seed), per_head)
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "body_opt": self.body_opt.state_dict(),
+            "head_opts": {e: o.state_dict() for e, o in self.head_opts.items()},
+            "body_sched": self.body_sched.state_dict(),
+            "head_scheds": {e: s.state_dict() for e, s in self.head_scheds.items()},
+            "updates": self.updates,
+            "env_updates": dict(self.env_updates),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.body_opt.load_state_dict(state["body_opt"])
+        for e, o in self.head_opts.items():
+            o.load_state_dict(state["head_opts"][e])
+        self.body_sched.load_state_dict(state["body_sched"])
+        for e, s in self.head_scheds.items():
+            s.load_state_dict(state["head_scheds"][e])
+        self.updates = state["updates"]
+        self.env_updates = dict(state["env_updates"])
+
+    def save_checkpoint(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), directory / "trainer_state.pt")
+        return directory
+
+    def load_checkpoint(self, directory: str | Path) -> None:
+        path = Path(directory) / "trainer_state.pt"
+        if not path.is_file():
+            raise LmlabError(f"{directory} holds no trainer_state.pt")
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
