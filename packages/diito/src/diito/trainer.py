@@ -1,0 +1,326 @@
+"""`diito train`: the distiller as a LightningModule (spec sections 4-5).
+
+Lightning does devices/DDP, precision (bf16 autocast; the loss maths is fp32 in `losses`), gradient accumulation
+(no remainder leaking across epochs: the data stream is endless and the budget is counted in optimiser steps),
+norm clipping, checkpoints and resume. The teacher is kept out of the module's parameters (never checkpointed,
+never wrapped by DDP), in eval mode, run under `inference_mode`, and cast to bf16 when training in bf16.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from diito.config import TrainConfig
+from diito.distill import LossWeights, distill_losses
+from lmlab.errors import LmlabError
+
+
+def linear_schedule(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over `warmup` steps, then linear decay to 0 at `total` (HF's linear schedule)."""
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def position_embedding_modules(model: nn.Module) -> list[nn.Module]:
+    return [m for name, m in model.named_modules() if name.endswith(("position_embeddings", ".wpe")) and isinstance(m, nn.Embedding)]
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No decay for biases and every LayerNorm parameter; frozen parameters left out."""
+    no_decay: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            no_decay.update(id(p) for p in module.parameters(recurse=False))
+    decay, rest = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (rest if (id(p) in no_decay or name.endswith("bias")) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+class DiitoModule(pl.LightningModule):
+    def __init__(self, cfg: TrainConfig, student: nn.Module, teacher: nn.Module, dataset, collator, entries, total_steps: int):
+        super().__init__()
+        self.cfg = cfg
+        self.student = student.train()
+        self.__dict__["teacher"] = teacher  # not a registered submodule: not checkpointed, not DDP-wrapped
+        self.dataset, self.collator, self.entries = dataset, collator, entries
+        self.total_steps = total_steps
+        self.weights = LossWeights(
+            cfg.alpha_ce, cfg.alpha_mlm, cfg.alpha_cos, cfg.alpha_clm, cfg.alpha_mse, cfg.alpha_causal_ce, cfg.alpha_causal_cos
+        )
+        self.batches_seen = 0
+        self._site_cache: dict[tuple, tuple] = {}
+
+    def on_fit_start(self) -> None:
+        dtype = torch.bfloat16 if "bf16" in str(self.trainer.precision) else (torch.float16 if "16" in str(self.trainer.precision) else None)
+        self.teacher.to(self.device)
+        if dtype is not None:
+            self.teacher.to(dtype)
+        self.teacher.eval()
+        self.student.train()  # from_pretrained returns eval mode; distillation trains with dropout
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    def sites_for(self, entry: torch.Tensor):
+        key = tuple(int(x) for x in entry.tolist())
+        if key not in self._site_cache:
+            from diito.mapping import resolve_sites
+            from diito.sites import model_dims
+
+            e, ti, si = key
+            t = resolve_sites(self.entries[e].teacher[ti], *model_dims(self.teacher), who="teacher")
+            s = resolve_sites(self.entries[e].student[si], *model_dims(self.student), who="student")
+            move = lambda d: {k: (None if v is None else v.to(self.device)) for k, v in d.items()}  # noqa: E731
+            self._site_cache[key] = (move(t), move(s))
+        return self._site_cache[key]
+
+    def training_step(self, batch, batch_idx):
+        t_sites = s_sites = None
+        if self.weights.causal:
+            t_sites, s_sites = self.sites_for(batch["entry"])
+        out = distill_losses(
+            self.teacher,
+            self.student,
+            batch,
+            self.weights,
+            temperature=self.cfg.temperature,
+            teacher_sites=t_sites,
+            student_sites=s_sites,
+            convention=self.cfg.site_convention,
+            detach_student_source=self.cfg.detach_student_source,
+            restrict_ce_to_mask=self.cfg.restrict_ce_to_mask,
+            fused=self.cfg.fused,
+        )
+        self.batches_seen += 1
+        bs = batch["base_ids"].shape[0]
+        for name, value in out.items():
+            self.log(f"train/{name}", value.detach(), on_step=True, prog_bar=name == "loss", batch_size=bs)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, batch_size=bs)
+        self.log("train/tokens", batch["base_mask"].sum().float(), on_step=True, reduce_fx="sum", batch_size=bs)
+        return out["loss"]
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(
+            param_groups(self.student, self.cfg.weight_decay), lr=self.cfg.learning_rate, betas=(0.9, 0.98), eps=self.cfg.adam_epsilon
+        )
+        warmup = math.ceil(self.cfg.warmup_prop * self.total_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, warmup, self.total_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def train_dataloader(self):
+        from diito.data.dataset import GroupedBatchSampler
+
+        sampler = GroupedBatchSampler(
+            self.dataset.lengths,
+            self.cfg.batch_size,
+            seed=self.cfg.seed,
+            group_by_size=self.cfg.group_by_size,
+            max_len=self.dataset_max_len,
+            start=self.batches_seen,
+            rank=self.global_rank,
+            world_size=self.trainer.world_size if self._trainer is not None else 1,
+        )
+        return DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            collate_fn=self.collator,
+            num_workers=self.cfg.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    dataset_max_len = 512
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["batches_seen"] = self.batches_seen
+
+    def on_load_checkpoint(self, checkpoint):
+        self.batches_seen = int(checkpoint.get("batches_seen", 0))
+
+
+def _load_teacher(cfg: TrainConfig, attn: str):
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    if not cfg.teacher_name:
+        raise LmlabError("--teacher_name is required")
+    cls = AutoModelForMaskedLM if cfg.mlm else AutoModelForCausalLM
+    try:
+        return cls.from_pretrained(cfg.teacher_name, attn_implementation=attn)
+    except OSError as err:
+        raise LmlabError(f"cannot load teacher {cfg.teacher_name}: {str(err).splitlines()[0]}") from err
+
+
+def _load_student(cfg: TrainConfig, attn: str):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, DistilBertConfig
+
+    cls = AutoModelForMaskedLM if cfg.mlm else AutoModelForCausalLM
+    if cfg.student_pretrained_weights:
+        try:
+            return cls.from_pretrained(cfg.student_pretrained_weights, attn_implementation=attn)
+        except OSError as err:
+            raise LmlabError(f"cannot load student {cfg.student_pretrained_weights}: {str(err).splitlines()[0]}") from err
+    if not cfg.student_config:
+        raise LmlabError("give --student_pretrained_weights (from `diito extract`) or --student_config")
+    path = resolve_shipped(cfg.student_config)
+    data = json.loads(path.read_text())
+    if cfg.student_type == "distilbert":
+        conf = DistilBertConfig(**{k: v for k, v in data.items() if not k.endswith("_")})
+    else:
+        conf = AutoConfig.for_model(cfg.student_type, **data)
+    return cls.from_config(conf, attn_implementation=attn)
+
+
+def resolve_shipped(name: str) -> Path:
+    """A file path, or the name of a reference config / mapping file shipped in lmlab's samples."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    from lmlab.data import sample_path
+
+    try:
+        return sample_path(f"diito-reference-configs/{name}")
+    except LmlabError:
+        raise LmlabError(f"{name}: no such file (nor a shipped reference config/mapping)") from None
+
+
+def build(cfg: TrainConfig):
+    """Models, data, collator and mapping for a run: (module, total_steps)."""
+    from diito.data.binarized import load_binarized, load_token_counts
+    from diito.data.dataset import Collator, CollatorOptions, PairedSeqDataset
+    from diito.mapping import load_mapping, validate_mapping
+    from diito.masking import token_weights
+    from diito.sites import model_dims
+    from lmlab.device import resolve_accelerator, resolve_attn_implementation
+
+    attn = resolve_attn_implementation(cfg.attn_implementation, "cuda" if resolve_accelerator(cfg.device) == "gpu" else "cpu")
+    teacher = _load_teacher(cfg, attn)
+    student = _load_student(cfg, attn)
+    if teacher.config.vocab_size != student.config.vocab_size:
+        raise LmlabError(
+            f"teacher vocabulary ({teacher.config.vocab_size}) and student vocabulary ({student.config.vocab_size})"
+            " differ; distil into a student built for the teacher's tokenizer"
+        )
+    if (cfg.alpha_cos > 0 or cfg.alpha_causal_cos > 0) and model_dims(teacher)[1] != model_dims(student)[1]:
+        raise LmlabError("--alpha_cos/--alpha_causal_cos need equal teacher and student hidden sizes")
+    entries = []
+    if cfg.alpha_causal_ce > 0 or cfg.alpha_causal_cos > 0:
+        entries = load_mapping(resolve_shipped(cfg.neuron_mapping))
+        validate_mapping(entries, model_dims(teacher), model_dims(student))
+    if cfg.freeze_pos_embs:
+        for m in position_embedding_modules(student):
+            m.weight.requires_grad_(False)
+    if cfg.freeze_token_type_embds:
+        for name, m in student.named_modules():
+            if name.endswith("token_type_embeddings"):
+                m.weight.requires_grad_(False)
+    data = load_binarized(cfg.data_file)
+    if data.vocab_size > teacher.config.vocab_size or int(data.ids.max()) >= teacher.config.vocab_size:
+        raise LmlabError(f"{cfg.data_file} has ids beyond the teacher's vocabulary ({teacher.config.vocab_size}); binarize with its tokenizer")
+    sp = data.special
+    max_len = cfg.max_model_input_size if cfg.max_model_input_size != -1 else _max_positions(teacher)
+    cls_id = sp.get("cls", sp.get("bos", -1))
+    sep_id = sp.get("sep", sp.get("eos", -1))
+    dataset = PairedSeqDataset(data.sequences(), cls_id, sep_id, sp.get("unk"), max_len, seed=cfg.seed)
+    weights = None
+    if cfg.mlm:
+        if not cfg.token_counts:
+            raise LmlabError("--mlm needs --token_counts (run `diito token-counts`)")
+        counts = load_token_counts(cfg.token_counts, teacher.config.vocab_size)
+        specials = [sp[k] for k in ("pad", "cls", "sep", "mask", "unk") if k in sp and sp[k] >= 0]
+        weights = token_weights(torch.from_numpy(counts), specials, cfg.mlm_smoothing)
+    pad_id = sp.get("pad", 0) if sp.get("pad", -1) >= 0 else 0
+    collator = Collator(
+        CollatorOptions(
+            mlm=cfg.mlm,
+            mlm_mask_prop=cfg.mlm_mask_prop,
+            word_mask=cfg.word_mask,
+            word_keep=cfg.word_keep,
+            word_rand=cfg.word_rand,
+            causal=bool(entries),
+            entry_sizes=tuple((len(e.teacher), len(e.student)) for e in entries) or ((1, 1),),
+            interchange_prop=cfg.interchange_prop,
+            interchange_max_token=cfg.interchange_max_token,
+            interchange_consecutive_only=cfg.interchange_consecutive_only,
+            interchange_masked_token_only=cfg.interchange_masked_token_only,
+            seed=cfg.seed,
+        ),
+        pad_id=pad_id,
+        mask_id=sp.get("mask"),
+        vocab_size=teacher.config.vocab_size,
+        weights=weights,
+    )
+    world = _world_size(cfg)
+    batches_per_epoch = math.ceil(len(dataset) / cfg.batch_size) / world
+    total = cfg.max_steps if cfg.max_steps != -1 else int(batches_per_epoch / cfg.accumulate_grad_batches * cfg.n_epoch) + 1
+    module = DiitoModule(cfg, student, teacher, dataset, collator, entries, total)
+    module.dataset_max_len = max_len
+    return module, total
+
+
+def _world_size(cfg: TrainConfig) -> int:
+    devices = cfg.devices
+    if isinstance(devices, int) and devices > 0:
+        return devices * cfg.num_nodes
+    if isinstance(devices, str) and devices.isdigit():
+        return int(devices) * cfg.num_nodes
+    return cfg.num_nodes * (max(torch.cuda.device_count(), 1) if torch.cuda.is_available() else 1)
+
+
+def _max_positions(model) -> int:
+    cfg = model.config
+    n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 512)
+    if cfg.model_type in ("roberta", "xlm-roberta"):
+        n -= cfg.pad_token_id + 1
+    return int(n)
+
+
+def run_train(cfg: TrainConfig) -> dict:
+    from lmlab.config import save_config
+    from lmlab.io import mark_done, prepare_run_dir, write_json
+    from lmlab.seed import seed_everything
+    from lmlab.training import build_trainer, resume_checkpoint
+
+    out = prepare_run_dir(cfg.output_dir, overwrite=cfg.force)
+    seed_everything(cfg.seed)
+    module, total = build(cfg)
+    save_config(cfg, out / "config.yaml")
+    write_json(out / "parameters.json", {**{k: v for k, v in vars(cfg).items()}, "total_optimizer_steps": total})
+    trainer = build_trainer(
+        cfg,
+        out,
+        max_steps=total,
+        gradient_clip_val=cfg.max_grad_norm,
+        gradient_clip_algorithm="norm",
+        use_distributed_sampler=False,
+    )
+    trainer.fit(module, ckpt_path=resume_checkpoint(cfg, out), weights_only=True)
+    result = {"optimizer_steps": int(trainer.global_step), "micro_batches": module.batches_seen}
+    if trainer.is_global_zero:
+        student_dir = out / "student"
+        module.student.save_pretrained(student_dir)
+        _save_tokenizer(cfg, student_dir)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        result.update(metrics)
+        write_json(out / "results.json", result)
+        mark_done(out)
+        print(f"[diito train] student saved to {student_dir}; logs in {out / 'metrics.jsonl'}")
+    return result
+
+
+def _save_tokenizer(cfg: TrainConfig, folder: Path) -> None:
+    from transformers import AutoTokenizer
+
+    name = cfg.tokenizer_name or cfg.teacher_name
+    try:
+        AutoTokenizer.from_pretrained(name).save_pretrained(folder)
+    except (OSError, ValueError, TypeError):
+        pass
