@@ -1,0 +1,342 @@
+"""`invariant-lm train | eval | export | export-body`: loading, tokenising, Lightning training, evaluation, export."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from lmlab.errors import LmlabError
+
+from invariant_lm.config import EvalConfig, ExportConfig, TrainConfig
+from invariant_lm.model import INVARIANT_CONFIG, InvariantMLM, _split_base
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_tokenizer(name: str, use_fast: bool = True, cache_dir: str | None = None, revision: str = "main"):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name, use_fast=use_fast, cache_dir=cache_dir, revision=revision)
+    except (OSError, ValueError) as err:
+        raise LmlabError(f"cannot load a tokenizer from {name}: {str(err).splitlines()[0]}") from err
+
+
+def _base_from_args(cfg: TrainConfig, tokenizer):
+    from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForMaskedLM
+
+    if cfg.model_name_or_path:
+        try:
+            base = AutoModelForMaskedLM.from_pretrained(
+                cfg.model_name_or_path, cache_dir=cfg.cache_dir, revision=cfg.model_revision
+            )
+        except (OSError, ValueError) as err:
+            raise LmlabError(
+                f"cannot load a masked LM from {cfg.model_name_or_path}: {str(err).splitlines()[0]}"
+            ) from err
+    elif cfg.config_name or cfg.model_type:
+        if cfg.config_name:
+            config = AutoConfig.from_pretrained(cfg.config_name, cache_dir=cfg.cache_dir)
+        else:
+            if cfg.model_type not in CONFIG_MAPPING:
+                raise LmlabError(f"unknown --model_type {cfg.model_type!r}")
+            config = CONFIG_MAPPING[cfg.model_type]()
+        try:
+            base = AutoModelForMaskedLM.from_config(config)
+        except ValueError as err:
+            raise LmlabError(
+                f"{config.model_type} has no masked-LM head: {str(err).splitlines()[0]}"
+            ) from err
+    else:
+        raise LmlabError("give --model_name_or_path, or --config_name/--model_type with --tokenizer_name")
+    if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
+        base.resize_token_embeddings(len(tokenizer))  # before wrapping, as the spec asks
+    return base
+
+
+def build_model(cfg: TrainConfig, tokenizer, env_names: list[str]) -> InvariantMLM:
+    path = Path(cfg.model_name_or_path) if cfg.model_name_or_path else None
+    if path is not None and (path / INVARIANT_CONFIG).is_file():
+        model = InvariantMLM.from_pretrained(path)
+        if model.env_names != env_names:
+            raise LmlabError(
+                f"{path} has {model.n_heads} head(s) {model.env_names} but the training data gives {env_names}; "
+                "train with the same environments"
+            )
+        return model
+    base = _base_from_args(cfg, tokenizer)
+    return InvariantMLM.from_base(base, env_names, head_decoder=cfg.head_decoder, init_head=cfg.init_head,
+                                  init_base=cfg.init_base)  # fmt: skip
+
+
+def _tokenise_envs(envs: dict, tokenizer, max_len: int, cfg) -> dict:
+    from invariant_lm.data import tokenize
+
+    out = {}
+    for name, ds in envs.items():
+        tok = tokenize(ds, tokenizer, max_len, cfg.line_by_line, cfg.preprocessing_num_workers)
+        if len(tok) == 0:
+            raise LmlabError(
+                f"environment {name!r} gives no sequence of {max_len} tokens; add text or lower --max_seq_length"
+            )
+        out[name] = tok
+    return out
+
+
+def evaluate_files(model, tokenizer, files, cfg, max_len: int) -> dict:
+    from invariant_lm.data import eval_batches, load_text_file, make_collator, tokenize
+    from invariant_lm.trainer import evaluate_batches
+
+    pad = max_len if cfg.pad_to_max_length else None
+    collator = make_collator(tokenizer, cfg.mlm_probability, pad)
+    results = {}
+    for f in files:
+        ds = tokenize(load_text_file(f), tokenizer, max_len, cfg.line_by_line, cfg.preprocessing_num_workers)
+        batches = eval_batches(ds, collator, cfg.per_device_eval_batch_size, cfg.eval_mask_seed)
+        results[str(f)] = evaluate_batches(model, batches, per_head=cfg.eval_per_head)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- train
+def _precision(cfg: TrainConfig) -> str:
+    if cfg.fp16:
+        raise LmlabError(
+            "--fp16 (loss scaling) is not supported by the manual IRM-games update; use --bf16 on a GPU"
+        )
+    if cfg.bf16:
+        return "bf16-mixed"
+    if cfg.precision.startswith("16"):
+        raise LmlabError("16-mixed precision is not supported by the manual IRM-games update; use bf16-mixed")
+    return cfg.precision
+
+
+def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
+    """Train (and evaluate) an invariant MLM; returns {train: ..., eval: ...}."""
+    from lmlab.config import save_config
+    from lmlab.io import mark_done, prepare_run_dir, write_json
+    from lmlab.seed import seed_everything
+    from lmlab.training import TrainerOptions, build_trainer, resume_checkpoint
+
+    from invariant_lm.data import EnvironmentStreams, default_max_seq_length, load_environments, make_collator
+    from invariant_lm.data import total_updates as count_updates
+    from invariant_lm.lightning_module import InvariantLightningModule
+    from invariant_lm.trainer import OptimSettings
+
+    out = prepare_run_dir(cfg.output_dir, overwrite=cfg.overwrite_output_dir)
+    if cfg.overwrite_output_dir:
+        for stale in ("train_log.jsonl",):
+            (out / stale).unlink(missing_ok=True)
+    save_config(cfg, out / "config.yaml")
+    seed_everything(cfg.seed)
+    tok_name = cfg.tokenizer_name or cfg.model_name_or_path
+    if tok_name is None:
+        raise LmlabError("give --tokenizer_name (or --model_name_or_path) for the tokenizer")
+    tokenizer = load_tokenizer(tok_name, cfg.use_fast_tokenizer, cfg.cache_dir, cfg.model_revision)
+    result: dict = {}
+    model = None
+    if cfg.do_train:
+        envs = load_environments(cfg.train_file, cfg.train_files, cfg.env_column)
+        head_names = ["erm"] if cfg.mode == "erm" else list(envs)
+        model = build_model(cfg, tokenizer, head_names)
+        max_len = default_max_seq_length(tokenizer, model.config, cfg.max_seq_length)
+        env_data = _tokenise_envs(envs, tokenizer, max_len, cfg)
+        pad = max_len if cfg.pad_to_max_length else None
+        streams = EnvironmentStreams(env_data, make_collator(tokenizer, cfg.mlm_probability, pad),
+                                     cfg.per_device_train_batch_size, cfg.seed)  # fmt: skip
+        u = count_updates(len(envs), cfg.nb_steps, cfg.max_steps,
+                          streams.min_batches_per_epoch() // cfg.gradient_accumulation_steps,
+                          cfg.num_train_epochs)  # fmt: skip
+        if u <= 0:
+            raise LmlabError(
+                "0 training updates: give --nb_steps N (or --max_steps / --num_train_epochs > 0)"
+            )
+        settings = OptimSettings.from_args(cfg)
+        sparse = cfg.sparse_heads != "off"
+        module = InvariantLightningModule(
+            model, streams, settings, u, cfg.mode, cfg.head_lr_schedule, cfg.gradient_accumulation_steps,
+            sparse, cfg.seed, cfg.logging_steps, out, cfg.nb_steps_heads_saving, cfg.nb_steps_model_saving, tokenizer,
+        )  # fmt: skip
+        tokenizer.save_pretrained(out)
+        device = "cpu" if (cfg.no_cuda or cfg.use_cpu) else cfg.device
+        opts = TrainerOptions(
+            output_dir=str(out), device=device, devices=cfg.devices, precision=_precision(cfg), max_steps=u,
+            log_every_n_steps=cfg.logging_steps, checkpoint_every_n_steps=cfg.save_steps, logger=cfg.logger,
+            progress_bar=cfg.progress_bar, seed=cfg.seed, resume=cfg.resume_from_checkpoint,
+        )  # fmt: skip
+        if cfg.devices != 1:
+            raise LmlabError("--devices must be 1: the IRM-games update runs on a single device (see README)")
+        trainer = build_trainer(opts, out, accumulate_grad_batches=1, use_distributed_sampler=False,
+                                max_steps=_stop_after or u)  # fmt: skip
+        ckpt = resume_checkpoint(opts, out)
+        if ckpt is not None:
+            _trim_log(
+                out / "train_log.jsonl",
+                torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"],
+            )
+            log.warning("resuming from %s", ckpt)
+        trainer.fit(module, ckpt_path=ckpt, weights_only=True)
+        if _stop_after is not None:
+            return {"stopped_at": int(trainer.global_step)}
+        model = module.model.cpu()
+        model.save_pretrained(out, cfg.mode, tokenizer)
+        result["train"] = module.train_results()
+        write_json(out / "train_results.json", result["train"])
+    if cfg.do_eval:
+        if not cfg.validation_file:
+            raise LmlabError("--do_eval needs --validation_file")
+        if model is None:
+            model = _load_for_eval(cfg.model_name_or_path)
+        max_len = default_max_seq_length(tokenizer, model.config, cfg.max_seq_length)
+        result["eval"] = evaluate_files(model, tokenizer, cfg.validation_file, cfg, max_len)
+        write_json(out / "eval_results.json", result["eval"])
+        for f, r in result["eval"].items():
+            print(
+                f"[invariant-lm] {f}: perplexity {r['perplexity']:.4f} over {r['n_masked_tokens']} masked tokens"
+            )
+    mark_done(out)
+    print(f"[invariant-lm] results in {out}")
+    return result
+
+
+def _trim_log(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    rows = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["update"] <= step]
+    path.write_text("".join(r + "\n" for r in rows))
+
+
+# ---------------------------------------------------------------------------------------------- eval
+def _load_for_eval(name: str, checkpoint: str | None = None) -> InvariantMLM:
+    path = Path(name)
+    if path.suffix == ".ckpt":
+        return _model_from_lightning_ckpt(path)
+    if (path / INVARIANT_CONFIG).is_file():
+        model = InvariantMLM.from_pretrained(path)
+    else:
+        model = InvariantMLM.from_base(name, ["mlm"])  # plain HF MLM = n = 1
+    if checkpoint is not None:
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        inv = ck.get("invariant")
+        if inv is None:
+            raise LmlabError(f"{checkpoint} was not written by invariant-lm train")
+        envs = inv["invariant_config"]["envs"]
+        if envs != model.env_names:
+            raise LmlabError(
+                f"{checkpoint} has {len(envs)} head(s) {envs} but {name} has {model.n_heads} {model.env_names}; "
+                "evaluate it with the model folder of the same run"
+            )
+        model.load_state_dict({k.removeprefix("model."): v for k, v in ck["state_dict"].items()})
+    return model
+
+
+def _model_from_lightning_ckpt(path: Path) -> InvariantMLM:
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    inv = ck.get("invariant")
+    if inv is None:
+        raise LmlabError(f"{path} was not written by invariant-lm train")
+    cfg_dict = dict(inv["base_config"])
+    config = AutoConfig.for_model(cfg_dict.pop("model_type"), **cfg_dict)
+    ic = inv["invariant_config"]
+    model = InvariantMLM(
+        AutoModelForMaskedLM.from_config(config), ic["envs"], head_decoder=ic["head_decoder"]
+    )
+    model.load_state_dict({k.removeprefix("model."): v for k, v in ck["state_dict"].items()})
+    return model
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    from lmlab.device import torch_device
+    from lmlab.io import write_json
+
+    from invariant_lm.data import default_max_seq_length
+
+    name = cfg.model_name_or_path
+    model = _load_for_eval(name, getattr(cfg, "checkpoint", None))
+    tok_name = cfg.tokenizer_name
+    if tok_name is None:
+        p = Path(name)
+        tok_name = str(p.parent.parent if p.suffix == ".ckpt" else p)
+    tokenizer = load_tokenizer(tok_name)
+    model.to(torch_device(cfg.device))
+    max_len = default_max_seq_length(tokenizer, model.config, cfg.max_seq_length)
+    results = evaluate_files(model, tokenizer, cfg.validation_file, cfg, max_len)
+    for f, r in results.items():
+        print(
+            f"[invariant-lm] {f}: perplexity {r['perplexity']:.4f} over {r['n_masked_tokens']} masked tokens"
+        )
+    if cfg.output_dir:
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        write_json(Path(cfg.output_dir) / "eval_results.json", results)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- export
+def heads_foldable(model: InvariantMLM) -> bool:
+    """True when mean-of-logits equals one head exactly: every head's transform is identical (then
+    mean_e(W_e t + b_e) = mean(W) t + mean(b))."""
+    heads = list(model.heads.values())
+    ref = heads[0].transform.state_dict()
+    return all(all(torch.equal(v, h.transform.state_dict()[k]) for k, v in ref.items()) for h in heads[1:])
+
+
+def folded_mlm(model: InvariantMLM):
+    """A plain `AutoModelForMaskedLM` computing the ensemble's logits (needs `heads_foldable`)."""
+    from transformers import AutoModelForMaskedLM
+
+    if not heads_foldable(model):
+        raise LmlabError(
+            "the heads' transforms differ, so their mean is not one head; export with --body_only"
+        )
+    import copy
+
+    config = copy.deepcopy(model.config)
+    if model.head_decoder == "private":
+        config.tie_word_embeddings = False
+    base = AutoModelForMaskedLM.from_config(config)
+    body, transform, decoder, _, _ = _split_base(base)
+    body.load_state_dict(model.body.state_dict())
+    heads = list(model.heads.values())
+    transform.load_state_dict(heads[0].transform.state_dict())
+    with torch.no_grad():
+        if model.head_decoder == "private":
+            decoder.weight = torch.nn.Parameter(torch.stack([h.weight for h in heads]).mean(0))
+        if heads[0].bias is not None:
+            decoder.bias.copy_(torch.stack([h.bias for h in heads]).mean(0))
+    return base
+
+
+def run_export(cfg: ExportConfig) -> dict:
+    src = Path(cfg.model_name_or_path)
+    model = InvariantMLM.from_pretrained(src)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = None
+    try:
+        tok = load_tokenizer(str(src))
+    except LmlabError:
+        log.warning("no tokenizer in %s; exporting weights only", src)
+    if cfg.body_only or not heads_foldable(model):
+        if not cfg.body_only:
+            print(
+                "[invariant-lm] the heads differ (IRM-trained), so no single head equals their mean: writing the body"
+            )
+        model.body.save_pretrained(out)
+        kind = "body"
+    else:
+        folded_mlm(model).save_pretrained(out)
+        kind = "mlm"
+    if tok is not None:
+        tok.save_pretrained(out)
+    model.save_pretrained(out / "invariant", getattr(model, "saved_mode", "irm"), tok)
+    print(f"[invariant-lm] exported {kind} to {out} (the full multi-head model: {out / 'invariant'})")
+    return {"kind": kind, "output_dir": str(out)}
+
+
+def run_export_body(cfg: ExportConfig) -> dict:
+    cfg.body_only = True
+    return run_export(cfg)

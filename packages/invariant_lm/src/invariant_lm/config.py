@@ -1,0 +1,243 @@
+"""Config dataclasses of the `invariant-lm` subcommands.
+
+`TrainConfig` uses the reference's (Hugging Face-style) flag names, so the reference README command runs as is
+apart from the model path; defaults are HF's and the reference's unless said otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MODES = ("irm", "ensemble", "erm")
+
+
+def _h(text: str, default=None):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class EvalOptions:
+    validation_file: list[str] | None = _h(
+        "text file(s) to evaluate, one example per line; each reported separately"
+    )
+    max_seq_length: int | None = _h(
+        "block / truncation length (default min(tokenizer max, 1024), clamped to the model)"
+    )
+    line_by_line: bool = _h("one sequence per non-empty line instead of grouped blocks", False)
+    pad_to_max_length: bool = _h("pad every line-by-line sequence to max_seq_length", False)
+    mlm_probability: float = _h("share of tokens selected for masking", 0.15)
+    per_device_eval_batch_size: int = _h("evaluation batch size", 8)
+    eval_mask_seed: int = _h("seed of the fixed evaluation masks (same positions for every model)", 1234)
+    eval_per_head: bool = _h("also report each head's own perplexity", False)
+    preprocessing_num_workers: int | None = _h("processes for tokenisation")
+    overwrite_cache: bool = _h("accepted (tokenisation is not cached between runs)", False)
+
+
+@dataclass
+class TrainConfig(EvalOptions):
+    # model
+    model_name_or_path: str | None = _h(
+        "pretrained masked LM (folder or hub name), or an invariant-lm output folder"
+    )
+    model_type: str | None = _h("model type for training from scratch (with --tokenizer_name)")
+    config_name: str | None = _h("config to build the model from scratch")
+    tokenizer_name: str | None = _h("tokenizer (default: the model's)")
+    cache_dir: str | None = _h("HF cache folder")
+    use_fast_tokenizer: bool = _h("use a fast tokenizer", True)
+    model_revision: str = _h("model revision", "main")
+    init_head: bool = _h("heads re-initialised (HF init) instead of copies of the pretrained head", False)
+    init_base: bool = _h("re-initialise the body too (implies --init_head)", False)
+    ensembling: bool = _h("alias of --mode ensemble (reference flag)", False)
+    nb_steps_heads_saving: int = _h("save every head's state every N updates into lm_heads/ (0: never)", 0)
+    nb_steps_model_saving: int = _h("save the model into model-<step>/ every N updates (0: never)", 0)
+    use_auth_token: bool = _h("accepted, ignored", False)
+    do_lower_case: bool = _h("accepted, ignored", False)
+    # data
+    train_file: str | None = _h(
+        "folder with one .txt file per environment (or a .jsonl/.csv with --env_column)"
+    )
+    train_files: list[str] | None = _h("explicit list of environment text files")
+    env_column: str | None = _h("column naming each row's environment when --train_file is one table")
+    nb_steps: int = _h("environment updates (body steps); rounded up to whole rounds", 0)
+    dataset_name: str | None = _h("accepted, unused (as in the reference)")
+    dataset_config_name: str | None = _h("accepted, unused (as in the reference)")
+    validation_split_percentage: int = _h("accepted, unused (as in the reference)", 5)
+    # training (HF names)
+    output_dir: str = _h("output folder", "runs/invariant_lm")
+    overwrite_output_dir: bool = _h("retrain into a folder holding a finished run", False)
+    do_train: bool = _h("train (default when neither --do_train nor --do_eval is given)", False)
+    do_eval: bool = _h("evaluate on --validation_file after training", False)
+    per_device_train_batch_size: int = _h("batch size of one environment update", 8)
+    learning_rate: float = _h("AdamW learning rate of the body and of every head (README: 1e-5)", 5e-5)
+    weight_decay: float = _h("AdamW weight decay (not on biases and norms)", 0.0)
+    adam_beta1: float = _h("AdamW beta1", 0.9)
+    adam_beta2: float = _h("AdamW beta2", 0.999)
+    adam_epsilon: float = _h("AdamW epsilon", 1e-8)
+    max_grad_norm: float = _h("clip the joint norm of the stepped parameters (<= 0: no clipping)", 1.0)
+    warmup_steps: int = _h("LR warm-up updates", 0)
+    lr_scheduler_type: str = _h("HF scheduler name (linear, cosine, constant, ...)", "linear")
+    adafactor: bool = _h("Adafactor instead of AdamW", False)
+    fp16: bool = _h("fp16 mixed precision (GPU)", False)
+    bf16: bool = _h("bf16 mixed precision", False)
+    seed: int = _h("seed of initialisation, data order, masks and dropout", 42)
+    gradient_accumulation_steps: int = _h("micro-batches (same environment) per update", 1)
+    max_steps: int = _h("alias of --nb_steps when that is not given", -1)
+    num_train_epochs: float = _h(
+        "epochs of floor(min env batches) rounds, used when no step count is given", 3.0
+    )
+    logging_steps: int = _h("write train_log.jsonl every N updates", 50)
+    save_steps: int = _h("resumable checkpoint every N updates", 500)
+    eval_steps: int | None = _h("accepted, ignored (evaluation runs at the end)")
+    no_cuda: bool = _h("train on the CPU", False)
+    use_cpu: bool = _h("train on the CPU", False)
+    # new
+    mode: str = _h(
+        "irm (IRM-games) | ensemble (all heads every update) | erm (one head, same data stream)", "irm"
+    )
+    head_decoder: str = _h(
+        "private (each head its own decoder) | shared (input-tied decoder in the body)", "private"
+    )
+    head_lr_schedule: str = _h(
+        "reference (every scheduler has horizon U) | own (head horizon U/n)", "reference"
+    )
+    sparse_heads: str = _h(
+        "auto|on: heads only at masked positions during training; off: on every token", "auto"
+    )
+    resume_from_checkpoint: str = _h(
+        "auto (last checkpoint of output_dir if any) | never | PATH.ckpt", "auto"
+    )
+    # lightning
+    device: str = _h("auto | cpu | cuda", "auto")
+    devices: int = _h("devices (one: the IRM-games update runs on a single device)", 1)
+    precision: str = _h("auto | 32-true | bf16-mixed (overridden by --bf16)", "auto")
+    logger: str = _h("csv | tensorboard | wandb | none (metrics.jsonl always)", "csv")
+    progress_bar: bool = _h("show a progress bar", True)
+
+    def __post_init__(self) -> None:
+        if self.ensembling:
+            self.mode = "ensemble"
+        if self.mode not in MODES:
+            raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.head_decoder not in ("private", "shared"):
+            raise ValueError(f"--head_decoder must be private or shared, got {self.head_decoder!r}")
+        if self.head_lr_schedule not in ("reference", "own"):
+            raise ValueError(f"--head_lr_schedule must be reference or own, got {self.head_lr_schedule!r}")
+        if self.sparse_heads not in ("auto", "on", "off"):
+            raise ValueError(f"--sparse_heads must be auto, on or off, got {self.sparse_heads!r}")
+        if self.nb_steps < 0:
+            raise ValueError(f"--nb_steps must be >= 0, got {self.nb_steps}")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "logging_steps", "save_steps", "devices"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"--mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if self.learning_rate < 0:
+            raise ValueError(f"--learning_rate must be >= 0, got {self.learning_rate}")
+        if self.fp16 and self.bf16:
+            raise ValueError("--fp16 and --bf16 exclude each other")
+        if isinstance(self.validation_file, str):
+            self.validation_file = [self.validation_file]
+        if not self.do_train and not self.do_eval:
+            self.do_train = True
+            self.do_eval = bool(self.validation_file)
+
+
+@dataclass
+class EvalConfig(EvalOptions):
+    model_name_or_path: str | None = _h(
+        "invariant-lm output folder, Lightning .ckpt of a run, or plain HF MLM (n = 1)"
+    )
+    tokenizer_name: str | None = _h("tokenizer (default: the model's)")
+    checkpoint: str | None = _h(
+        "a Lightning .ckpt of a run to load into --model_name_or_path before evaluating"
+    )
+    output_dir: str | None = _h("write eval_results.json here (default: print only)")
+    device: str = _h("auto | cpu | cuda", "auto")
+
+    def __post_init__(self) -> None:
+        if self.model_name_or_path is None:
+            raise ValueError("--model_name_or_path is required")
+        if not self.validation_file:
+            raise ValueError("--validation_file is required (one or more text files)")
+        if isinstance(self.validation_file, str):
+            self.validation_file = [self.validation_file]
+        if self.per_device_eval_batch_size < 1:
+            raise ValueError("--per_device_eval_batch_size must be at least 1")
+
+
+@dataclass
+class ExportConfig:
+    model_name_or_path: str | None = _h("invariant-lm output folder")
+    output_dir: str | None = _h("where the Hugging Face folder goes")
+    body_only: bool = _h("write only the body as a base model (AutoModel)", False)
+
+    def __post_init__(self) -> None:
+        if not self.model_name_or_path or not self.output_dir:
+            raise ValueError("--model_name_or_path and --output_dir are required")
+
+
+@dataclass
+class BenchConfig:
+    output_dir: str = _h("where bench.json and bench.md go", "results/invariant_lm")
+    device: str = _h("auto | cpu | cuda", "auto")
+    hidden_size: int = _h("hidden size (RoBERTa-base: 768)", 768)
+    num_layers: int = _h("layers (RoBERTa-base: 12)", 12)
+    num_heads: int = _h("attention heads", 12)
+    vocab_size: int = _h("vocabulary (RoBERTa: 50265)", 50265)
+    batch_size: int = _h("sequences per update (GPU default 16; use 2 on CPU)", 16)
+    seq_len: int = _h("tokens per sequence", 512)
+    n_envs: list[int] = _h("environment counts to time", None)
+    sparse: list[str] = _h("sparse-heads settings to time (on, off)", None)
+    warmup: int = _h("untimed updates", 10)
+    steps: int = _h("timed updates", 50)
+    precision: str = _h("auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16", "auto")
+    seed: int = _h("seed", 0)
+
+    def __post_init__(self) -> None:
+        if self.n_envs is None:
+            self.n_envs = [1, 2, 4, 8]
+        if isinstance(self.n_envs, int):
+            self.n_envs = [self.n_envs]
+        self.n_envs = [int(n) for n in self.n_envs]
+        if self.sparse is None:
+            self.sparse = ["on", "off"]
+        if isinstance(self.sparse, str):
+            self.sparse = [self.sparse]
+        if any(s not in ("on", "off") for s in self.sparse):
+            raise ValueError("--sparse values must be on or off")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError("--precision must be auto, fp32 or bf16")
+        if (
+            min(self.n_envs) < 1
+            or self.batch_size < 1
+            or self.seq_len < 2
+            or self.steps < 1
+            or self.warmup < 0
+        ):
+            raise ValueError("--n_envs, --batch_size, --steps must be >= 1, --seq_len >= 2, --warmup >= 0")
+
+
+@dataclass
+class DemoConfig:
+    output_dir: str = _h("where the demo writes", "results/demo/invariant_lm")
+    nb_steps: int = _h("updates", 40)
+
+
+@dataclass
+class ReproduceConfig:
+    output_dir: str = _h("where results go", "results/invariant_lm")
+    seeds: list[int] = _h("seeds of stage 2", None)
+    stage1_steps: int = _h("stage-1 updates (clean MLM pretraining)", 2500)
+    stage1_lr: float = _h("stage-1 learning rate", 5e-4)
+    stage2_steps: int = _h("stage-2 updates per mode", 1000)
+    stage2_lr: float = _h("stage-2 learning rate", 1e-4)
+    batch_size: int = _h("batch size", 32)
+    noise_rate: float = _h("share of positions with a markup token before them in the noisy environment", 0.3)
+    device: str = _h("auto | cpu | cuda", "cpu")
+
+    def __post_init__(self) -> None:
+        if self.seeds is None:
+            self.seeds = [0, 1, 2]
+        if isinstance(self.seeds, int):
+            self.seeds = [self.seeds]

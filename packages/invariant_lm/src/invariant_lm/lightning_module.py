@@ -1,0 +1,191 @@
+"""Lightning module of the IRM-games training (manual optimisation, n + 1 optimizers and schedulers).
+
+The batch of update i is a pure function of (seed, i): environment i mod n, that environment's stream position
+i div n (times the accumulation steps), masks and dropout seeded by the update index. The dataloader only
+ticks; `training_step` reads `global_step` (restored from the checkpoint), so a resumed run continues with
+exactly the batch, masks and dropout it would have seen. Only the body optimizer is stepped through Lightning
+(so `global_step` counts updates); head optimizers are stepped directly, and all their states and scheduler
+states are in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from lmlab.errors import LmlabError
+from torch.utils.data import DataLoader, IterableDataset
+
+from invariant_lm.data import EnvironmentStreams, _seeded_generator
+from invariant_lm.trainer import OptimSettings, build_optimizers, environment_update
+
+
+class _Ticks(IterableDataset):
+    def __iter__(self):
+        while True:
+            yield 0
+
+
+class InvariantLightningModule(pl.LightningModule):
+    def __init__(
+        self,
+        model,
+        streams: EnvironmentStreams,
+        settings: OptimSettings,
+        total_updates: int,
+        mode: str = "irm",
+        head_lr_schedule: str = "reference",
+        accumulate: int = 1,
+        sparse: bool = True,
+        seed: int = 42,
+        logging_steps: int = 50,
+        output_dir: str | Path | None = None,
+        heads_saving: int = 0,
+        model_saving: int = 0,
+        tokenizer=None,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.model = model
+        self.streams = streams
+        self.settings = settings
+        self.total_updates = total_updates
+        self.mode = mode
+        self.head_lr_schedule = head_lr_schedule
+        self.accumulate = accumulate
+        self.sparse = sparse
+        self.seed = seed
+        self.logging_steps = logging_steps
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.heads_saving = heads_saving
+        self.model_saving = model_saving
+        self.tokenizer = tokenizer
+        self.env_loss_sum = {e: 0.0 for e in streams.names}
+        self.env_updates = {e: 0 for e in streams.names}
+        self.tokens_seen = 0
+        self.train_seconds = 0.0
+
+    # -------------------------------------------------------------- Lightning hooks
+    def configure_optimizers(self):
+        body, heads, body_s, head_s = build_optimizers(
+            self.model, self.settings, self.total_updates, self.mode, self.head_lr_schedule
+        )
+        self._head_names = list(heads)
+        return [body, *heads.values()], [body_s, *head_s.values()]
+
+    def on_train_start(self) -> None:
+        self.model.train()  # from_pretrained leaves HF models in eval mode; dropout must be on while training
+
+    def train_dataloader(self):
+        return DataLoader(_Ticks(), batch_size=None)
+
+    def _move(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def training_step(self, _tick, _idx):
+        t0 = time.perf_counter()
+        i = int(self.global_step)
+        names = self.streams.names
+        e_idx = i % len(names)
+        env = names[e_idx]
+        k = i // len(names)
+        gen = _seeded_generator(self.seed, i, 3)
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))  # dropout of update i
+        mbs = [self._move(self.streams.batch(e_idx, k * self.accumulate + j)) for j in range(self.accumulate)]
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        scheds = self.lr_schedulers()
+        scheds = scheds if isinstance(scheds, list) else [scheds]
+        head_opts = dict(zip(self._head_names, opts[1:], strict=True))
+        head_scheds = dict(zip(self._head_names, scheds[1:], strict=True))
+        lr_body = scheds[0].get_last_lr()[0]
+        lr_head = (
+            head_scheds[env].get_last_lr()[0]
+            if env in head_scheds
+            else head_scheds[self._head_names[0]].get_last_lr()[0]
+        )
+
+        def step(opt, is_body: bool) -> None:
+            if is_body:
+                opt.step()  # LightningOptimizer: global_step counts updates
+            else:
+                opt.optimizer.step()
+
+        loss, norm, n_masked = environment_update(
+            self.model, env, mbs, opts[0], head_opts, scheds[0], head_scheds, self.mode,
+            self.settings.max_grad_norm, backward=self.manual_backward, step=step, sparse=self.sparse,
+        )  # fmt: skip
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        tokens = sum(int(b["attention_mask"].sum()) for b in mbs)
+        self.tokens_seen += tokens
+        self.train_seconds += dt
+        self.env_loss_sum[env] += loss
+        self.env_updates[env] += 1
+        update = i + 1
+        self.log_dict({"loss": loss, "grad_norm": norm, "lr_body": lr_body}, prog_bar=True, on_step=True)
+        if self.global_rank == 0 and self.output_dir is not None:
+            if update % self.logging_steps == 0 or update == self.total_updates:
+                row = {"update": update, "env": env, "loss": loss, "lr_body": lr_body, "lr_head": lr_head,
+                       "grad_norm": norm, "n_masked": n_masked, "tokens_per_s": tokens / max(dt, 1e-9)}  # fmt: skip
+                with open(self.output_dir / "train_log.jsonl", "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(row) + "\n")
+            if self.heads_saving and update % self.heads_saving == 0:
+                from safetensors.torch import save_file
+
+                folder = self.output_dir / "lm_heads"
+                folder.mkdir(exist_ok=True)
+                for name, head in self.model.heads.items():
+                    state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+                    save_file(state, str(folder / f"{name}-{update}.safetensors"))
+            if self.model_saving and update % self.model_saving == 0:
+                self.model.save_pretrained(self.output_dir / f"model-{update}", self.mode, self.tokenizer)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["invariant"] = {
+            "invariant_config": self.model.invariant_config(self.mode),
+            "base_config": self.model.config.to_dict(),
+            "env_loss_sum": dict(self.env_loss_sum),
+            "env_updates": dict(self.env_updates),
+            "tokens_seen": self.tokens_seen,
+            "train_seconds": self.train_seconds,
+            "total_updates": self.total_updates,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        inv = checkpoint.get("invariant")
+        if inv is None:
+            raise LmlabError(
+                "the checkpoint was not written by invariant-lm train; pass --resume_from_checkpoint never"
+            )
+        saved = inv["invariant_config"]["envs"]
+        if saved != self.model.env_names:
+            raise LmlabError(
+                f"the checkpoint has {len(saved)} head(s) {saved} but this run has {self.model.n_heads} "
+                f"{self.model.env_names}; use the same environments or another --output_dir"
+            )
+        if inv["total_updates"] != self.total_updates:
+            raise LmlabError(
+                f"the checkpoint was trained for {inv['total_updates']} updates, this run asks "
+                f"{self.total_updates}; keep --nb_steps or use another --output_dir"
+            )
+        self.env_loss_sum = dict(inv["env_loss_sum"])
+        self.env_updates = dict(inv["env_updates"])
+        self.tokens_seen = inv["tokens_seen"]
+        self.train_seconds = inv["train_seconds"]
+
+    def train_results(self) -> dict:
+        return {
+            "updates": int(self.global_step),
+            "env_updates": dict(self.env_updates),
+            "env_mean_loss": {
+                e: self.env_loss_sum[e] / max(1, self.env_updates[e]) for e in self.env_updates
+            },
+            "train_seconds": self.train_seconds,
+            "tokens_per_s": self.tokens_seen / max(self.train_seconds, 1e-9),
+            "mode": self.mode,
+        }
