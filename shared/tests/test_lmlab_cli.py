@@ -218,3 +218,38 @@ def test_coerce(value, tp, expected):
 def test_coerce_rejects(value, tp):
     with pytest.raises(UsageError, match="--k"):
         coerce(value, tp, "--k")
+
+
+@dataclasses.dataclass
+class DataCfg:
+    train_dir: str = "envs"
+    column: str = "text"
+
+
+def _load(cfg):
+    from lmlab.data import load_corpus, load_environments
+
+    envs = load_environments(cfg.train_dir)
+    for path in sorted(Path(cfg.train_dir).iterdir()):
+        load_corpus(path, text_column=cfg.column)
+    return {"n": len(envs)}
+
+
+@pytest.mark.parametrize(
+    ("setup", "extra", "message"),
+    [
+        (lambda d: None, [], "not a folder"),
+        (
+            lambda d: (d.mkdir(), (d / "a.txt").write_text("x\n"), (d / "b.txt").write_text("")),
+            [],
+            "b.txt is empty",
+        ),
+        (lambda d: (d.mkdir(), (d / "a.jsonl").write_text('{"body": "x"}\n')), [], "has no column 'text'"),
+    ],
+)
+def test_bad_data_through_the_cli_is_one_line_exit_1(tmp_path, setup, extra, message, capsys):
+    folder = tmp_path / "envs"
+    setup(folder)
+    code = run_cli("prog", [Command("train", DataCfg, _load)], ["train", "--train_dir", str(folder), *extra])
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and err.count("\n") == 1 and "Traceback" not in err
