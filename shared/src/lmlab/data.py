@@ -65,10 +65,15 @@ def _load_file(path: Path, text_column: str, documents: str) -> Dataset:
             raise LmlabError(f"cannot parse {path}: {err}") from err
         return Dataset.from_pandas(frame, preserve_index=False)
     if suffix in JSON_SUFFIXES:
+        was_enabled = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()  # a bar per small file is noise; long steps (map) keep theirs
         try:
             return datasets.load_dataset("json", data_files=str(path), split="train")
         except Exception as err:  # datasets wraps parser errors in several types
             raise LmlabError(f"cannot parse {path} as JSON lines: {err}") from err
+        finally:
+            if was_enabled:
+                datasets.enable_progress_bars()
     raise LmlabError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
 
 
