@@ -132,11 +132,17 @@ def test_p14_streams(tmp_path):
     b = build_stream("squad", squad, downsample_to=3, seed=1)
     assert a == b and len(a.docs) == len(set(a.docs)) == 3
     kept = set(a.docs)
-    expected = int(squad["context"].isin(kept).sum())
+    answerable = squad["answers"].map(lambda a: len(a["text"]) > 0)
+    expected = int((squad["context"].isin(kept) & answerable).sum())
     assert len(a.qa) == expected and all(a.docs[i] in kept for _, _, i in a.qa)
-    # the flat `datasets` format (answers as {"text": [...]}) gives the same stream
-    flat = squad.assign(answers=[{"text": x, "answer_start": [0] * len(x)} for x in squad["answers"]])
-    assert build_stream("squad", flat, 3, 1) == a
+    # the sample is in the flat `datasets` format; the nested SQuAD JSON of the same rows gives the same stream
+    paragraphs = {}
+    for _, r in squad.iterrows():
+        qas = paragraphs.setdefault(r["context"], [])
+        qas.append({"question": r["question"], "answers": [{"text": t} for t in r["answers"]["text"]]})
+    nested = {"data": [{"title": c, "paragraphs": [{"context": c, "qas": q}]} for c, q in paragraphs.items()]}
+    (tmp_path / "nested.json").write_text(json.dumps(nested))
+    assert build_stream("squad", read_table(tmp_path / "nested.json"), 3, 1) == a
     make_synthetic(tmp_path, seed=0, n_test=10)
     frame = pd.read_csv(tmp_path / "test.csv")
     s = build_stream("streamingqa", frame, downsample_to=-1, seed=3)
@@ -203,9 +209,12 @@ def test_encode_qa_truncates_question_from_left():
 
 def test_p15_online_adaptation():
     model, tok = tiny_model("gpt2", "clm", hidden=16, layers=1, heads=2)
-    make = lambda: tiny_model(
-        "gpt2", "clm", hidden=16, layers=1, heads=2, embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0
-    )[0]  # noqa: E731
+
+    def make():
+        return tiny_model(
+            "gpt2", "clm", hidden=16, layers=1, heads=2, embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0
+        )[0]
+
     from camels.data import Stream
 
     stream = Stream(["The river Thames flows through London.", "Ada wrote notes in 1843."], [])

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lmlab.errors import LmlabError
+from lmlab.logging import get_logger
 
 DATASETS = ("streamingqa", "squad", "archivalqa", "synthetic")
 REQUIRED = {
@@ -46,8 +47,6 @@ def _squad_nested(obj: dict[str, Any]) -> pd.DataFrame:
         for para in article["paragraphs"]:
             for qa in para["qas"]:
                 answers = [a["text"] for a in qa.get("answers", [])]
-                if not answers:  # SQuAD v2 unanswerable questions have no gold
-                    continue
                 rows.append(
                     {
                         "title": article.get("title", ""),
@@ -113,6 +112,15 @@ def check_columns(name: str, frame: pd.DataFrame, source: str = "data") -> pd.Da
         raise LmlabError(
             f"{source} lacks the column(s) {', '.join(missing)} needed for dataset={name} (has: {', '.join(map(str, frame.columns))})"
         )
+    if name == "squad":
+        answerable = frame["answers"].map(lambda v: len(_flatten_squad_answers(v)) > 0)
+        if not answerable.all():
+            get_logger("camels.data").warning(
+                "%s: dropped %d SQuAD v2 unanswerable question(s) (no gold answer)",
+                source,
+                int((~answerable).sum()),
+            )
+            frame = frame[answerable]
     if len(frame) == 0:
         raise LmlabError(f"{source} has no rows")
     return frame
