@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from diito.mapping import resolve_sites
 from diito.positions import sample_positions
 from diito.sites import (
@@ -88,7 +87,9 @@ def test_reference_convention_breaks_full_swap():
     with torch.no_grad():
         src_plain, _ = plain_forward(model, src, ones)
         out = interchange_forward(model, ids, ones, src, ones, {2: None}, P, P, convention="reference")
-        sep = interchange_forward_separate(model, ids, ones, src, ones, {2: None}, P, P, convention="reference")
+        sep = interchange_forward_separate(
+            model, ids, ones, src, ones, {2: None}, P, P, convention="reference"
+        )
     assert (out.int_logits - src_plain).abs().max() > 1e-3
     torch.testing.assert_close(out.int_logits, sep.int_logits, atol=1e-5, rtol=0)
 
@@ -115,7 +116,12 @@ def test_written_values_and_untouched_dims():
     n_layers, hidden, heads = 4, 64, 4
     sites = resolve_sites("$L:1$H:[1:3]$[8:16]", n_layers, hidden, heads)
     dims = sites[1]
-    assert dims.sum() == 16 and dims[16 + 8 : 16 + 16].all() and dims[32 + 8 : 32 + 16].all() and not dims[:24].any()
+    assert (
+        dims.sum() == 16
+        and dims[16 + 8 : 16 + 16].all()
+        and dims[32 + 8 : 32 + 16].all()
+        and not dims[:24].any()
+    )
     P, Ps = sample_positions(lb, ls, ids.shape[1], prop=0.5, generator=torch.Generator().manual_seed(2))
     block = find_blocks(model)[1]
     with torch.no_grad():

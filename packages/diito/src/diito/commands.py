@@ -11,7 +11,9 @@ def run_extract(cfg: ExtractConfig) -> dict:
     from diito.extract import extract
     from diito.trainer import resolve_shipped
 
-    student_config = json.loads(resolve_shipped(cfg.student_config).read_text()) if cfg.student_config else None
+    student_config = (
+        json.loads(resolve_shipped(cfg.student_config).read_text()) if cfg.student_config else None
+    )
     out = extract(
         cfg.teacher_name,
         cfg.dump_checkpoint,

@@ -15,9 +15,13 @@ def h(text: str, default=None, **kw):
 
 @dataclass
 class BinarizeConfig:
-    input: str = h("text file (one sequence per line), folder, jsonl/csv, save_to_disk folder or hub name", "")
+    input: str = h(
+        "text file (one sequence per line), folder, jsonl/csv, save_to_disk folder or hub name", ""
+    )
     tokenizer_name: str = h("tokenizer folder (or hub name when online)", "")
-    dump_file: str = h("output prefix; the file is {dump_file}.{split}.{tokenizer}.npz", "data/binarized_text")
+    dump_file: str = h(
+        "output prefix; the file is {dump_file}.{split}.{tokenizer}.npz", "data/binarized_text"
+    )
     split: str = h("split of a DatasetDict / hub dataset", "train")
     field_name: str = h("text column", "text")
     max_parsing_example: int = h("stop after this many lines (-1: all)", -1)
@@ -35,7 +39,10 @@ class BinarizeConfig:
 
 @dataclass
 class CombineConfig:
-    inputs: list[str] = h("two or more binarized .npz files (same tokenizer)", None, )
+    inputs: list[str] = h(
+        "two or more binarized .npz files (same tokenizer)",
+        None,
+    )
     output: str = h("combined .npz", "data/combined.npz")
     seed: int = h("shuffle seed", 56)
 
@@ -82,7 +89,9 @@ class TrainConfig(TrainerOptions):
     tokenizer_name: str = h("tokenizer folder (default: the teacher's)", "")
     data_file: str = h("binarized .npz", "")
     token_counts: str = h("token counts (.npy/.json) for MLM smoothing", "")
-    neuron_mapping: str = h("neuron mapping .nm file (a shipped name like single_middle_layer_6.nm works)", "")
+    neuron_mapping: str = h(
+        "neuron mapping .nm file (a shipped name like single_middle_layer_6.nm works)", ""
+    )
     temperature: float = h("softmax temperature", 2.0)
     alpha_ce: float = h("distillation KL weight", 0.5)
     alpha_mlm: float = h("MLM weight", 0.0)
@@ -102,7 +111,9 @@ class TrainConfig(TrainerOptions):
     interchange_max_token: int = h("cap on swapped positions per row (-1: none)", -1)
     interchange_consecutive_only: bool = h("swap one contiguous span per row", False)
     interchange_masked_token_only: bool = h("swap at the MLM-selected base positions", False)
-    site_convention: str = h("consistent (read+write block output) | reference (read block input: the reference bug)", "consistent")
+    site_convention: str = h(
+        "consistent (read+write block output) | reference (read block input: the reference bug)", "consistent"
+    )
     detach_student_source: bool = h("stop gradients through the student's source pass (ablation)", False)
     fused: bool = h("one batched pass over base+source per model (else three separate passes)", True)
     freeze_pos_embs: bool = h("freeze the student's position embeddings", False)
@@ -135,7 +146,15 @@ class TrainConfig(TrainerOptions):
             self.max_steps = requested
         if requested == 0 or requested < -1:
             raise ValueError("--max_steps must be -1 or at least 1")
-        alphas = [self.alpha_ce, self.alpha_mlm, self.alpha_clm, self.alpha_mse, self.alpha_cos, self.alpha_causal_ce, self.alpha_causal_cos]
+        alphas = [
+            self.alpha_ce,
+            self.alpha_mlm,
+            self.alpha_clm,
+            self.alpha_mse,
+            self.alpha_cos,
+            self.alpha_causal_ce,
+            self.alpha_causal_cos,
+        ]
         if min(alphas) < 0 or sum(alphas) <= 0:
             raise ValueError("--alpha_* must be >= 0 with a positive sum")
         if self.mlm and (self.alpha_mlm <= 0 or self.alpha_clm != 0):
@@ -149,7 +168,9 @@ class TrainConfig(TrainerOptions):
         if self.interchange_max_token < -1:
             raise ValueError("--interchange_max_token must be -1 or >= 0")
         if self.interchange_consecutive_only and self.interchange_masked_token_only:
-            raise ValueError("--interchange_consecutive_only and --interchange_masked_token_only exclude each other")
+            raise ValueError(
+                "--interchange_consecutive_only and --interchange_masked_token_only exclude each other"
+            )
         if self.interchange_masked_token_only and not self.mlm:
             raise ValueError("--interchange_masked_token_only needs --mlm")
         if self.site_convention not in ("consistent", "reference"):
@@ -162,14 +183,21 @@ class TrainConfig(TrainerOptions):
             raise ValueError("--alpha_causal_ce/--alpha_causal_cos need --neuron_mapping")
 
 
-TRAIN_ALIASES = {"gradient_accumulation_steps": "accumulate_grad_batches", "dump_path": "output_dir", "log_interval": "log_every_n_steps", "checkpoint_interval": "checkpoint_every_n_steps"}
+TRAIN_ALIASES = {
+    "gradient_accumulation_steps": "accumulate_grad_batches",
+    "dump_path": "output_dir",
+    "log_interval": "log_every_n_steps",
+    "checkpoint_interval": "checkpoint_every_n_steps",
+}
 
 
 @dataclass
 class BenchConfig:
     output_dir: str = h("where bench.json / bench.md go", "results/diito")
     device: str = h("auto | cpu | cuda", "auto")
-    size: str = h("base (BERT-base teacher, 6-layer DistilBERT student, vocab 30522) | tiny (CPU smoke)", "base")
+    size: str = h(
+        "base (BERT-base teacher, 6-layer DistilBERT student, vocab 30522) | tiny (CPU smoke)", "base"
+    )
     batch_size: int = h("sequences per step", 40)
     seq_len: int = h("tokens per sequence (fixed)", 128)
     warmup: int = h("untimed steps", 5)

@@ -84,7 +84,9 @@ def distill_losses(
     s_sites = student_sites if causal else None
     hidden = weights.needs_hidden
     with torch.inference_mode():
-        t_logits, t_hidden, t_int, t_int_hidden = _model_forward(teacher, batch, t_sites, hidden, convention, False, fused)
+        t_logits, t_hidden, t_int, t_int_hidden = _model_forward(
+            teacher, batch, t_sites, hidden, convention, False, fused
+        )
     s_logits, s_hidden, s_int, s_int_hidden = _model_forward(
         student, batch, s_sites, hidden, convention, detach_student_source, fused
     )

@@ -13,9 +13,8 @@ import copy
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from lmlab.errors import LmlabError
+from torch import nn
 
 DEFAULT_LAYERS = {n: [0, 2, 4, 7, 9, 11][:n] for n in range(1, 7)} | {9: [0, 2, 3, 4, 7, 8, 9, 10, 11]}
 
@@ -34,7 +33,9 @@ def _copy(dst: nn.Module, src: nn.Module) -> None:
         dst.bias.data.copy_(src.bias.data)
 
 
-def bert_to_distilbert(teacher, layers: list[int], vocab_transform: bool = True, student_config: dict | None = None):
+def bert_to_distilbert(
+    teacher, layers: list[int], vocab_transform: bool = True, student_config: dict | None = None
+):
     """A DistilBertForMaskedLM whose weights are copied from a BertForMaskedLM teacher."""
     from transformers import DistilBertConfig, DistilBertForMaskedLM
 
@@ -54,11 +55,20 @@ def bert_to_distilbert(teacher, layers: list[int], vocab_transform: bool = True,
     )
     kwargs.update({k: v for k, v in (student_config or {}).items() if not k.endswith("_")})
     kwargs["n_layers"] = len(layers)
-    kwargs["sinusoidal_pos_embds"] = False  # the copied BERT table is what the reference ended up training with
+    kwargs["sinusoidal_pos_embds"] = (
+        False  # the copied BERT table is what the reference ended up training with
+    )
     for key in ("dim", "n_heads", "hidden_dim", "vocab_size"):
-        expected = {"dim": tc.hidden_size, "n_heads": tc.num_attention_heads, "hidden_dim": tc.intermediate_size, "vocab_size": tc.vocab_size}[key]
+        expected = {
+            "dim": tc.hidden_size,
+            "n_heads": tc.num_attention_heads,
+            "hidden_dim": tc.intermediate_size,
+            "vocab_size": tc.vocab_size,
+        }[key]
         if kwargs[key] != expected:
-            raise LmlabError(f"student config {key}={kwargs[key]} differs from the teacher's {expected}; cannot copy weights")
+            raise LmlabError(
+                f"student config {key}={kwargs[key]} differs from the teacher's {expected}; cannot copy weights"
+            )
     cfg = DistilBertConfig(**kwargs)
     student = DistilBertForMaskedLM(cfg)
     tb = teacher.bert
@@ -78,7 +88,9 @@ def bert_to_distilbert(teacher, layers: list[int], vocab_transform: bool = True,
         _copy(s.output_layer_norm, t.output.LayerNorm)
     head = teacher.cls.predictions
     student.vocab_projector.weight.data.copy_(head.decoder.weight.data)
-    student.vocab_projector.bias.data.copy_(head.bias.data if head.decoder.bias is None else head.decoder.bias.data)
+    student.vocab_projector.bias.data.copy_(
+        head.bias.data if head.decoder.bias is None else head.decoder.bias.data
+    )
     if vocab_transform:
         _copy(student.vocab_transform, head.transform.dense)
         _copy(student.vocab_layer_norm, head.transform.LayerNorm)
@@ -150,7 +162,9 @@ def extract(
         elif student_type in (teacher.config.model_type, "same"):
             student = same_architecture(teacher, layers)
         else:
-            raise LmlabError(f"cannot extract a {student_type} student from a {teacher.config.model_type} teacher")
+            raise LmlabError(
+                f"cannot extract a {student_type} student from a {teacher.config.model_type} teacher"
+            )
     out = Path(output_dir)
     student.save_pretrained(out)
     try:

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 
-def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, select: torch.Tensor, temperature: float) -> torch.Tensor:
+def kl_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, select: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """T^2 / N * sum_{m in M} KL(softmax(t_m / T) || softmax(s_m / T))  (batchmean over the N selected rows)."""
     s = student_logits[select].float() / temperature
     t = teacher_logits[select].float() / temperature
@@ -19,7 +21,9 @@ def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, select: 
     return kl * temperature**2 / n
 
 
-def cosine_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+def cosine_loss(
+    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, select: torch.Tensor
+) -> torch.Tensor:
     """1/N * sum_{m in M} (1 - cos(h_s[m], h_t[m]))."""
     if student_hidden.shape[-1] != teacher_hidden.shape[-1]:
         raise ValueError("alpha_cos / alpha_causal_cos need equal teacher and student hidden sizes")
@@ -41,7 +45,9 @@ def clm_loss(student_logits: torch.Tensor, ids: torch.Tensor, attention_mask: to
     return F.cross_entropy(student_logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100)
 
 
-def mse_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+def mse_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, select: torch.Tensor
+) -> torch.Tensor:
     """Sum of squared logit differences over M, divided by N (the parent code's alpha_mse term)."""
     s = student_logits[select].float()
     t = teacher_logits[select].float()

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from lmlab.errors import LmlabError
 
 _FIELD = r"(\d+|\[\d+:\d+\])"
@@ -80,7 +79,9 @@ def load_mapping(path_or_obj: str | Path | dict) -> list[MappingEntry]:
             teacher = tuple(item.get("teacher_variable_names", ()))
             student = tuple(item.get("student_variable_names", ()))
             if not teacher or not student:
-                raise LmlabError(f"{where}: every entry needs teacher_variable_names and student_variable_names")
+                raise LmlabError(
+                    f"{where}: every entry needs teacher_variable_names and student_variable_names"
+                )
             for name in teacher + student:
                 parse_variable(name)
             entries.append(MappingEntry(teacher, student))
@@ -106,7 +107,9 @@ def resolve_sites(
                 f" (0..{n_layers - 1}); use a mapping file made for this {who}"
             )
         if not 0 <= var.head < n_heads:
-            raise LmlabError(f"mapping variable {name!r} names {who} head chunk {var.head}, but it has {n_heads}")
+            raise LmlabError(
+                f"mapping variable {name!r} names {who} head chunk {var.head}, but it has {n_heads}"
+            )
         if not 0 <= var.d0 < var.d1 <= hd:
             raise LmlabError(f"mapping variable {name!r}: dims [{var.d0}:{var.d1}] not inside 0..{hd}")
         mask = masks.setdefault(var.layer, torch.zeros(hidden_size, dtype=torch.bool))
@@ -114,7 +117,9 @@ def resolve_sites(
     return {k: (None if bool(m.all()) else m) for k, m in sorted(masks.items())}
 
 
-def validate_mapping(entries: list[MappingEntry], teacher_dims: tuple[int, int, int], student_dims: tuple[int, int, int]) -> None:
+def validate_mapping(
+    entries: list[MappingEntry], teacher_dims: tuple[int, int, int], student_dims: tuple[int, int, int]
+) -> None:
     """Check every variable of every entry against (n_layers, hidden, heads) of teacher and student."""
     for entry in entries:
         for name in entry.teacher:

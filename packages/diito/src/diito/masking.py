@@ -45,8 +45,12 @@ def mlm_mask(
         selected[idx] = True
     selected = selected.view(B, T)
     labels = torch.where(selected, ids, torch.full_like(ids, -100))
-    choice = torch.multinomial(torch.tensor([word_mask, word_keep, word_rand]), B * T, replacement=True, generator=generator).view(B, T)
+    choice = torch.multinomial(
+        torch.tensor([word_mask, word_keep, word_rand]), B * T, replacement=True, generator=generator
+    ).view(B, T)
     random_ids = torch.randint(0, vocab_size, (B, T), generator=generator)
-    corrupted = torch.where(choice == 0, torch.full_like(ids, mask_id), torch.where(choice == 1, ids, random_ids))
+    corrupted = torch.where(
+        choice == 0, torch.full_like(ids, mask_id), torch.where(choice == 1, ids, random_ids)
+    )
     out = torch.where(selected, corrupted, ids)
     return out, labels, selected

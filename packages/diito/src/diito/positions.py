@@ -18,7 +18,9 @@ def interchange_counts(
     return c
 
 
-def _consecutive(lengths: torch.Tensor, counts: torch.Tensor, T: int, gen: torch.Generator | None) -> torch.Tensor:
+def _consecutive(
+    lengths: torch.Tensor, counts: torch.Tensor, T: int, gen: torch.Generator | None
+) -> torch.Tensor:
     span = (lengths - counts + 1).clamp(min=1)
     start = (torch.rand(lengths.shape, generator=gen, device=lengths.device) * span).long()
     start = torch.minimum(start, span - 1)

@@ -25,9 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-
 from lmlab.errors import LmlabError
+from torch import nn
 
 Sites = dict[int, "torch.Tensor | None"]
 
@@ -59,7 +58,11 @@ def _with_hidden(output, hidden):
 
 
 def swap_positions(
-    base: torch.Tensor, source: torch.Tensor, P: torch.Tensor, Ps: torch.Tensor, dims: torch.Tensor | None = None
+    base: torch.Tensor,
+    source: torch.Tensor,
+    P: torch.Tensor,
+    Ps: torch.Tensor,
+    dims: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`base` with `base[i, p_j, dims] = source[i, q_j, dims]` (j-th True of P[i] and of Ps[i]); a new tensor.
 
@@ -91,7 +94,9 @@ def _hooks() -> Iterator[list]:
 
 
 @contextlib.contextmanager
-def capture_sites(model: nn.Module, sites: list[int], convention: str = "consistent") -> Iterator[dict[int, torch.Tensor]]:
+def capture_sites(
+    model: nn.Module, sites: list[int], convention: str = "consistent"
+) -> Iterator[dict[int, torch.Tensor]]:
     """Record the value read at each site: the block output (`consistent`) or its input (`reference`: the
     output of block k-1 or the embedding output, the reference implementation's read site)."""
     blocks = find_blocks(model)
@@ -118,7 +123,11 @@ def capture_last_hidden(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
     """Record the output of the last block (registered last, so it sees any intervention)."""
     store: dict[str, torch.Tensor] = {}
     with _hooks() as handles:
-        handles.append(find_blocks(model)[-1].register_forward_hook(lambda m, a, o: store.__setitem__("h", _hidden_of(o))))
+        handles.append(
+            find_blocks(model)[-1].register_forward_hook(
+                lambda m, a, o: store.__setitem__("h", _hidden_of(o))
+            )
+        )
         yield store
 
 
@@ -193,7 +202,9 @@ def interchange_forward(
 ) -> InterchangeOutput:
     """The fused single pass over concat(base, source); same results as `interchange_forward_separate`."""
     if base_ids.shape != src_ids.shape:
-        raise LmlabError(f"base {tuple(base_ids.shape)} and source {tuple(src_ids.shape)} batches differ in shape")
+        raise LmlabError(
+            f"base {tuple(base_ids.shape)} and source {tuple(src_ids.shape)} batches differ in shape"
+        )
     B = base_ids.shape[0]
     dev = base_ids.device
     blocks = find_blocks(model)
@@ -218,11 +229,17 @@ def interchange_forward(
         if rows is None:
             return None
         new_args = [args[0]] + [
-            a.index_select(0, rows) if isinstance(a, torch.Tensor) and a.dim() >= 2 and a.shape[0] == 2 * B else a
+            a.index_select(0, rows)
+            if isinstance(a, torch.Tensor) and a.dim() >= 2 and a.shape[0] == 2 * B
+            else a
             for a in args[1:]
         ]
         new_kwargs = {
-            key: (v.index_select(0, rows) if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[0] == 2 * B else v)
+            key: (
+                v.index_select(0, rows)
+                if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[0] == 2 * B
+                else v
+            )
             for key, v in kwargs.items()
         }
         return tuple(new_args), new_kwargs
@@ -253,13 +270,21 @@ def interchange_forward(
     last: dict[str, torch.Tensor] = {}
     with _hooks() as handles:
         for j in range(lo + 1, len(blocks)):
-            handles.append(blocks[j].register_forward_pre_hook(lambda m, a, kw, j=j: remap(m, a, kw, j), with_kwargs=True))
+            handles.append(
+                blocks[j].register_forward_pre_hook(
+                    lambda m, a, kw, j=j: remap(m, a, kw, j), with_kwargs=True
+                )
+            )
         for k in order:
             if convention == "reference":
                 handles.append(
-                    blocks[k].register_forward_pre_hook(lambda m, a, kw, k=k: read_pre(m, a, kw, k), with_kwargs=True)
+                    blocks[k].register_forward_pre_hook(
+                        lambda m, a, kw, k=k: read_pre(m, a, kw, k), with_kwargs=True
+                    )
                 )
-            handles.append(blocks[k].register_forward_hook(lambda m, a, o, k=k: write(m, a, o, k), prepend=True))
+            handles.append(
+                blocks[k].register_forward_hook(lambda m, a, o, k=k: write(m, a, o, k), prepend=True)
+            )
         handles.append(blocks[-1].register_forward_hook(lambda m, a, o: last.__setitem__("h", _hidden_of(o))))
         logits = _run(model, ids, mask)
     hidden = last["h"]

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from lmlab.errors import LmlabError
 from torch import nn
 from torch.utils.data import DataLoader
 
 from diito.config import TrainConfig
 from diito.distill import LossWeights, distill_losses
-from lmlab.errors import LmlabError
 
 
 def linear_schedule(step: int, warmup: int, total: int) -> float:
@@ -30,7 +30,11 @@ def linear_schedule(step: int, warmup: int, total: int) -> float:
 
 
 def position_embedding_modules(model: nn.Module) -> list[nn.Module]:
-    return [m for name, m in model.named_modules() if name.endswith(("position_embeddings", ".wpe")) and isinstance(m, nn.Embedding)]
+    return [
+        m
+        for name, m in model.named_modules()
+        if name.endswith(("position_embeddings", ".wpe")) and isinstance(m, nn.Embedding)
+    ]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -48,7 +52,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 class DiitoModule(pl.LightningModule):
-    def __init__(self, cfg: TrainConfig, student: nn.Module, teacher: nn.Module, dataset, collator, entries, total_steps: int):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        student: nn.Module,
+        teacher: nn.Module,
+        dataset,
+        collator,
+        entries,
+        total_steps: int,
+    ):
         super().__init__()
         self.cfg = cfg
         self.student = student.train()
@@ -56,13 +69,23 @@ class DiitoModule(pl.LightningModule):
         self.dataset, self.collator, self.entries = dataset, collator, entries
         self.total_steps = total_steps
         self.weights = LossWeights(
-            cfg.alpha_ce, cfg.alpha_mlm, cfg.alpha_cos, cfg.alpha_clm, cfg.alpha_mse, cfg.alpha_causal_ce, cfg.alpha_causal_cos
+            cfg.alpha_ce,
+            cfg.alpha_mlm,
+            cfg.alpha_cos,
+            cfg.alpha_clm,
+            cfg.alpha_mse,
+            cfg.alpha_causal_ce,
+            cfg.alpha_causal_cos,
         )
         self.batches_seen = 0
         self._site_cache: dict[tuple, tuple] = {}
 
     def on_fit_start(self) -> None:
-        dtype = torch.bfloat16 if "bf16" in str(self.trainer.precision) else (torch.float16 if "16" in str(self.trainer.precision) else None)
+        dtype = (
+            torch.bfloat16
+            if "bf16" in str(self.trainer.precision)
+            else (torch.float16 if "16" in str(self.trainer.precision) else None)
+        )
         self.teacher.to(self.device)
         if dtype is not None:
             self.teacher.to(dtype)
@@ -106,12 +129,17 @@ class DiitoModule(pl.LightningModule):
         for name, value in out.items():
             self.log(f"train/{name}", value.detach(), on_step=True, prog_bar=name == "loss", batch_size=bs)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, batch_size=bs)
-        self.log("train/tokens", batch["base_mask"].sum().float(), on_step=True, reduce_fx="sum", batch_size=bs)
+        self.log(
+            "train/tokens", batch["base_mask"].sum().float(), on_step=True, reduce_fx="sum", batch_size=bs
+        )
         return out["loss"]
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(
-            param_groups(self.student, self.cfg.weight_decay), lr=self.cfg.learning_rate, betas=(0.9, 0.98), eps=self.cfg.adam_epsilon
+            param_groups(self.student, self.cfg.weight_decay),
+            lr=self.cfg.learning_rate,
+            betas=(0.9, 0.98),
+            eps=self.cfg.adam_epsilon,
         )
         warmup = math.ceil(self.cfg.warmup_prop * self.total_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, warmup, self.total_steps))
@@ -167,7 +195,9 @@ def _load_student(cfg: TrainConfig, attn: str):
         try:
             return cls.from_pretrained(cfg.student_pretrained_weights, attn_implementation=attn)
         except OSError as err:
-            raise LmlabError(f"cannot load student {cfg.student_pretrained_weights}: {str(err).splitlines()[0]}") from err
+            raise LmlabError(
+                f"cannot load student {cfg.student_pretrained_weights}: {str(err).splitlines()[0]}"
+            ) from err
     if not cfg.student_config:
         raise LmlabError("give --student_pretrained_weights (from `diito extract`) or --student_config")
     path = resolve_shipped(cfg.student_config)
@@ -194,14 +224,17 @@ def resolve_shipped(name: str) -> Path:
 
 def build(cfg: TrainConfig):
     """Models, data, collator and mapping for a run: (module, total_steps)."""
+    from lmlab.device import resolve_accelerator, resolve_attn_implementation
+
     from diito.data.binarized import load_binarized, load_token_counts
     from diito.data.dataset import Collator, CollatorOptions, PairedSeqDataset
     from diito.mapping import load_mapping, validate_mapping
     from diito.masking import token_weights
     from diito.sites import model_dims
-    from lmlab.device import resolve_accelerator, resolve_attn_implementation
 
-    attn = resolve_attn_implementation(cfg.attn_implementation, "cuda" if resolve_accelerator(cfg.device) == "gpu" else "cpu")
+    attn = resolve_attn_implementation(
+        cfg.attn_implementation, "cuda" if resolve_accelerator(cfg.device) == "gpu" else "cpu"
+    )
     teacher = _load_teacher(cfg, attn)
     student = _load_student(cfg, attn)
     if teacher.config.vocab_size != student.config.vocab_size:
@@ -224,7 +257,9 @@ def build(cfg: TrainConfig):
                 m.weight.requires_grad_(False)
     data = load_binarized(cfg.data_file)
     if data.vocab_size > teacher.config.vocab_size or int(data.ids.max()) >= teacher.config.vocab_size:
-        raise LmlabError(f"{cfg.data_file} has ids beyond the teacher's vocabulary ({teacher.config.vocab_size}); binarize with its tokenizer")
+        raise LmlabError(
+            f"{cfg.data_file} has ids beyond the teacher's vocabulary ({teacher.config.vocab_size}); binarize with its tokenizer"
+        )
     sp = data.special
     max_len = cfg.max_model_input_size if cfg.max_model_input_size != -1 else _max_positions(teacher)
     cls_id = sp.get("cls", sp.get("bos", -1))
@@ -260,7 +295,11 @@ def build(cfg: TrainConfig):
     )
     world = _world_size(cfg)
     batches_per_epoch = math.ceil(len(dataset) / cfg.batch_size) / world
-    total = cfg.max_steps if cfg.max_steps != -1 else int(batches_per_epoch / cfg.accumulate_grad_batches * cfg.n_epoch) + 1
+    total = (
+        cfg.max_steps
+        if cfg.max_steps != -1
+        else int(batches_per_epoch / cfg.accumulate_grad_batches * cfg.n_epoch) + 1
+    )
     module = DiitoModule(cfg, student, teacher, dataset, collator, entries, total)
     module.dataset_max_len = max_len
     return module, total
@@ -293,7 +332,9 @@ def run_train(cfg: TrainConfig) -> dict:
     seed_everything(cfg.seed)
     module, total = build(cfg)
     save_config(cfg, out / "config.yaml")
-    write_json(out / "parameters.json", {**{k: v for k, v in vars(cfg).items()}, "total_optimizer_steps": total})
+    write_json(
+        out / "parameters.json", {**{k: v for k, v in vars(cfg).items()}, "total_optimizer_steps": total}
+    )
     trainer = build_trainer(
         cfg,
         out,

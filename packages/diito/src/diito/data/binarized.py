@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from lmlab.errors import LmlabError
 
 _ALLOWED_GLOBALS = {
@@ -49,13 +48,17 @@ def id_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size < 65536 else np.dtype(np.int32)
 
 
-def from_sequences(seqs: list, vocab_size: int, special: dict[str, int], tokenizer_name: str = "") -> Binarized:
+def from_sequences(
+    seqs: list, vocab_size: int, special: dict[str, int], tokenizer_name: str = ""
+) -> Binarized:
     lengths = np.array([len(s) for s in seqs], dtype=np.int64)
     offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs]) if seqs else np.zeros(0, np.int64)
     if flat.size and (flat.min() < 0 or flat.max() >= vocab_size):
-        raise LmlabError(f"token ids outside the vocabulary 0..{vocab_size - 1}; check --vocab_size / the tokenizer")
+        raise LmlabError(
+            f"token ids outside the vocabulary 0..{vocab_size - 1}; check --vocab_size / the tokenizer"
+        )
     return Binarized(flat.astype(id_dtype(vocab_size)), offsets, vocab_size, dict(special), tokenizer_name)
 
 
@@ -83,7 +86,9 @@ def load_binarized(path: str | Path) -> Binarized:
     if not path.is_file():
         raise LmlabError(f"binarized file {path} does not exist; run `diito binarize` first")
     if path.suffix in (".pickle", ".pkl"):
-        raise LmlabError(f"{path} is a pickle; convert it with `diito binarize --import_legacy_pickle {path}`")
+        raise LmlabError(
+            f"{path} is a pickle; convert it with `diito binarize --import_legacy_pickle {path}`"
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
             ids, offsets = z["ids"], z["offsets"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from lmlab.errors import LmlabError
 
 from diito.config import BinarizeConfig, CombineConfig, TokenCountsConfig
 from diito.data.binarized import (
@@ -15,7 +16,6 @@ from diito.data.binarized import (
     save_token_counts,
     token_counts,
 )
-from lmlab.errors import LmlabError
 
 SPECIAL_NAMES = ("pad", "cls", "sep", "mask", "unk", "bos", "eos")
 
@@ -57,13 +57,14 @@ def run_binarize(cfg: BinarizeConfig) -> dict:
     if cfg.import_legacy_pickle:
         seqs = load_legacy_pickle(cfg.import_legacy_pickle)
         if not all(isinstance(s, np.ndarray) for s in seqs):
-            raise LmlabError(f"{cfg.import_legacy_pickle} is not a list of numpy arrays (a binarized reference file)")
+            raise LmlabError(
+                f"{cfg.import_legacy_pickle} is not a list of numpy arrays (a binarized reference file)"
+            )
         data = from_sequences(seqs, cfg.vocab_size, bert_specials(), "legacy")
         out = Path(str(Path(cfg.import_legacy_pickle).with_suffix("")) + ".npz")
     else:
-        from transformers import AutoTokenizer
-
         from lmlab.data import load_corpus
+        from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_name)
         corpus = load_corpus(cfg.input, text_column=cfg.field_name, split=cfg.split)
@@ -85,10 +86,14 @@ def run_binarize(cfg: BinarizeConfig) -> dict:
 def run_combine(cfg: CombineConfig) -> dict:
     parts = [load_binarized(p) for p in cfg.inputs]
     if len({p.vocab_size for p in parts}) != 1 or len({tuple(sorted(p.special.items())) for p in parts}) != 1:
-        raise LmlabError("the binarized files were made with different tokenizers; combine files of one tokenizer")
+        raise LmlabError(
+            "the binarized files were made with different tokenizers; combine files of one tokenizer"
+        )
     seqs = [s for p in parts for s in p.sequences()]
     order = np.random.default_rng(cfg.seed).permutation(len(seqs))
-    data = from_sequences([seqs[i] for i in order], parts[0].vocab_size, parts[0].special, parts[0].tokenizer_name)
+    data = from_sequences(
+        [seqs[i] for i in order], parts[0].vocab_size, parts[0].special, parts[0].tokenizer_name
+    )
     save_binarized(data, cfg.output)
     print(f"[diito combine] {len(data)} sequences -> {cfg.output}")
     return {"path": cfg.output, "sequences": len(data)}

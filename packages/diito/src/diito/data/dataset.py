@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
-
 from lmlab.errors import LmlabError
+from torch.utils.data import Dataset, Sampler
 
 
 def split_long(seq: np.ndarray, max_len: int, cls_id: int, sep_id: int) -> list[np.ndarray]:
@@ -156,10 +155,23 @@ class Collator:
     """Pads base rows to the batch max length T, pads or truncates partners to T, then corrupts (MLM) both,
     picks the mapping entry and samples the interchange positions."""
 
-    def __init__(self, opts: CollatorOptions, pad_id: int, mask_id: int | None, vocab_size: int, weights: torch.Tensor | None):
+    def __init__(
+        self,
+        opts: CollatorOptions,
+        pad_id: int,
+        mask_id: int | None,
+        vocab_size: int,
+        weights: torch.Tensor | None,
+    ):
         if opts.mlm and (mask_id is None or weights is None):
             raise LmlabError("--mlm needs a tokenizer with a mask token and --token_counts")
-        self.opts, self.pad_id, self.mask_id, self.vocab_size, self.weights = opts, pad_id, mask_id, vocab_size, weights
+        self.opts, self.pad_id, self.mask_id, self.vocab_size, self.weights = (
+            opts,
+            pad_id,
+            mask_id,
+            vocab_size,
+            weights,
+        )
 
     def __call__(self, items) -> dict[str, torch.Tensor]:
         from diito.masking import mlm_mask
@@ -188,8 +200,16 @@ class Collator:
             "src_len": src_len,
         }
         if o.mlm:
-            kw = dict(mask_prop=o.mlm_mask_prop, word_mask=o.word_mask, word_keep=o.word_keep, word_rand=o.word_rand, generator=gen)
-            base, labels, selected = mlm_mask(base, base_len, self.weights, self.mask_id, self.vocab_size, **kw)
+            kw = dict(
+                mask_prop=o.mlm_mask_prop,
+                word_mask=o.word_mask,
+                word_keep=o.word_keep,
+                word_rand=o.word_rand,
+                generator=gen,
+            )
+            base, labels, selected = mlm_mask(
+                base, base_len, self.weights, self.mask_id, self.vocab_size, **kw
+            )
             src, _, _ = mlm_mask(src, src_len, self.weights, self.mask_id, self.vocab_size, **kw)
         else:
             labels = torch.where(out["base_mask"].bool(), base, torch.full_like(base, -100))
