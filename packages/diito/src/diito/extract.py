@@ -9,6 +9,7 @@ head (GPT-2: also ln_f). Saved as a stock `save_pretrained` folder.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 
@@ -167,8 +168,6 @@ def extract(
             )
     out = Path(output_dir)
     student.save_pretrained(out)
-    try:
+    with contextlib.suppress(OSError, ValueError):
         AutoTokenizer.from_pretrained(teacher_name).save_pretrained(out)
-    except (OSError, ValueError):
-        pass
     return out

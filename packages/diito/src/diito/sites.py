@@ -213,7 +213,7 @@ def interchange_forward(
     multi = len(order) > 1
     ar = torch.arange(B, device=dev)
     # rows (as indices into the original 2B batch) that enter block j
-    rows_two = torch.cat([ar, ar + B])
+    torch.cat([ar, ar + B])
     rows_three = torch.cat([ar, ar + B, ar])
     rows_inter = torch.cat([ar, ar])
 

@@ -8,6 +8,7 @@ never wrapped by DDP), in eval mode, run under `inference_mode`, and cast to bf1
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -322,11 +323,25 @@ def _max_positions(model) -> int:
     return int(n)
 
 
+def make_trainer(cfg: TrainConfig, output_dir, max_steps: int):
+    """The Lightning Trainer of a run: lmlab's, plus norm clipping and our own rank-aware batch sampler."""
+    from lmlab.training import build_trainer
+
+    return build_trainer(
+        cfg,
+        output_dir,
+        max_steps=max_steps,
+        gradient_clip_val=cfg.max_grad_norm,
+        gradient_clip_algorithm="norm",
+        use_distributed_sampler=False,
+    )
+
+
 def run_train(cfg: TrainConfig) -> dict:
     from lmlab.config import save_config
     from lmlab.io import mark_done, prepare_run_dir, write_json
     from lmlab.seed import seed_everything
-    from lmlab.training import build_trainer, resume_checkpoint
+    from lmlab.training import resume_checkpoint
 
     out = prepare_run_dir(cfg.output_dir, overwrite=cfg.force)
     seed_everything(cfg.seed)
@@ -335,14 +350,7 @@ def run_train(cfg: TrainConfig) -> dict:
     write_json(
         out / "parameters.json", {**{k: v for k, v in vars(cfg).items()}, "total_optimizer_steps": total}
     )
-    trainer = build_trainer(
-        cfg,
-        out,
-        max_steps=total,
-        gradient_clip_val=cfg.max_grad_norm,
-        gradient_clip_algorithm="norm",
-        use_distributed_sampler=False,
-    )
+    trainer = make_trainer(cfg, out, total)
     trainer.fit(module, ckpt_path=resume_checkpoint(cfg, out), weights_only=True)
     result = {"optimizer_steps": int(trainer.global_step), "micro_batches": module.batches_seen}
     if trainer.is_global_zero:
@@ -361,7 +369,5 @@ def _save_tokenizer(cfg: TrainConfig, folder: Path) -> None:
     from transformers import AutoTokenizer
 
     name = cfg.tokenizer_name or cfg.teacher_name
-    try:
+    with contextlib.suppress(OSError, ValueError, TypeError):
         AutoTokenizer.from_pretrained(name).save_pretrained(folder)
-    except (OSError, ValueError, TypeError):
-        pass
