@@ -204,8 +204,8 @@ class BenchConfig:
     steps: int = h("timed steps", 20)
     modes: list[str] = h("modes to run", None)
     compile: bool = h("also time torch.compile'd models", False)
-    teacher_site: int = h("teacher site (single_middle_layer_6: 6)", 6)
-    student_site: int = h("student site (single_middle_layer_6: 3)", 3)
+    teacher_site: int = h("teacher site (-1: n_layers // 2, i.e. 6 as in single_middle_layer_6)", -1)
+    student_site: int = h("student site (-1: n_layers // 2, i.e. 3)", -1)
     threads: int = h("CPU threads (-1: leave)", -1)
     seed: int = h("seed", 0)
 

@@ -1,0 +1,61 @@
+"""Held-out distillation metrics: student MLM perplexity, causal KL and interchange-intervention accuracy (IIA:
+argmax agreement of the student's and the teacher's intervened predictions over non-pad positions)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from diito import losses
+from diito.sites import interchange_forward
+
+
+@torch.no_grad()
+def distillation_metrics(
+    teacher, student, loader, entries, temperature: float = 2.0, max_batches: int | None = None
+) -> dict:
+    from diito.mapping import resolve_sites
+    from diito.sites import model_dims
+
+    teacher.eval()
+    student.eval()
+    dev = next(student.parameters()).device
+    nll = n_masked = 0.0
+    kl_sum = kl_n = 0.0
+    agree = total = 0
+    plain_agree = 0
+    for b, batch in enumerate(loader):
+        if max_batches is not None and b >= max_batches:
+            break
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        e, ti, si = (int(x) for x in batch["entry"].tolist())
+        t_sites = {
+            k: (None if v is None else v.to(dev))
+            for k, v in resolve_sites(entries[e].teacher[ti], *model_dims(teacher)).items()
+        }
+        s_sites = {
+            k: (None if v is None else v.to(dev))
+            for k, v in resolve_sites(entries[e].student[si], *model_dims(student)).items()
+        }
+        args = (batch["base_ids"], batch["base_mask"], batch["src_ids"], batch["src_mask"])
+        t = interchange_forward(teacher, *args, {**t_sites}, batch["P"], batch["Ps"])
+        s = interchange_forward(student, *args, {**s_sites}, batch["P"], batch["Ps"])
+        labels = batch["labels"]
+        sel = labels >= 0
+        nll += float(torch.nn.functional.cross_entropy(s.logits[sel].float(), labels[sel], reduction="sum"))
+        n_masked += int(sel.sum())
+        mask = batch["base_mask"].bool()
+        n = int(mask.sum())
+        kl_sum += float(losses.kl_loss(s.int_logits, t.int_logits, mask, temperature)) * n
+        kl_n += n
+        agree += int((s.int_logits.argmax(-1) == t.int_logits.argmax(-1))[mask].sum())
+        plain_agree += int((s.logits.argmax(-1) == t.logits.argmax(-1))[mask].sum())
+        total += n
+    return {
+        "mlm_perplexity": math.exp(nll / max(n_masked, 1)),
+        "causal_kl": kl_sum / max(kl_n, 1),
+        "iia": agree / max(total, 1),
+        "plain_agreement": plain_agree / max(total, 1),
+        "eval_tokens": total,
+    }
