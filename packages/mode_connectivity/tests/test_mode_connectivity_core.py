@@ -6,15 +6,14 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from lmlab.errors import LmlabError
 from lmlab.testing import tiny_model
-from mode_connectivity.adapter import Adapter, add_adapters, adapter_state_dict, freeze_backbone
+from mode_connectivity.adapter import Adapter, adapter_state_dict, add_adapters, freeze_backbone
 from mode_connectivity.barriers import barrier_metrics, distances
 from mode_connectivity.curves import Curve, CurveSweep, bernstein_weights, curve_loss, polychain_weights
 from mode_connectivity.models import delta_state, prepare_model, unique_state
 from mode_connectivity.sweep import InterpolationSweep, interpolate_state_dicts, interpolation_grid
+from torch import nn
 
 
 def _t5(seed=0, **kw):
@@ -23,8 +22,14 @@ def _t5(seed=0, **kw):
 
 
 def _batch(tok):
-    enc = tok([" [glue-mnli] premise: a cat [SEP] hypothesis: an animal", " [glue-mnli] short"], padding=True, return_tensors="pt")
-    labels = tok(["<extra_id_0>entailment", "<extra_id_0>neutral"], padding=True, return_tensors="pt").input_ids
+    enc = tok(
+        [" [glue-mnli] premise: a cat [SEP] hypothesis: an animal", " [glue-mnli] short"],
+        padding=True,
+        return_tensors="pt",
+    )
+    labels = tok(
+        ["<extra_id_0>entailment", "<extra_id_0>neutral"], padding=True, return_tensors="pt"
+    ).input_ids
     labels[labels == tok.pad_token_id] = -100
     return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask, "labels": labels}
 
@@ -53,7 +58,9 @@ def test_full_model_sweep_endpoints_bit_exact_and_tied():
         sweep.set(a)
         state = model.state_dict()
         for k in theta1:
-            expected = theta1[k] if a == 0.0 else theta2[k] if a == 1.0 else torch.lerp(theta1[k], theta2[k], a)
+            expected = (
+                theta1[k] if a == 0.0 else theta2[k] if a == 1.0 else torch.lerp(theta1[k], theta2[k], a)
+            )
             assert torch.equal(state[k], expected), (a, k)
         # the tie survives: encoder/decoder embeddings and lm_head still share the interpolated storage
         assert torch.equal(model.encoder.embed_tokens.weight, model.shared.weight)
@@ -131,7 +138,11 @@ def test_lora_delta_tensors_via_peft():
     assert {k.split(".")[-3] for k in delta} == {"lora_A", "lora_B"}
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
     assert all("lora_" in n for n in trainable)
-    assert any(".q." in k for k in delta) and any(".v." in k for k in delta) and not any(".k." in k for k in delta)
+    assert (
+        any(".q." in k for k in delta)
+        and any(".v." in k for k in delta)
+        and not any(".k." in k for k in delta)
+    )
 
 
 # ------------------------------------------------------------------------------------------------ adapter
@@ -191,7 +202,9 @@ def test_adapter_placement_on_sublayer_output_before_residual():
     layer.SelfAttention.register_forward_hook(lambda m, a, out: seen.__setitem__("raw", out[0].clone()))
     add_adapters(model, "houlsby", 4)
     layer.register_forward_hook(lambda m, a, out: seen.__setitem__("layer", out[0].clone()))
-    layer.register_forward_pre_hook(lambda m, a, kw: seen.__setitem__("h", (a[0] if a else kw["hidden_states"]).clone()), with_kwargs=True)
+    layer.register_forward_pre_hook(
+        lambda m, a, kw: seen.__setitem__("h", (a[0] if a else kw["hidden_states"]).clone()), with_kwargs=True
+    )
     with torch.no_grad():
         model(**_batch(tok))
         expected = seen["h"] + layer.SelfAttention.adapter(seen["raw"])
@@ -212,9 +225,16 @@ def test_freeze_backbone_only_adapters_trainable():
 def test_barriers_flat_linear_v_and_bulge():
     xs = [0.0, 0.25, 0.5, 0.75, 1.0]
     flat = barrier_metrics(xs, [0.8] * 5, [1.0] * 5)
-    assert flat["perf_barrier"] == 0 and flat["loss_barrier"] == 0 and flat["min_drop"] == 0 and flat["connected"]
+    assert (
+        flat["perf_barrier"] == 0
+        and flat["loss_barrier"] == 0
+        and flat["min_drop"] == 0
+        and flat["connected"]
+    )
     lin = barrier_metrics(xs, [0.6, 0.65, 0.7, 0.75, 0.8], [2.0, 1.75, 1.5, 1.25, 1.0])
-    assert lin["perf_barrier"] == pytest.approx(0.0, abs=1e-12) and lin["loss_barrier"] == pytest.approx(0, abs=1e-12)
+    assert lin["perf_barrier"] == pytest.approx(0.0, abs=1e-12) and lin["loss_barrier"] == pytest.approx(
+        0, abs=1e-12
+    )
     v = barrier_metrics(xs, [0.8, 0.6, 0.3, 0.6, 0.8], [1.0, 1.5, 3.0, 1.5, 1.0])
     assert v["perf_barrier"] == pytest.approx(0.5) and v["perf_barrier_argmax_a"] == 0.5
     assert v["loss_barrier"] == pytest.approx(2.0) and v["loss_barrier_argmax_a"] == 0.5
@@ -236,7 +256,9 @@ def test_distance_symmetric_self_zero_rms_and_key_order():
     a = {"x": torch.randn(3, 4, generator=g), "y": torch.randn(5, generator=g)}
     b = {"y": torch.randn(5, generator=g), "x": torch.randn(3, 4, generator=g)}
     d_ab, d_ba = distances(a, b), distances(b, a)
-    assert d_ab["l2"] == pytest.approx(d_ba["l2"]) and d_ab["cosine_similarity"] == pytest.approx(d_ba["cosine_similarity"])
+    assert d_ab["l2"] == pytest.approx(d_ba["l2"]) and d_ab["cosine_similarity"] == pytest.approx(
+        d_ba["cosine_similarity"]
+    )
     assert d_ab["n_params"] == 17 and d_ab["rms"] == pytest.approx(d_ab["l2"] / math.sqrt(17))
     va = torch.cat([a["x"].flatten(), a["y"]]).double()
     vb = torch.cat([b["x"].flatten(), b["y"]]).double()
@@ -279,7 +301,9 @@ def test_bezier_endpoints_exact_and_midpoint_formula():
     c = curve.control_points()[0]["w"]
     torch.testing.assert_close(curve.point(0.5)["w"], 0.25 * t1["w"] + 0.5 * c + 0.25 * t2["w"])
     t = 0.3
-    torch.testing.assert_close(curve.point(t)["w"], (1 - t) ** 2 * t1["w"] + 2 * t * (1 - t) * c + t**2 * t2["w"])
+    torch.testing.assert_close(
+        curve.point(t)["w"], (1 - t) ** 2 * t1["w"] + 2 * t * (1 - t) * c + t**2 * t2["w"]
+    )
     chord = Curve(t1, t2, n_bends=1)  # default init: the chord midpoint -> the curve is the straight line
     torch.testing.assert_close(chord.point(0.3)["w"], torch.lerp(t1["w"], t2["w"], 0.3))
     poly = Curve(t1, t2, n_bends=1, kind="polychain", init="normal", generator=g)
@@ -366,7 +390,9 @@ def test_permuted_model_identical_line_has_barrier_curve_removes_it():
         sweep.set(a)
         line.append(evaluate())
     linear = barrier_metrics(grid, [m for m, _ in line], [lo for _, lo in line])
-    assert line[0][0] == line[-1][0] and line[0][1] == pytest.approx(line[-1][1], abs=1e-6)  # identical behaviour
+    assert line[0][0] == line[-1][0] and line[0][1] == pytest.approx(
+        line[-1][1], abs=1e-6
+    )  # identical behaviour
     assert linear["perf_barrier"] > 0.2 and linear["loss_barrier"] > 0.5 and not linear["connected"]
 
     curve = Curve(theta1, theta2, n_bends=1)
@@ -377,7 +403,9 @@ def test_permuted_model_identical_line_has_barrier_curve_removes_it():
         opt.zero_grad()
         curve_loss(model, curve, t, {"x": x, "labels": y}).backward()
         opt.step()
-    assert all(torch.equal(curve.start[k], theta1[k]) and torch.equal(curve.end[k], theta2[k]) for k in theta1)
+    assert all(
+        torch.equal(curve.start[k], theta1[k]) and torch.equal(curve.end[k], theta2[k]) for k in theta1
+    )
     cs = CurveSweep(curve, targets)
     along = []
     for t in grid:

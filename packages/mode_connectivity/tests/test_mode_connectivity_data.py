@@ -1,7 +1,6 @@
 """CrossFit tsv parsing with the real ANLI / MNLI / ReCoRD samples, formatting, split halves, and metrics."""
 
 import pytest
-
 from lmlab.data import sample_path
 from lmlab.errors import LmlabError
 from lmlab.testing import tiny_tokenizer
@@ -82,7 +81,9 @@ def test_formatting_of_inputs_and_targets():
 def test_tokenised_targets_start_with_sentinel_and_end_with_eos():
     tok = tiny_tokenizer("t5")
     examples = load_split(sample_path("crossfit/superglue-record"), "dev")
-    split = EncodedSplit(examples, tok, "superglue-record", TextTaskOptions(max_input_length=40, max_output_length=8))
+    split = EncodedSplit(
+        examples, tok, "superglue-record", TextTaskOptions(max_input_length=40, max_output_length=8)
+    )
     sentinel = tok.convert_tokens_to_ids("<extra_id_0>")
     for ids, targets, ex in zip(split.input_ids, split.target_ids, examples, strict=True):
         assert len(ids) <= 40 and ids[-1] == tok.eos_token_id
@@ -127,7 +128,9 @@ def test_em_and_qa_f1_normalisation():
     # "big red dog" vs gold "the red dog": common {red, dog}: p = 2/3, r = 1 -> f1 = 0.8; second gold better
     scores = raw_scores(QA_F1, ["big red dog", "Obama"], [["the red dog"], ["Barack Obama", "Obama"]])
     assert scores == pytest.approx([0.8, 1.0])
-    assert evaluate_predictions(QA_F1, ["big red dog", "none"], [["the red dog"], ["x"]]) == pytest.approx(0.4)
+    assert evaluate_predictions(QA_F1, ["big red dog", "none"], [["the red dog"], ["x"]]) == pytest.approx(
+        0.4
+    )
 
 
 def test_classification_f1_restricted_to_gold_labels():
@@ -140,9 +143,15 @@ def test_classification_f1_restricted_to_gold_labels():
 
 def test_matthews_mapping_and_pearson():
     golds = [["acceptable"], ["unacceptable"], ["acceptable"], ["unacceptable"]]
-    assert evaluate_predictions(MCC, ["acceptable", "unacceptable", "acceptable", "unacceptable"], golds) == 1.0
-    assert evaluate_predictions(MCC, ["unacceptable", "acceptable", "unacceptable", "acceptable"], golds) == -1.0
-    assert evaluate_predictions(MCC, ["acceptable", "garbage", "acceptable", "zzz"], golds) == 1.0  # else -> 0
+    assert (
+        evaluate_predictions(MCC, ["acceptable", "unacceptable", "acceptable", "unacceptable"], golds) == 1.0
+    )
+    assert (
+        evaluate_predictions(MCC, ["unacceptable", "acceptable", "unacceptable", "acceptable"], golds) == -1.0
+    )
+    assert (
+        evaluate_predictions(MCC, ["acceptable", "garbage", "acceptable", "zzz"], golds) == 1.0
+    )  # else -> 0
     assert evaluate_predictions(PEARSON, ["1", "2", "3"], [["2"], ["4"], ["6"]]) == pytest.approx(1.0)
     assert evaluate_predictions(PEARSON, ["x", "2", "3"], [["2"], ["4"], ["6"]]) == 0.0  # unparseable -> 0
     assert raw_scores(PEARSON, ["2", "3.0"], [["2"], ["3"]]) == [1.0, 0.0]

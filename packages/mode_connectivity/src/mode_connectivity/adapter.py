@@ -39,7 +39,11 @@ def adapter_sites(model: nn.Module, adapter_type: str = "houlsby") -> list[nn.Mo
     """The sublayer modules that get an adapter, in model order."""
     if adapter_type not in ADAPTER_TYPES:
         raise ValueError(f"--adapter_type must be one of {ADAPTER_TYPES}, not {adapter_type!r}")
-    names = ("DenseReluDense",) if adapter_type == "pfeiffer" else ("SelfAttention", "EncDecAttention", "DenseReluDense")
+    names = (
+        ("DenseReluDense",)
+        if adapter_type == "pfeiffer"
+        else ("SelfAttention", "EncDecAttention", "DenseReluDense")
+    )
     sites = []
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] in names:

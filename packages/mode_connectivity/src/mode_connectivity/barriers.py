@@ -12,7 +12,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-
 from lmlab.errors import LmlabError
 
 

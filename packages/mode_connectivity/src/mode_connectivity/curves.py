@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 
 import torch
+from lmlab.errors import LmlabError
 from torch import nn
 
-from lmlab.errors import LmlabError
 from mode_connectivity.models import check_same_keys
 
 CURVES = ("bezier", "polychain")
@@ -68,15 +68,17 @@ class Curve(nn.Module):
         curve_weights(kind, 0.0, n_bends)
         self.kind, self.n_bends = kind, n_bends
         self.names = sorted(theta1)
-        self.start = {k: theta1[k].detach().float().clone() for k in self.names}
-        self.end = {k: theta2[k].detach().float().clone() for k in self.names}
+        for j, k in enumerate(self.names):  # buffers: they move with the module and never get gradients
+            self.register_buffer(f"start{j}", theta1[k].detach().float().clone())
+            self.register_buffer(f"end{j}", theta2[k].detach().float().clone())
         self.bends = nn.ParameterList()
         for i in range(1, n_bends + 1):
             frac = i / (n_bends + 1)
             ps = nn.ParameterDict()
+            start, end = self.start, self.end
             for j, k in enumerate(self.names):
                 if init == "chord":
-                    v = torch.lerp(self.start[k], self.end[k], frac)
+                    v = torch.lerp(start[k], end[k], frac)
                 elif init == "normal":
                     v = torch.randn(self.start[k].shape, generator=generator) * init_std
                 else:
@@ -84,12 +86,13 @@ class Curve(nn.Module):
                 ps[f"p{j}"] = nn.Parameter(v)
             self.bends.append(ps)
 
-    def to(self, *args, **kwargs):  # noqa: D102 - endpoints are plain dicts; move them too
-        super().to(*args, **kwargs)
-        device = next(iter(self.bends[0].values())).device
-        self.start = {k: v.to(device) for k, v in self.start.items()}
-        self.end = {k: v.to(device) for k, v in self.end.items()}
-        return self
+    @property
+    def start(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, f"start{j}") for j, k in enumerate(self.names)}
+
+    @property
+    def end(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, f"end{j}") for j, k in enumerate(self.names)}
 
     def point(self, t: float) -> dict[str, torch.Tensor]:
         """phi(t) as a dict of tensors (differentiable in the control points; exact copies at the ends)."""
@@ -99,8 +102,9 @@ class Curve(nn.Module):
             return dict(self.end)
         w = curve_weights(self.kind, t, self.n_bends).tolist()
         out = {}
+        start, end = self.start, self.end
         for j, k in enumerate(self.names):
-            v = w[0] * self.start[k] + w[-1] * self.end[k]
+            v = w[0] * start[k] + w[-1] * end[k]
             for i in range(self.n_bends):
                 if w[i + 1] != 0.0:
                     v = v + w[i + 1] * self.bends[i][f"p{j}"]

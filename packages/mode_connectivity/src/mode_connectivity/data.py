@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from lmlab.errors import LmlabError
 
 SPLITS = ("train", "dev", "test")
@@ -126,7 +125,9 @@ class EncodedSplit:
         self.examples = examples
         self.task_name = task_name
         self.golds = [ex.answers for ex in examples]
-        inputs = [format_input(ex.input, task_name, opts.do_lowercase, opts.append_another_bos) for ex in examples]
+        inputs = [
+            format_input(ex.input, task_name, opts.do_lowercase, opts.append_another_bos) for ex in examples
+        ]
         enc = tokenizer(inputs, truncation=True, max_length=opts.max_input_length, add_special_tokens=True)
         self.input_ids = [list(ids) for ids in enc["input_ids"]]
         flat_answers = [a for ex in examples for a in ex.answers]
@@ -151,7 +152,9 @@ def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     return out
 
 
-def collate(input_ids: list[list[int]], labels: list[list[int]] | None, pad_id: int) -> dict[str, torch.Tensor]:
+def collate(
+    input_ids: list[list[int]], labels: list[list[int]] | None, pad_id: int
+) -> dict[str, torch.Tensor]:
     """Dynamic padding; label pads are -100."""
     batch = {"input_ids": pad(input_ids, pad_id)}
     batch["attention_mask"] = (batch["input_ids"] != pad_id).long()
@@ -172,7 +175,12 @@ def eval_batches(split: EncodedSplit, batch_size: int) -> list[tuple[list[int], 
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         out.append(
-            (idx, collate([split.input_ids[i] for i in idx], [split.target_ids[i][0] for i in idx], split.pad_id))
+            (
+                idx,
+                collate(
+                    [split.input_ids[i] for i in idx], [split.target_ids[i][0] for i in idx], split.pad_id
+                ),
+            )
         )
     return out
 

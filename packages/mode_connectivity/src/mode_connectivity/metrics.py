@@ -13,7 +13,6 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
-
 from lmlab.errors import LmlabError
 
 ACC = "ACC"

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lmlab.errors import LmlabError
 from torch import nn
 
-from lmlab.errors import LmlabError
 from mode_connectivity.adapter import add_adapters, freeze_backbone
 
 TUNE_METHODS = ("model", "adapter", "lora")
@@ -28,7 +28,9 @@ def load_t5(model_dir: str | Path, dtype: torch.dtype = torch.float32):
 
     path = Path(model_dir)
     if not path.is_dir():
-        raise LmlabError(f"--model {model_dir} is not a local model directory (run `mode-connectivity make-tiny`)")
+        raise LmlabError(
+            f"--model {model_dir} is not a local model directory (run `mode-connectivity make-tiny`)"
+        )
     return T5ForConditionalGeneration.from_pretrained(path, dtype=dtype)
 
 
@@ -102,7 +104,9 @@ def save_checkpoint(
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in delta_state(model, tune_method).items()}
+    tensors = {
+        k: v.detach().to("cpu").contiguous().clone() for k, v in delta_state(model, tune_method).items()
+    }
     _, aliases = unique_state(model)
     info = {"kind": tune_method, "aliases": aliases if tune_method == "model" else {}, **(meta or {})}
     tmp = path / (WEIGHTS + ".tmp")
@@ -137,7 +141,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
                 return dict(obj[key]), {"kind": kind}
         if all(isinstance(v, torch.Tensor) for v in obj.values()):
             return dict(obj), {}
-    raise LmlabError(f"cannot read checkpoint {path}: expected a checkpoint directory, .safetensors or a .pt dict")
+    raise LmlabError(
+        f"cannot read checkpoint {path}: expected a checkpoint directory, .safetensors or a .pt dict"
+    )
 
 
 def check_kind(meta: dict[str, Any], tune_method: str, path: str | Path) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from lmlab.errors import LmlabError
+
 from mode_connectivity.models import check_same_keys
 
 
@@ -39,7 +39,9 @@ class InterpolationSweep:
         self.targets = [targets[k] for k in self.names]
         self.start = [theta1[k].to(self.targets[i].device, torch.float32) for i, k in enumerate(self.names)]
         self.end = [theta2[k].to(self.targets[i].device, torch.float32) for i, k in enumerate(self.names)]
-        self._fast = all(t.dtype == torch.float32 for t in self.targets) and len({t.device for t in self.targets}) <= 1
+        self._fast = (
+            all(t.dtype == torch.float32 for t in self.targets) and len({t.device for t in self.targets}) <= 1
+        )
 
     @torch.no_grad()
     def set(self, a: float) -> None:

@@ -1,0 +1,376 @@
+"""`train` (reference `tune_singletask.py`) on Lightning: full fine-tuning, the paper's adapter, LoRA.
+
+One job per (lr, bsz) in `<output_dir>/lr_<lr>_bsz_<bsz>_seed_<seed>/` with `checkpoint@<N>` every
+`--output_interval` updates, `checkpoint-best` (dev metric >= best so far, every `--valid_interval` updates),
+`checkpoint-last` at the end; `<output_dir>/result.csv` gets a row per job. A job whose `checkpoint-last`
+exists is skipped; an interrupted job resumes from its Lightning `checkpoints/last.ckpt` at exactly the next
+sample (StepSampler). Cartography mode records per-example correctness/confidence on the train set every epoch.
+
+Fixes relative to the reference: gradient accumulation steps after `accum` micro-batches (the reference stepped
+after the very first), the initial state for `--SGD_noise` is written by `--save_init` (no code edits), and the
+full-model checkpoint-best is kept by default.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lmlab.config import save_config
+from lmlab.errors import LmlabError
+from lmlab.logging import get_logger
+from lmlab.training import StepSampler, build_trainer, resume_checkpoint
+from torch.utils.data import DataLoader
+
+from mode_connectivity.data import (
+    EncodedSplit,
+    TextTaskOptions,
+    TrainDataset,
+    label_candidates,
+    load_split,
+    make_train_collate,
+    task_name_of,
+)
+from mode_connectivity.evaluation import CandidateScorer, cartography_epoch, evaluate_split
+from mode_connectivity.metrics import metric_for_task
+from mode_connectivity.models import (
+    build_for_method,
+    load_checkpoint,
+    load_into,
+    load_tokenizer,
+    save_checkpoint,
+)
+
+log = get_logger("mode-connectivity")
+
+
+def job_name(lr: float, bsz: int, seed: int) -> str:
+    return f"lr_{lr}_bsz_{bsz}_seed_{seed}"
+
+
+def micro_batch(bsz: int) -> tuple[int, int]:
+    """(micro-batch size, accumulation steps): bsz > 16 runs micro-batches of 16."""
+    return (16, bsz // 16) if bsz > 16 else (bsz, 1)
+
+
+def _no_decay(name: str) -> bool:
+    return name.endswith(".bias") or "layer_norm" in name or "LayerNorm" in name
+
+
+class T5TaskModule(pl.LightningModule):
+    def __init__(
+        self, cfg, model, tokenizer, train_split: EncodedSplit, lr: float, micro: int, total_steps: int
+    ):
+        super().__init__()
+        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self.train_split, self.lr, self.micro, self.total_steps = train_split, lr, micro, total_steps
+        self.samples_seen = 0
+        self.state: dict[str, Any] = {
+            "best": -math.inf,
+            "bad_validations": 0,
+            "epochs_done": 0,
+            "last_step": 0,
+        }
+
+    def forward(self, **batch):
+        return self.model(**batch)
+
+    def training_step(self, batch, batch_idx):
+        self.samples_seen += batch["input_ids"].shape[0]
+        loss = self.model(**batch).loss
+        if not torch.isfinite(loss):
+            raise LmlabError(f"non-finite training loss at step {self.global_step}; lower the learning rate")
+        self.log("train_loss", loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        from transformers.optimization import Adafactor
+
+        decay, no_decay = [], []
+        for n, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if _no_decay(n) else decay).append(p)
+        wd = self.cfg.weight_decay if self.cfg.tune_method == "model" else 0.0
+        groups = [
+            g
+            for g in ({"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0})
+            if g["params"]
+        ]
+        opt = Adafactor(groups, lr=self.lr, scale_parameter=False, relative_step=False, warmup_init=False)
+        if self.cfg.lr_decay_style == "constant":
+            return opt
+        warm = int(self.cfg.warmup_rate * self.total_steps)
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / max(1, warm)
+            return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warm))
+
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {
+                "scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+                "interval": "step",
+            },
+        }
+
+    def train_dataloader(self):
+        ds = TrainDataset(self.train_split, seed=self.cfg.seed + self.samples_seen)
+        sampler = StepSampler(len(ds), seed=self.cfg.seed, start=self.samples_seen)
+        return DataLoader(
+            ds,
+            batch_size=self.micro,
+            sampler=sampler,
+            collate_fn=make_train_collate(self.tokenizer.pad_token_id),
+        )
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["samples_seen"] = self.samples_seen
+        checkpoint["mc_state"] = dict(self.state)
+
+    def on_load_checkpoint(self, checkpoint):
+        self.samples_seen = int(checkpoint.get("samples_seen", 0))
+        self.state.update(checkpoint.get("mc_state", {}))
+
+
+class JobCallback(pl.Callback):
+    """Interval checkpoints, validation + checkpoint-best + early stop, cartography at epoch ends."""
+
+    def __init__(
+        self, job_dir: Path, cfg, dev: EncodedSplit | None, metric: str, scorer, carto_path: Path | None
+    ):
+        self.job_dir, self.cfg, self.dev, self.metric, self.scorer = job_dir, cfg, dev, metric, scorer
+        self.carto_path = carto_path
+
+    def _meta(self, module: T5TaskModule, step: int) -> dict[str, Any]:
+        from lmlab.config import config_to_dict
+
+        return {
+            "step": step,
+            "epoch": module.samples_seen / max(1, len(module.train_split)),
+            "args": config_to_dict(self.cfg),
+            "model_config": module.model.config.to_dict() if hasattr(module.model, "config") else {},
+        }
+
+    def on_train_batch_end(self, trainer, module: T5TaskModule, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step == module.state["last_step"]:
+            return  # mid-accumulation micro-batch
+        module.state["last_step"] = step
+        cfg = self.cfg
+        if trainer.is_global_zero:
+            if not cfg.cartography and step % cfg.output_interval == 0:
+                save_checkpoint(
+                    self.job_dir / f"checkpoint@{step}",
+                    module.model,
+                    cfg.tune_method,
+                    self._meta(module, step),
+                )
+            if (
+                not cfg.cartography
+                and cfg.do_valid
+                and self.dev is not None
+                and step % cfg.valid_interval == 0
+            ):
+                self.validate(trainer, module, step)
+        epochs = module.samples_seen // len(module.train_split)
+        while module.state["epochs_done"] < epochs:
+            module.state["epochs_done"] += 1
+            if cfg.cartography and trainer.is_global_zero:
+                self.record_cartography(module)
+
+    def validate(self, trainer, module: T5TaskModule, step: int) -> None:
+        res = evaluate_split(
+            module.model,
+            self.dev,
+            module.tokenizer,
+            self.metric,
+            self.cfg.predict_batch_size,
+            self.cfg.eval_mode,
+            self.cfg.max_output_length,
+            self.scorer,
+        )
+        module.log_dict({"dev_metric": res.metric, "dev_loss": res.loss}, on_step=True, prog_bar=True)
+        if res.metric >= module.state["best"]:
+            module.state["best"] = res.metric
+            module.state["bad_validations"] = 0
+            save_checkpoint(
+                self.job_dir / "checkpoint-best",
+                module.model,
+                self.cfg.tune_method,
+                {**self._meta(module, step), "dev_performance": res.metric},
+            )
+        else:
+            module.state["bad_validations"] += 1
+            if 0 < self.cfg.early_stop <= module.state["bad_validations"]:
+                log.info(
+                    f"early stop at step {step}: {module.state['bad_validations']} non-improving validations"
+                )
+                trainer.should_stop = True
+
+    def record_cartography(self, module: T5TaskModule) -> None:
+        acc, conf = cartography_epoch(
+            module.model,
+            module.train_split,
+            module.tokenizer,
+            self.metric,
+            self.scorer,
+            self.cfg.predict_batch_size,
+            self.cfg.eval_mode,
+            self.cfg.max_output_length,
+        )
+        data = json.loads(self.carto_path.read_text()) if self.carto_path.is_file() else {}
+        for i, (a, c) in enumerate(zip(acc, conf, strict=True)):
+            entry = data.setdefault(str(i), {"acc": [], "confidence": []})
+            entry["acc"].append(a)
+            entry["confidence"].append(c)
+        tmp = self.carto_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.carto_path)
+        log.info(f"cartography: epoch {len(data['0']['acc'])} recorded in {self.carto_path}")
+
+
+def _label_map(spec: str) -> dict[str, str]:
+    if not spec:
+        return {}
+    out = {}
+    for part in spec.split(","):
+        k, _, v = part.partition(":")
+        out[k.strip()] = v.strip()
+    return out
+
+
+def run_train(cfg) -> dict[str, Any]:
+    if not cfg.task_dir or not cfg.model:
+        raise LmlabError("--task_dir and --model are required")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    task_name = task_name_of(cfg.task_dir)
+    metric = metric_for_task(task_name, cfg.metric or None)
+    tokenizer = load_tokenizer(cfg.tokenizer_path or cfg.model)
+    opts = TextTaskOptions(
+        cfg.max_input_length, cfg.max_output_length, cfg.do_lowercase, cfg.append_another_bos
+    )
+    train_examples = load_split(cfg.task_dir, "train", datasplit=cfg.datasplit)
+    label_map = _label_map(cfg.cartography_label_map)
+    if label_map:
+        for ex in train_examples:
+            ex.answers = [label_map.get(a, a) for a in ex.answers]
+    train_split = EncodedSplit(train_examples, tokenizer, task_name, opts)
+    dev = None
+    if cfg.do_valid or cfg.do_predict:
+        dev = EncodedSplit(
+            load_split(cfg.task_dir, "dev", choose_1000=cfg.choose_dev_1000), tokenizer, task_name, opts
+        )
+    scorer = None
+    if cfg.eval_mode == "rank" or cfg.cartography:
+        scorer = CandidateScorer(
+            tokenizer, label_candidates(train_examples), cfg.do_lowercase, cfg.append_another_bos
+        )
+    rows = []
+    for lr in cfg.learning_rate_list:
+        for bsz in cfg.bsz_list:
+            rows.append(
+                _train_job(cfg, lr, bsz, tokenizer, task_name, metric, train_split, dev, scorer, opts)
+            )
+    with (out / "result.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["prefix", "metric", "lr", "bsz", "dev_performance", "test_performance"])
+        for r in rows:
+            w.writerow(
+                [
+                    task_name,
+                    metric,
+                    r["lr"],
+                    r["bsz"],
+                    f"{r['dev_performance']:.4f}",
+                    f"{r['test_performance']:.4f}",
+                ]
+            )
+    print(f"results in {out}")
+    return rows[-1] if rows else {}
+
+
+def _initial_model(cfg):
+    """The seeded model; with --SGD_noise the saved initial state replaces the delta (or all) weights."""
+    model = build_for_method(cfg, seed=cfg.seed)
+    if cfg.SGD_noise:
+        init = cfg.init_path or str(Path(cfg.output_dir) / f"init_seed_{cfg.load_init_seed}")
+        tensors, _ = load_checkpoint(init)
+        load_into(model, tensors, cfg.tune_method, init)
+    if cfg.save_init:
+        save_checkpoint(cfg.save_init, model, cfg.tune_method, {"step": 0, "seed": cfg.seed})
+    return model
+
+
+def _train_job(cfg, lr, bsz, tokenizer, task_name, metric, train_split, dev, scorer, opts) -> dict[str, Any]:
+    job_dir = Path(cfg.output_dir) / job_name(lr, bsz, cfg.seed)
+    row = {"lr": lr, "bsz": bsz, "dev_performance": 0.0, "test_performance": 0.0, "job_dir": str(job_dir)}
+    done = job_dir / "done.json"
+    if (job_dir / "checkpoint-last").is_dir() and done.is_file():
+        log.info(f"{job_dir} finished already (checkpoint-last exists); skipping")
+        return {**row, **json.loads(done.read_text())}
+    job_dir.mkdir(parents=True, exist_ok=True)
+    model = _initial_model(cfg)
+    micro, accum = micro_batch(bsz)
+    steps_per_epoch = max(1, math.ceil(len(train_split) / bsz))
+    total = min(cfg.max_steps, cfg.train_epochs * steps_per_epoch)
+    module = T5TaskModule(cfg, model, tokenizer, train_split, lr, micro, total)
+    carto = Path(cfg.output_dir) / "cartography.json" if cfg.cartography else None
+    callback = JobCallback(job_dir, cfg, dev, metric, scorer, carto)
+    trainer = build_trainer(
+        cfg,
+        job_dir,
+        callbacks=[callback],
+        max_steps=total,
+        accumulate_grad_batches=accum,
+        gradient_clip_val=cfg.max_grad_norm if cfg.max_grad_norm > 0 else None,
+        use_distributed_sampler=False,
+    )
+    module.model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as they are
+    ckpt = resume_checkpoint(cfg, job_dir)
+    if ckpt is None and carto is not None and carto.is_file():
+        carto.unlink()  # a fresh cartography run starts a fresh record
+    trainer.fit(module, ckpt_path=ckpt, weights_only=True)
+    model = module.model.cpu()
+    if trainer.is_global_zero:
+        save_checkpoint(
+            job_dir / "checkpoint-last", model, cfg.tune_method, callback._meta(module, trainer.global_step)
+        )
+    best_dir = job_dir / "checkpoint-best"
+    if dev is not None and cfg.do_valid and not best_dir.is_dir():
+        callback.validate(trainer, module, trainer.global_step)
+    if best_dir.is_dir():
+        row["dev_performance"] = json.loads((best_dir / "meta.json").read_text()).get("dev_performance", 0.0)
+    if cfg.do_predict:
+        if best_dir.is_dir():
+            tensors, _ = load_checkpoint(best_dir)
+            load_into(model, tensors, cfg.tune_method, str(best_dir))
+        test = EncodedSplit(
+            load_split(cfg.task_dir, "test", choose_1000=cfg.choose_test_1000), tokenizer, task_name, opts
+        )
+        res = evaluate_split(
+            model,
+            test,
+            tokenizer,
+            metric,
+            cfg.predict_batch_size,
+            cfg.eval_mode,
+            cfg.max_output_length,
+            scorer,
+        )
+        row["test_performance"] = res.metric
+    if cfg.tune_method == "model" and not cfg.keep_best_model and best_dir.is_dir():
+        import shutil
+
+        shutil.rmtree(best_dir)
+    done.write_text(json.dumps({k: row[k] for k in ("dev_performance", "test_performance")}))
+    log.info(f"{job_dir.name}: dev {row['dev_performance']:.4f} test {row['test_performance']:.4f}")
+    return row
