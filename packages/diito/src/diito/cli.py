@@ -55,7 +55,7 @@ COMMANDS = [
         "eval-ner", c.EvalNerConfig, "diito.eval.ner:run_eval_ner", "fine-tune and evaluate CoNLL-style NER"
     ),
     Command("eval-qa", c.EvalQaConfig, "diito.eval.qa:run_eval_qa", "fine-tune and evaluate SQuAD-style QA"),
-    Command("demo", c.DemoConfig, "diito.demo:run_demo", "tiny end-to-end run (under 2 minutes on CPU)"),
+    Command("demo", c.DemoConfig, "diito.reproduce:run_demo", "tiny end-to-end run (under 2 minutes on CPU)"),
     Command(
         "reproduce",
         c.ReproduceConfig,

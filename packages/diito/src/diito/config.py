@@ -273,7 +273,7 @@ class EvalQaConfig(FinetuneOptions):
 @dataclass
 class DemoConfig:
     output_dir: str = h("results folder", "results/demo/diito")
-    steps: int = h("optimizer steps per run", 30)
+    steps: int = h("optimizer steps per distillation run (the teacher gets twice as many)", 20)
     seed: int = h("seed", 56)
 
 
@@ -282,6 +282,9 @@ class ReproduceConfig:
     output_dir: str = h("results folder", "results/diito")
     teacher_steps: int = h("teacher MLM pre-training steps", 600)
     student_steps: int = h("distillation steps per student", 300)
-    glue_task: str = h("GLUE sample task (mrpc or stsb)", "mrpc")
-    seeds: list[int] = h("distillation seeds", None)
-    device: str = h("auto | cpu | cuda", "auto")
+    glue_tasks: list[str] = h("GLUE sample tasks (mrpc, stsb)", None)
+    seeds: list[int] = h("distillation seeds (default 42 66)", None)
+    corpus: str = h(
+        "wikitext (tokenizer trained here, GLUE possible) | wikipedia-bert-ids (no GLUE)", "wikitext"
+    )
+    device: str = h("auto | cpu | cuda", "cpu")

@@ -1,0 +1,13 @@
+# diito: included by the root Makefile.
+DIITO_RESULTS := results/diito
+
+.PHONY: reproduce-diito bench-diito
+reproduce-diito: $(DIITO_RESULTS)/report.md
+
+$(DIITO_RESULTS)/report.md: $(INSTALL_STAMP)
+	$(VENV_BIN)/diito reproduce --output_dir $(DIITO_RESULTS)
+
+bench-diito: $(DIITO_RESULTS)/bench.json
+
+$(DIITO_RESULTS)/bench.json: $(INSTALL_STAMP)
+	$(VENV_BIN)/diito bench --output_dir $(DIITO_RESULTS)
