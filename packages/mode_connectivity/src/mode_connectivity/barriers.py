@@ -23,7 +23,7 @@ def barrier_metrics(
     if xs[0] != 0.0 or xs[-1] != 1.0:
         raise LmlabError("barrier metrics need a grid that starts at 0 and ends at 1")
     m0, m1 = metric[0], metric[-1]
-    gaps = [(1 - a) * m0 + a * m1 - m for a, m in zip(xs, metric, strict=True)]
+    gaps = [m0 + a * (m1 - m0) - m for a, m in zip(xs, metric, strict=True)]  # chord; exact when m0 == m1
     k = max(range(len(gaps)), key=lambda i: gaps[i])
     out: dict[str, float | bool] = {
         "perf_barrier": max(0.0, gaps[k]),
@@ -34,7 +34,7 @@ def barrier_metrics(
     }
     if loss is not None:
         l0, l1 = loss[0], loss[-1]
-        lg = [lv - ((1 - a) * l0 + a * l1) for a, lv in zip(xs, loss, strict=True)]
+        lg = [lv - (l0 + a * (l1 - l0)) for a, lv in zip(xs, loss, strict=True)]
         j = max(range(len(lg)), key=lambda i: lg[i])
         out["loss_barrier"] = max(0.0, lg[j])
         out["loss_barrier_argmax_a"] = xs[j]

@@ -196,7 +196,8 @@ class JobCallback(pl.Callback):
             self.cfg.max_output_length,
             self.scorer,
         )
-        module.log_dict({"dev_metric": res.metric, "dev_loss": res.loss}, on_step=True, prog_bar=True)
+        if trainer.training:
+            module.log_dict({"dev_metric": res.metric, "dev_loss": res.loss}, on_step=True, prog_bar=True)
         if res.metric >= module.state["best"]:
             module.state["best"] = res.metric
             module.state["bad_validations"] = 0

@@ -1,0 +1,266 @@
+"""End-to-end CLI runs on a tiny T5 and a tiny synthetic task: training (freezing, checkpoints, determinism,
+SGD noise, cartography, resume), interpolation (exact ends = evaluate, flat path for identical ends, outputs),
+curve, dist, cartography-process, and the one-line errors."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from mode_connectivity.cli import main
+from mode_connectivity.make_tiny import build_t5, build_tokenizer, synthetic_tasks
+from mode_connectivity.models import load_t5
+from safetensors.torch import load_file
+
+TOL_ARGS = ["--max_input_length", "48", "--max_output_length", "8", "--predict_batch_size", "16"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mc")
+    tok = build_tokenizer(root / "model")
+    build_t5(root / "model", tok, d_model=32, num_layers=1, num_heads=2, d_ff=32, seed=0)
+    tasks = synthetic_tasks(root / "data", n_train=24, n_eval=6, seed=0)
+    return {
+        "root": root,
+        "model": str(root / "model"),
+        "task": str(tasks["tiny-nli"]),
+        "task2": str(tasks["tiny-nli2"]),
+    }
+
+
+def _train(tiny, out, *extra, method="adapter", steps=4, seed=20):
+    args = [
+        "train", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", method, "--adapter_size", "4",
+        "--learning_rate_list", "1e-2", "--bsz_list", "8", "--train_iters", str(steps), "--valid_interval", "2",
+        "--output_interval", "2", "--eval_mode", "rank", "--output_dir", str(out), "--progress_bar", "false",
+        "--logger", "none", "--seed", str(seed), "--device", "cpu", *TOL_ARGS, *extra,
+    ]  # fmt: skip
+    assert main(args) == 0
+    return Path(out) / f"lr_0.01_bsz_8_seed_{seed}"
+
+
+@pytest.fixture(scope="module")
+def adapter_runs(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("adapter_runs")
+    return {s: _train(tiny, out, seed=s) for s in (20, 30)}
+
+
+def test_adapter_training_freezes_backbone_and_saves_only_adapters(tiny, adapter_runs):
+    job = adapter_runs[20]
+    for name in ("checkpoint@2", "checkpoint@4", "checkpoint-best", "checkpoint-last"):
+        assert (job / name / "weights.safetensors").is_file(), name
+    tensors = load_file(str(job / "checkpoint-last" / "weights.safetensors"))
+    assert tensors and all("adapter_" in k for k in tensors)
+    assert len(tensors) == 2 * (2 * 1 + 3 * 1)  # (W_A, W_B) x (2 L_enc + 3 L_dec)
+    meta = json.loads((job / "checkpoint-last" / "meta.json").read_text())
+    assert meta["kind"] == "adapter" and meta["step"] == 4 and meta["args"]["seed"] == 20
+    # the full Lightning checkpoint holds the backbone after training: bit-identical to the PLM
+    plm = load_t5(tiny["model"]).state_dict()
+    ckpt = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    backbone = {k.removeprefix("model."): v for k, v in ckpt.items() if "adapter_" not in k}
+    assert set(plm) <= set(backbone)
+    assert all(torch.equal(plm[k], backbone[k]) for k in plm)
+    # the adapters did move
+    assert not torch.equal(
+        tensors[next(iter(tensors))],
+        load_file(str(job / "checkpoint@2" / "weights.safetensors"))[next(iter(tensors))],
+    )
+    rows = list(csv.reader(open(job.parent / "result.csv")))
+    assert rows[0] == ["prefix", "metric", "lr", "bsz", "dev_performance", "test_performance"]
+    assert rows[1][:4] == ["tiny-nli", "ACC", "0.01", "8"]
+
+
+def test_same_seed_identical_different_seed_differs_and_sgd_noise_shares_init(tiny, adapter_runs, tmp_path):
+    again = _train(tiny, tmp_path / "again", seed=20)
+    a = load_file(str(again / "checkpoint@4" / "weights.safetensors"))
+    b = load_file(str(adapter_runs[20] / "checkpoint@4" / "weights.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # different seeds -> different adapter init (save_init writes the initial state)
+    init = {}
+    for s in (20, 30):
+        _train(tiny, tmp_path / f"init{s}", "--save_init", str(tmp_path / f"init_{s}"), steps=1, seed=s)
+        init[s] = load_file(str(tmp_path / f"init_{s}" / "weights.safetensors"))
+    assert not torch.equal(init[20][next(iter(init[20]))], init[30][next(iter(init[30]))])
+    # --SGD_noise: runs with seeds 30 and 40 load seed 20's initial state -> identical init, different data order
+    for s in (30, 40):
+        _train(
+            tiny, tmp_path / f"noise{s}", "--SGD_noise", "--init_path", str(tmp_path / "init_20"),
+            "--save_init", str(tmp_path / f"noise_init_{s}"), steps=1, seed=s,
+        )  # fmt: skip
+        loaded = load_file(str(tmp_path / f"noise_init_{s}" / "weights.safetensors"))
+        assert all(torch.equal(loaded[k], init[20][k]) for k in loaded)
+
+
+def _interpolate(tiny, out, p1, p2, *extra, method="adapter"):
+    args = [
+        "interpolate", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", method,
+        "--adapter_size", "4", "--load_PET_path_1", str(p1), "--load_PET_path_2", str(p2), "--eval_mode", "rank",
+        "--output_dir", str(out), "--device", "cpu", *TOL_ARGS, *extra,
+    ]  # fmt: skip
+    return main(args)
+
+
+def _evaluate(tiny, out, path, method="adapter"):
+    args = [
+        "evaluate", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", method, "--adapter_size", "4",
+        "--load_PET_path", str(path), "--eval_mode", "rank", "--output_dir", str(out), "--device", "cpu", *TOL_ARGS,
+    ]  # fmt: skip
+    assert main(args) == 0
+    return json.loads((Path(out) / "eval.json").read_text())
+
+
+def test_interpolate_ends_equal_evaluate_and_outputs(tiny, adapter_runs, tmp_path):
+    p1, p2 = adapter_runs[20] / "checkpoint@4", adapter_runs[30] / "checkpoint@4"
+    assert _interpolate(tiny, tmp_path / "itp", p1, p2, "--itpl_points", "6") == 0
+    rows = list(csv.reader(open(tmp_path / "itp" / "result.csv")))
+    assert rows[0] == [
+        "prefix",
+        "metric",
+        "x",
+        "dev_performance",
+        "dev_loss",
+        "test_performance",
+        "test_loss",
+    ]
+    assert [r[2] for r in rows[1:7]] == ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"] and rows[7][0] == "average"
+    summary = json.loads((tmp_path / "itp" / "summary.json").read_text())
+    for idx, path in ((0, p1), (-1, p2)):
+        ev = _evaluate(tiny, tmp_path / f"ev{idx}", path)
+        assert summary["dev"]["metric"][idx] == ev["dev_performance"]  # exactly, not approximately
+        assert summary["dev"]["loss"][idx] == ev["dev_loss"]
+        assert summary["test"]["loss"][idx] == ev["test_loss"]
+    assert {"perf_barrier", "loss_barrier", "min_drop", "connected"} <= set(summary["dev"])
+    analysis = json.loads((tmp_path / "itp" / "valid_data_analysis.json").read_text())
+    assert list(analysis) == ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]
+    assert analysis["0.0"]["down_list"] == [] and set(analysis["0.0"]) == {
+        "zero_list",
+        "one_list",
+        "up_list",
+        "down_list",
+    }
+    n_dev = 6
+    for v in analysis.values():
+        assert sorted(v["zero_list"] + v["one_list"]) == list(range(n_dev))  # 0/1 raw scores for ACC
+    for f in ("test_data_analysis.json", "data_analyze.txt", "solution_analysis.txt", "path.png"):
+        assert (tmp_path / "itp" / f).is_file()
+
+
+def test_identical_endpoints_flat_path(tiny, adapter_runs, tmp_path):
+    p = adapter_runs[20] / "checkpoint@4"
+    assert _interpolate(tiny, tmp_path / "flat", p, p) == 0
+    rows = list(csv.reader(open(tmp_path / "flat" / "result.csv")))[1:27]
+    assert len(rows) == 26 and all(r[3:] == rows[0][3:] for r in rows)
+    summary = json.loads((tmp_path / "flat" / "summary.json").read_text())
+    assert summary["dev"]["perf_barrier"] == 0 and summary["dev"]["loss_barrier"] == 0
+
+
+def test_full_model_train_interpolate_and_dist(tiny, tmp_path):
+    jobs = [_train(tiny, tmp_path / "ft", method="model", steps=2, seed=s) for s in (20, 30)]
+    tensors = load_file(str(jobs[0] / "checkpoint@2" / "weights.safetensors"))
+    assert "shared.weight" in tensors and "encoder.embed_tokens.weight" not in tensors  # tied copies once
+    p1, p2 = jobs[0] / "checkpoint@2", jobs[1] / "checkpoint@2"
+    assert _interpolate(tiny, tmp_path / "itp", p1, p2, "--itpl_points", "3", method="model") == 0
+    summary = json.loads((tmp_path / "itp" / "summary.json").read_text())
+    ev = _evaluate(tiny, tmp_path / "ev", p2, method="model")
+    assert (
+        summary["test"]["metric"][-1] == ev["test_performance"]
+        and summary["test"]["loss"][-1] == ev["test_loss"]
+    )
+    assert (
+        main(
+            [
+                "dist",
+                "--input1",
+                str(p1),
+                "--input2",
+                str(p2),
+                "--type",
+                "model",
+                "--path",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 0
+    )
+    d = json.loads((tmp_path / "d" / "distance.json").read_text())
+    assert d["l2"] > 0 and d["n_params"] == sum(v.numel() for v in tensors.values())
+    assert (
+        main(
+            [
+                "dist",
+                "--input1",
+                str(p1),
+                "--input2",
+                str(p1),
+                "--type",
+                "model",
+                "--path",
+                str(tmp_path / "d0"),
+            ]
+        )
+        == 0
+    )
+    d0 = json.loads((tmp_path / "d0" / "distance.json").read_text())
+    assert d0["l2"] == 0 and d0["cosine_similarity"] == pytest.approx(1.0)
+
+
+def test_bad_inputs_are_one_line_errors(tiny, adapter_runs, tmp_path, capsys):
+    ft = _train(tiny, tmp_path / "ft", method="model", steps=2)
+    p_adapter = adapter_runs[20] / "checkpoint@4"
+    capsys.readouterr()
+    assert _interpolate(tiny, tmp_path / "x", p_adapter, ft / "checkpoint@2") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("is of kind 'model' but --tune_method is 'adapter'") and err.count("error:") == 1
+    assert _interpolate(tiny, tmp_path / "x", p_adapter, p_adapter, "--itpl_points", "1") == 2
+    assert "itpl_points" in capsys.readouterr().err
+    assert (
+        main(["dist", "--input1", str(p_adapter), "--input2", str(ft / "checkpoint@2"), "--type", "adapter"])
+        == 1
+    )
+    assert "kind" in capsys.readouterr().err
+    bad = tmp_path / "glue-mnli"
+    bad.mkdir()
+    (bad / "glue-mnli_train.tsv").write_text("premise: a [SEP] hypothesis: b\n")
+    assert (
+        main(["train", "--task_dir", str(bad), "--model", tiny["model"], "--output_dir", str(tmp_path / "o")])
+        == 1
+    )
+    assert "glue-mnli_train.tsv:1" in capsys.readouterr().err
+    (bad / "glue-mnli_train.tsv").write_text("premise: a [SEP] hypothesis: b\tneutral\n")
+    assert _evaluate_rc(tiny, bad, tmp_path) == 1
+    assert "no dev split" in capsys.readouterr().err
+
+
+def _evaluate_rc(tiny, task, tmp_path):
+    return main(
+        ["evaluate", "--task_dir", str(task), "--model", tiny["model"], "--output_dir", str(tmp_path / "e")]
+    )
+
+
+def test_curve_keeps_endpoints_and_writes_best_row(tiny, adapter_runs, tmp_path):
+    p1, p2 = adapter_runs[20] / "checkpoint@4", adapter_runs[30] / "checkpoint@4"
+    args = [
+        "curve", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", "adapter", "--adapter_size", "4",
+        "--load_stage1_pet_path_list", str(p1), str(p2), "--bend_num", "1", "--bsz_list", "8", "--train_iters", "4",
+        "--valid_interval", "2", "--valid_t", "0.5", "--itpl_points", "3", "--eval_mode", "rank", "--learning_rate_list",
+        "1e-2", "--output_dir", str(tmp_path / "curve"), "--progress_bar", "false", "--logger", "none",
+        "--device", "cpu", *TOL_ARGS,
+    ]  # fmt: skip
+    assert main(args) == 0
+    out = tmp_path / "curve"
+    rows = list(csv.reader(open(out / "result.csv")))
+    assert (
+        [r[2] for r in rows[1:4]] == ["0.0", "0.5", "1.0"]
+        and rows[4][0] == "average"
+        and rows[5][1] == "ACC_best"
+    )
+    itp = tmp_path / "itp"
+    assert _interpolate(tiny, itp, p1, p2, "--itpl_points", "3") == 0
+    curve_summary = json.loads((out / "summary.json").read_text())
+    line_summary = json.loads((itp / "summary.json").read_text())
+    for idx in (0, -1):  # the curve's ends are the endpoints, exactly
+        assert curve_summary["dev"]["loss"][idx] == line_summary["dev"]["loss"][idx]
+    best = load_file(str(out / "checkpoint-best" / "weights.safetensors"))
+    assert best and all(k.startswith("bend0.") for k in best)
