@@ -13,6 +13,11 @@ from mode_connectivity.make_tiny import build_t5, build_tokenizer, synthetic_tas
 from mode_connectivity.models import load_t5
 from safetensors.torch import load_file
 
+def _csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.reader(fh))
+
+
 TOL_ARGS = ["--max_input_length", "48", "--max_output_length", "8", "--predict_batch_size", "16"]
 
 
@@ -67,7 +72,7 @@ def test_adapter_training_freezes_backbone_and_saves_only_adapters(tiny, adapter
         tensors[next(iter(tensors))],
         load_file(str(job / "checkpoint@2" / "weights.safetensors"))[next(iter(tensors))],
     )
-    rows = list(csv.reader(open(job.parent / "result.csv")))
+    rows = _csv(job.parent / "result.csv")
     assert rows[0] == ["prefix", "metric", "lr", "bsz", "dev_performance", "test_performance"]
     assert rows[1][:4] == ["tiny-nli", "ACC", "0.01", "8"]
 
@@ -114,7 +119,7 @@ def _evaluate(tiny, out, path, method="adapter"):
 def test_interpolate_ends_equal_evaluate_and_outputs(tiny, adapter_runs, tmp_path):
     p1, p2 = adapter_runs[20] / "checkpoint@4", adapter_runs[30] / "checkpoint@4"
     assert _interpolate(tiny, tmp_path / "itp", p1, p2, "--itpl_points", "6") == 0
-    rows = list(csv.reader(open(tmp_path / "itp" / "result.csv")))
+    rows = _csv(tmp_path / "itp" / "result.csv")
     assert rows[0] == [
         "prefix",
         "metric",
@@ -150,7 +155,7 @@ def test_interpolate_ends_equal_evaluate_and_outputs(tiny, adapter_runs, tmp_pat
 def test_identical_endpoints_flat_path(tiny, adapter_runs, tmp_path):
     p = adapter_runs[20] / "checkpoint@4"
     assert _interpolate(tiny, tmp_path / "flat", p, p) == 0
-    rows = list(csv.reader(open(tmp_path / "flat" / "result.csv")))[1:27]
+    rows = _csv(tmp_path / "flat" / "result.csv")[1:27]
     assert len(rows) == 26 and all(r[3:] == rows[0][3:] for r in rows)
     summary = json.loads((tmp_path / "flat" / "summary.json").read_text())
     assert summary["dev"]["perf_barrier"] == 0 and summary["dev"]["loss_barrier"] == 0
@@ -250,7 +255,7 @@ def test_curve_keeps_endpoints_and_writes_best_row(tiny, adapter_runs, tmp_path)
     ]  # fmt: skip
     assert main(args) == 0
     out = tmp_path / "curve"
-    rows = list(csv.reader(open(out / "result.csv")))
+    rows = _csv(out / "result.csv")
     assert (
         [r[2] for r in rows[1:4]] == ["0.0", "0.5", "1.0"]
         and rows[4][0] == "average"
