@@ -13,6 +13,7 @@ from mode_connectivity.make_tiny import build_t5, build_tokenizer, synthetic_tas
 from mode_connectivity.models import load_t5
 from safetensors.torch import load_file
 
+
 def _csv(path):
     with open(path, newline="") as fh:
         return list(csv.reader(fh))
