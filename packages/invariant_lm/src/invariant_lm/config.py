@@ -185,27 +185,31 @@ class BenchConfig:
     num_layers: int = _h("layers (RoBERTa-base: 12)", 12)
     num_heads: int = _h("attention heads", 12)
     vocab_size: int = _h("vocabulary (RoBERTa: 50265)", 50265)
-    batch_size: int = _h("sequences per update (GPU default 16; use 2 on CPU)", 16)
-    seq_len: int = _h("tokens per sequence", 512)
-    n_envs: list[int] = _h("environment counts to time", None)
+    batch_size: int | None = _h("sequences per update (default: 16 on GPU, 2 on CPU)")
+    seq_len: int | None = _h("tokens per sequence (default: 512 on GPU, 128 on CPU)")
+    n_envs: list[int] = _h("environment counts to time (default: 1 2 4 8 on GPU, 1 4 on CPU)", None)
     sparse: list[str] = _h("sparse-heads settings to time (on, off)", None)
-    warmup: int = _h("untimed updates", 10)
-    steps: int = _h("timed updates", 50)
+    warmup: int | None = _h("untimed updates (default: 10 on GPU, 2 on CPU)")
+    steps: int | None = _h("timed updates (default: 50 on GPU, 6 on CPU)")
     precision: str = _h("auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16", "auto")
+    interleave: str = _h(
+        "auto (on for CPU) | on | off: alternate plain and IRM updates, report medians", "auto"
+    )
     seed: int = _h("seed", 0)
 
     def __post_init__(self) -> None:
-        if self.n_envs is None:
-            self.n_envs = [1, 2, 4, 8]
-        if isinstance(self.n_envs, int):
+        if isinstance(self.n_envs, int | str):
             self.n_envs = [self.n_envs]
-        self.n_envs = [int(n) for n in self.n_envs]
+        if self.n_envs is not None:
+            self.n_envs = [int(n) for n in self.n_envs]
         if self.sparse is None:
             self.sparse = ["on", "off"]
         if isinstance(self.sparse, str):
             self.sparse = [self.sparse]
         if any(s not in ("on", "off") for s in self.sparse):
             raise ValueError("--sparse values must be on or off")
+        if self.interleave not in ("auto", "on", "off"):
+            raise ValueError("--interleave must be auto, on or off")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError("--precision must be auto, fp32 or bf16")
         if (
