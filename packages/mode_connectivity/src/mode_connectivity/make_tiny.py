@@ -127,7 +127,15 @@ def build_tokenizer(path: Path):
 
 
 def build_t5(
-    path: Path, tokenizer, d_model=64, num_layers=2, num_heads=4, d_ff=128, seed=0, pretrain_steps=0
+    path: Path,
+    tokenizer,
+    d_model=64,
+    num_layers=2,
+    num_heads=4,
+    d_ff=128,
+    seed=0,
+    pretrain_steps=0,
+    dropout=0.1,
 ):
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
@@ -142,7 +150,7 @@ def build_t5(
         num_heads=num_heads,
         feed_forward_proj="gated-gelu",
         tie_word_embeddings=False,
-        dropout_rate=0.1,
+        dropout_rate=dropout,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
