@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import math
 import os
 import statistics
@@ -170,13 +171,15 @@ def write_eval(out_dir: str | os.PathLike, name: str, rows: Sequence[dict[str, A
     """`{name}.csv` in the reference layout (no header; one row per question, then EM / avg_f1 / max_f1
     footers) and `{name}_summary.json`."""
     summary = summarize(rows)
-    with atomic_write(Path(out_dir) / f"{name}.csv", newline="") as f:
-        writer = csv.writer(f)
-        for r in rows:
-            writer.writerow([r["question"], r["gold"], r["predictions"], r["f1s"], r["em"]])
-        writer.writerow(["EM", summary["em_count"], summary["em"]])
-        writer.writerow(["avg_f1", summary["avg_f1"], summary["avg_f1_std"]])
-        writer.writerow(["max_f1", summary["max_f1"], summary["max_f1_std"]])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for r in rows:
+        writer.writerow([r["question"], r["gold"], r["predictions"], r["f1s"], r["em"]])
+    writer.writerow(["EM", summary["em_count"], summary["em"]])
+    writer.writerow(["avg_f1", summary["avg_f1"], summary["avg_f1_std"]])
+    writer.writerow(["max_f1", summary["max_f1"], summary["max_f1_std"]])
+    with atomic_write(Path(out_dir) / f"{name}.csv") as f:
+        f.write(buffer.getvalue())
     write_json(Path(out_dir) / f"{name}_summary.json", summary)
     return summary
 

@@ -1,0 +1,234 @@
+"""`camels meta-train`: the bilevel loop on Lightning with manual optimisation. One training batch = one
+meta-step on `update_batch_size` rows; the weighting model's Adam steps every `grad_acc_steps` batches (so the
+Trainer's global step counts weighting-model updates). Validation runs inside the loop every
+val_steps·grad_acc_steps batches including batch 0, with the same base-reset schedule and no tape. Resumable:
+the current base parameters, the batch counter and the best validation loss travel in the checkpoint."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lmlab.config import save_config
+from lmlab.io import write_json
+from lmlab.seed import seed_everything
+from lmlab.training import StepSampler, build_trainer, resume_checkpoint
+from torch.utils.data import DataLoader
+
+from camels.config import MetaTrainConfig
+from camels.data import collate_docs, load_rows, meta_batch, read_loc_texts
+from camels.meta import MetaTrainer, base_params
+from camels.models import load_causal_lm, load_tokenizer
+from camels.viz import token_weight_pairs, write_weight_views
+from camels.weighting import CaMeLSWeightModel
+
+
+def build_weight_model(cfg: MetaTrainConfig, base: Any) -> CaMeLSWeightModel:
+    encoder: Any
+    if cfg.pretrained_model:
+        encoder = cfg.pretrained_model
+    else:  # the base model's architecture, randomly initialised
+        from transformers import AutoConfig
+
+        encoder = AutoConfig.for_model(**base.config.to_dict())
+    return CaMeLSWeightModel(
+        encoder,
+        hidden=cfg.hidden,
+        non_linearity=cfg.non_linearity,
+        normalize=cfg.normalize,
+        freeze_base=cfg.freeze_base,
+    )
+
+
+class MetaTrainModule(pl.LightningModule):
+    def __init__(
+        self,
+        weight_model: CaMeLSWeightModel,
+        base_model: Any,
+        tokenizer: Any,
+        rows: list,
+        val_rows: list,
+        loc: list[str],
+        val_loc: list[str],
+        cfg: MetaTrainConfig,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.weight_model, self.base_model, self.tokenizer, self.cfg = (
+            weight_model,
+            base_model,
+            tokenizer,
+            cfg,
+        )
+        self.rows, self.val_rows, self.loc, self.val_loc = rows, val_rows, loc, val_loc
+        self.meta: MetaTrainer | None = None
+        self.best_val = math.inf
+        self._restored: dict[str, Any] | None = None
+        random.Random(cfg.seed).shuffle(self.loc)
+
+    # -------------------------------------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        self.base_model.requires_grad_(False)
+
+    def on_train_start(self) -> None:
+        self.weight_model.train()
+
+    def _meta_trainer(self) -> MetaTrainer:
+        if self.meta is None:
+            self.meta = MetaTrainer(
+                self.weight_model,
+                self.base_model,
+                self.optimizers(),
+                self.cfg,
+                self.cfg.update_batch_size,
+                self.cfg.reset_base_freq,
+                self.cfg.bm_learned_layers,
+            )
+            if self._restored is not None:
+                self.meta.batches_seen = self._restored["batches_seen"]
+                self.meta.params = {
+                    n: p.to(self.device).requires_grad_() for n, p in self._restored["params"].items()
+                }
+        return self.meta
+
+    def train_dataloader(self) -> DataLoader:
+        seen = self._restored["batches_seen"] if self._restored else 0
+        sampler = StepSampler(len(self.rows), seed=self.cfg.seed, start=seen * self.cfg.update_batch_size)
+        return DataLoader(self.rows, batch_size=self.cfg.update_batch_size, sampler=sampler, collate_fn=list)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(
+            [p for p in self.weight_model.parameters() if p.requires_grad], lr=self.cfg.outer_lr
+        )
+
+    def _to(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _loc_batch(self, texts: list[str], index: int) -> dict[str, torch.Tensor] | None:
+        if not texts or not self.cfg.web_text_loc or self.cfg.c_kl == 0:
+            return None
+        chosen = [
+            texts[(index * self.cfg.loc_batch_size + j) % len(texts)] for j in range(self.cfg.loc_batch_size)
+        ]
+        return self._to(collate_docs(self.tokenizer, chosen, self.cfg.max_text_len))
+
+    # ------------------------------------------------------------------------------------------ the loop
+    def training_step(self, rows: list, i: int) -> None:
+        meta = self._meta_trainer()
+        every = self.cfg.val_steps * self.cfg.grad_acc_steps
+        if meta.batches_seen % every == 0:
+            self.validate_and_save()
+        sample_every = (self.cfg.sample_steps or self.cfg.val_steps) * self.cfg.grad_acc_steps
+        if meta.batches_seen % sample_every == 0:
+            self.write_samples()
+        batch = self._to(meta_batch(self.tokenizer, rows, self.cfg.max_text_len, self.cfg.max_question_len))
+        metrics = meta.train_batch(batch, self._loc_batch(self.loc, meta.batches_seen))
+        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, prog_bar=False)
+        self.log("total_loss", metrics["total_loss"], prog_bar=True)
+
+    def _val_batches(self) -> tuple[list, list]:
+        k = self.cfg.update_batch_size
+        chunks = [self.val_rows[i : i + k] for i in range(0, len(self.val_rows), k)][
+            : self.cfg.val_max_batches
+        ]
+        batches = [
+            self._to(meta_batch(self.tokenizer, c, self.cfg.max_text_len, self.cfg.max_question_len))
+            for c in chunks
+        ]
+        return batches, [self._loc_batch(self.val_loc, j) for j in range(len(batches))]
+
+    def validate_and_save(self) -> None:
+        meta = self._meta_trainer()
+        metrics = meta.validate(*self._val_batches())
+        for (
+            logger
+        ) in self.loggers:  # direct logger calls: this also runs from on_train_end, where self.log is refused
+            logger.log_metrics(metrics, step=self.global_step)
+        loss = metrics.get("val/total_loss", math.inf)
+        out = Path(self.cfg.output_dir) / "checkpoints"
+        if loss < self.best_val and self.trainer.global_rank == 0:
+            self.best_val = loss
+            epoch = meta.batches_seen * self.cfg.update_batch_size // max(1, len(self.rows))
+            self.weight_model.save(out / f"best_val_loss-{epoch}-{meta.batches_seen}.pt")
+            self.weight_model.save(out / "best.pt")
+            write_json(out / "best.json", {"val_total_loss": loss, "batches_seen": meta.batches_seen})
+
+    @torch.no_grad()
+    def write_samples(self) -> None:
+        if self.trainer.global_rank != 0 or not self.val_rows:
+            return
+        meta = self._meta_trainer()
+        rows = self.val_rows[: self.cfg.update_batch_size]
+        docs = collate_docs(self.tokenizer, [r[0] for r in rows], self.cfg.max_text_len)
+        self.weight_model.eval()
+        w = self.weight_model(docs["input_ids"].to(self.device), docs["attention_mask"].to(self.device)).cpu()
+        self.weight_model.train()
+        pairs = token_weight_pairs(self.tokenizer, docs["input_ids"], docs["attention_mask"], w)
+        write_weight_views(
+            pairs,
+            Path(self.cfg.output_dir) / "samples" / f"weights_{meta.batches_seen}",
+            title=f"CaMeLS weights after {meta.batches_seen} batches",
+        )
+
+    def on_train_end(self) -> None:
+        self.validate_and_save()
+        self.write_samples()
+        if self.trainer.global_rank == 0:
+            self.weight_model.save(Path(self.cfg.output_dir) / "checkpoints" / "final.pt")
+
+    # ------------------------------------------------------------------------------------------ resume
+    def on_save_checkpoint(self, ckpt: dict[str, Any]) -> None:
+        meta = self._meta_trainer()
+        ckpt["camels"] = {
+            "batches_seen": meta.batches_seen,
+            "params": {n: p.detach().cpu() for n, p in meta.params.items()},
+            "best_val": self.best_val,
+        }
+        # the frozen base model is rebuilt from base_model; only the weighting model goes in the state dict
+        ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("base_model.")}
+
+    def on_load_checkpoint(self, ckpt: dict[str, Any]) -> None:
+        self._restored = ckpt["camels"]
+        self.best_val = self._restored["best_val"]
+        ckpt["state_dict"].update({f"base_model.{k}": v for k, v in self.base_model.state_dict().items()})
+
+
+def run_meta_train(cfg: MetaTrainConfig) -> dict[str, Any]:
+    seed_everything(cfg.seed)
+    tok = load_tokenizer(cfg.tokenizer_name or cfg.base_model)
+    rows = load_rows(cfg.dataset, cfg.train_path)
+    val_rows = load_rows(cfg.dataset, cfg.val_path)
+    loc = read_loc_texts(cfg.loc_train_path) if cfg.loc_train_path and cfg.web_text_loc else []
+    val_loc = read_loc_texts(cfg.loc_val_path) if cfg.loc_val_path and cfg.web_text_loc else []
+    # the tape needs double backward: eager attention (fused SDPA kernels have none)
+    base = load_causal_lm(cfg.base_model, cfg.base_model_state_dict, attn_implementation="eager")
+    weight_model = build_weight_model(cfg, base)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    module = MetaTrainModule(weight_model, base, tok, rows, val_rows, loc, val_loc, cfg)
+    trainer = build_trainer(
+        cfg,
+        out,
+        accumulate_grad_batches=1,
+        use_distributed_sampler=False,
+        val_check_interval=None,
+        check_val_every_n_epoch=None,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, ckpt_path=resume_checkpoint(cfg, out), weights_only=True)
+    result = {
+        "best_val_total_loss": module.best_val,
+        "weight_model_path": str(out / "checkpoints" / "best.pt"),
+        "batches": module.meta.batches_seen if module.meta else 0,
+    }
+    write_json(out / "results.json", result)
+    print(f"[camels meta-train] weighting model: {out}/checkpoints/best.pt (final: final.pt)")
+    return result
+
+
+__all__ = ["MetaTrainModule", "base_params", "build_weight_model", "run_meta_train"]

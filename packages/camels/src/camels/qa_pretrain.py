@@ -1,0 +1,137 @@
+"""`camels qa-pretrain`: fine-tune a causal LM on QA pairs (reference prompt format) with Lightning; validate
+NLL and greedy F1/EM; keep the best-by-NLL and best-by-F1/EM models as save_pretrained folders."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lmlab.config import save_config
+from lmlab.errors import LmlabError
+from lmlab.io import write_json
+from lmlab.seed import seed_everything
+from lmlab.training import StepSampler, build_trainer, resume_checkpoint
+from torch.utils.data import DataLoader
+
+from camels.config import QaPretrainConfig
+from camels.data import collate_qa, load_rows
+from camels.models import load_causal_lm, load_tokenizer
+from camels.online import qa_scores
+
+
+class QaPretrainModule(pl.LightningModule):
+    def __init__(self, model: Any, tokenizer: Any, train_pairs: list, val_pairs: list, cfg: QaPretrainConfig):
+        super().__init__()
+        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self.train_pairs, self.val_pairs = train_pairs, val_pairs
+        self.samples_seen = 0
+        self.best = {"nll": math.inf, "max_f1": -math.inf, "exact_match": -math.inf}
+        self.history: list[dict[str, float]] = []
+        self.bad_validations = 0
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = StepSampler(len(self.train_pairs), seed=self.cfg.seed, start=self.samples_seen)
+        return DataLoader(
+            self.train_pairs,
+            batch_size=self.cfg.lt_batch_size,
+            sampler=sampler,
+            collate_fn=lambda b: collate_qa(self.tokenizer, b, self.cfg.max_question_len, self.cfg.qa_eos),
+        )
+
+    def training_step(self, batch: dict[str, torch.Tensor], i: int) -> torch.Tensor:
+        self.samples_seen += batch["qa_ids"].shape[0]
+        loss = self.model(
+            input_ids=batch["qa_ids"], attention_mask=batch["qa_mask"], labels=batch["qa_labels"]
+        ).loss
+        if not torch.isfinite(loss):
+            raise LmlabError(f"QA loss became {float(loss)} at step {self.global_step}; lower --lr")
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, i: int) -> None:
+        acc = self.cfg.accumulate_grad_batches
+        if (i + 1) % acc == 0 and (self.global_step % self.cfg.val_steps == 0):
+            self.run_validation()
+
+    def on_train_start(self) -> None:
+        self.model.train()
+        if self.global_step == 0:
+            self.run_validation()
+
+    def run_validation(self, log: bool = True) -> None:
+        if self.trainer.global_rank != 0:
+            return
+        self.model.eval()
+        scores = qa_scores(self.model, self.tokenizer, self.val_pairs, batch_size=16)
+        self.model.train()
+        scores["step"] = self.global_step
+        self.history.append(scores)
+        if log:
+            self.log_dict({f"val/{k}": float(v) for k, v in scores.items() if k != "step"})
+        out = Path(self.cfg.output_dir)
+        improved_nll = scores["nll"] < self.best["nll"]
+        for key, better in (
+            ("nll", improved_nll),
+            ("max_f1", scores["max_f1"] > self.best["max_f1"]),
+            ("exact_match", scores["exact_match"] > self.best["exact_match"]),
+        ):
+            if better:
+                self.best[key] = scores[key]
+                self.model.save_pretrained(out / f"best_{key}")
+                self.tokenizer.save_pretrained(out / f"best_{key}")
+        write_json(out / "val_history.json", self.history)
+        self.bad_validations = 0 if improved_nll else self.bad_validations + 1
+        if self.cfg.early_stop and self.bad_validations >= self.cfg.stop_k:
+            self.trainer.should_stop = True
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
+
+    def on_save_checkpoint(self, ckpt: dict[str, Any]) -> None:
+        ckpt["camels"] = {
+            "samples_seen": self.samples_seen,
+            "best": self.best,
+            "history": self.history,
+            "bad": self.bad_validations,
+        }
+
+    def on_load_checkpoint(self, ckpt: dict[str, Any]) -> None:
+        state = ckpt["camels"]
+        self.samples_seen, self.best, self.history, self.bad_validations = (
+            state["samples_seen"],
+            state["best"],
+            state["history"],
+            state["bad"],
+        )
+
+
+def run_qa_pretrain(cfg: QaPretrainConfig) -> dict[str, Any]:
+    seed_everything(cfg.seed)
+    tok = load_tokenizer(cfg.tokenizer_name or cfg.model)
+    train = [(q, a) for _, q, a in load_rows(cfg.dataset, cfg.train_path)]
+    val = [(q, a) for _, q, a in load_rows(cfg.dataset, cfg.val_path)][: cfg.val_max_pairs]
+    model = load_causal_lm(cfg.model, attn_implementation=cfg.attn_implementation)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    module = QaPretrainModule(model, tok, train, val, cfg)
+    trainer = build_trainer(
+        cfg,
+        out,
+        gradient_clip_val=cfg.grad_clip_thresh,
+        use_distributed_sampler=False,
+        val_check_interval=None,
+        check_val_every_n_epoch=None,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, ckpt_path=resume_checkpoint(cfg, out), weights_only=True)
+    if not module.history or module.history[-1]["step"] != module.global_step:
+        module.run_validation(log=False)
+    result = {f"best_{k}": v for k, v in module.best.items()}
+    result["best_nll_dir"] = str(out / "best_nll")
+    write_json(out / "results.json", result)
+    print(f"[camels qa-pretrain] best models in {out}/best_nll and {out}/best_max_f1")
+    return result
