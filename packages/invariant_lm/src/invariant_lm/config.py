@@ -212,14 +212,20 @@ class BenchConfig:
             raise ValueError("--interleave must be auto, on or off")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError("--precision must be auto, fp32 or bf16")
-        if (
-            min(self.n_envs) < 1
-            or self.batch_size < 1
-            or self.seq_len < 2
-            or self.steps < 1
-            or self.warmup < 0
-        ):
-            raise ValueError("--n_envs, --batch_size, --steps must be >= 1, --seq_len >= 2, --warmup >= 0")
+        for name, low in (("batch_size", 1), ("seq_len", 2), ("steps", 1), ("warmup", 0)):
+            if getattr(self, name) is not None and getattr(self, name) < low:
+                raise ValueError(f"--{name} must be >= {low}")
+        if self.n_envs is not None and min(self.n_envs) < 1:
+            raise ValueError("--n_envs must be >= 1")
+
+    def resolved(self, gpu: bool) -> BenchConfig:
+        """Defaults per device: the spec's GPU sizes, a smaller batch and fewer updates on the CPU."""
+        import dataclasses
+
+        d = {"batch_size": 16, "seq_len": 512, "warmup": 10, "steps": 50, "n_envs": [1, 2, 4, 8]}
+        if not gpu:
+            d = {"batch_size": 2, "seq_len": 128, "warmup": 2, "steps": 6, "n_envs": [1, 4]}
+        return dataclasses.replace(self, **{k: v for k, v in d.items() if getattr(self, k) is None})
 
 
 @dataclass
