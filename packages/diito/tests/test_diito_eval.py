@@ -1,0 +1,134 @@
+"""Downstream evaluation commands on tiny models and lmlab's shipped samples; CLI surface."""
+
+import json
+
+import pytest
+import torch
+from diito.cli import COMMANDS, main
+from lmlab.data import sample_path
+from lmlab.testing import save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    d = tmp_path_factory.mktemp("diito_eval")
+    return save_tiny_model(d / "student", "distilbert", "mlm", layers=1, hidden=32, heads=2)
+
+
+def test_every_subcommand_has_help(capsys):
+    for cmd in COMMANDS:
+        assert main([cmd.name, "--help"]) == 0
+    assert "--interchange_prop" in capsys.readouterr().out
+    assert main(["train", "--config", "diito", "--print_config"]) == 0
+    out = capsys.readouterr().out
+    assert "alpha_causal_ce: 0.25" in out and "accumulate_grad_batches: 6" in out
+
+
+def test_eval_mlm_perplexity_matches_manual(student, tmp_path):
+    from diito.eval.mlm import mask_tokens, mlm_perplexity
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    text = sample_path("wikitext/sample_text.txt")
+    assert (
+        main(
+            [
+                "eval-mlm",
+                "--model_name_or_path",
+                str(student),
+                "--validation_file",
+                str(text),
+                "--max_seq_length",
+                "32",
+                "--output_dir",
+                str(tmp_path),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["perplexity"] == pytest.approx(torch.tensor(res["eval_loss"]).exp().item(), rel=1e-6)
+    tok = AutoTokenizer.from_pretrained(student)
+    ids = torch.tensor([[tok.cls_token_id] + [10] * 30 + [tok.sep_token_id]] * 50)
+    x, labels = mask_tokens(ids, tok, 0.15, torch.Generator().manual_seed(0))
+    assert (labels[:, 0] == -100).all() and (labels[:, -1] == -100).all()
+    assert 0.1 < (labels >= 0).float().mean() < 0.2
+    model = AutoModelForMaskedLM.from_pretrained(student)
+    a = mlm_perplexity(model, tok, [text.read_text()], 32, 4, 0.15, seed=3)
+    b = mlm_perplexity(model, tok, [text.read_text()], 32, 4, 0.15, seed=3)
+    assert a == b and a["masked_tokens"] > 0
+
+
+def test_eval_glue_mrpc_and_stsb(student, tmp_path):
+    for task, folder, key in (("mrpc", "mrpc", "f1"), ("stsb", "sts-b", "pearson")):
+        args = ["eval-glue", "--model_name_or_path", str(student), "--task_name", task, "--train_file", str(sample_path(f"glue/{folder}/train.tsv")),
+                "--validation_file", str(sample_path(f"glue/{folder}/dev.tsv")), "--output_dir", str(tmp_path / task), "--device", "cpu",
+                "--num_train_epochs", "1", "--max_seq_length", "64"]  # fmt: skip
+        assert main(args) == 0
+        res = json.loads((tmp_path / task / "results.json").read_text())
+        assert key in res and "score" in res and res["n_eval"] > 0
+
+
+def test_ner_labels_first_subtoken_only(student):
+    from diito.eval.ner import encode, read_conll_json
+    from transformers import AutoTokenizer
+
+    rows = read_conll_json(str(sample_path("conll/sample.json")))
+    tok = AutoTokenizer.from_pretrained(student)
+    labels = sorted({t for _, tags in rows for t in tags})
+    l2i = {t: i for i, t in enumerate(labels)}
+    feats = encode(tok, rows[:3], l2i, 128)
+    for f, (_words, tags) in zip(feats, rows[:3]):
+        kept = f["labels"][f["labels"] != -100].tolist()
+        assert kept == [l2i[t] for t in tags]  # one label per word, in order
+
+
+def test_eval_ner_and_qa_run(student, tmp_path):
+    assert (
+        main(
+            [
+                "eval-ner",
+                "--model_name_or_path",
+                str(student),
+                "--train_file",
+                str(sample_path("conll/sample.json")),
+                "--output_dir",
+                str(tmp_path / "ner"),
+                "--device",
+                "cpu",
+                "--num_train_epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
+    res = json.loads((tmp_path / "ner" / "results.json").read_text())
+    assert {"precision", "recall", "f1", "accuracy"} <= set(res)
+    args = ["eval-qa", "--model_name_or_path", str(student), "--train_file", str(sample_path("squad/sample.json")), "--validation_file",
+            str(sample_path("squad/dev-v2.0-sample.json")), "--output_dir", str(tmp_path / "qa"), "--device", "cpu", "--num_train_epochs", "1",
+            "--max_seq_length", "96", "--doc_stride", "32"]  # fmt: skip
+    assert main(args) == 0
+    res = json.loads((tmp_path / "qa" / "results.json").read_text())
+    assert 0 <= res["exact_match"] <= res["f1"] <= 100 and res["n_eval"] == 14
+
+
+def test_qa_features_locate_answers(student):
+    from diito.config import EvalQaConfig
+    from diito.eval.qa import _windows, read_squad, train_features
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(student)
+    examples = [e for e in read_squad(str(sample_path("squad/sample.json"))) if e["answers"]["text"]]
+    cfg = EvalQaConfig(max_seq_length=384, doc_stride=128)
+    feats = train_features(tok, examples, cfg)
+    owner = _windows(tok, examples, cfg)["overflow_to_sample_mapping"]
+    found = set()
+    for f, i in zip(feats, owner, strict=True):
+        ex = examples[i]
+        s, e = int(f["start_positions"]), int(f["end_positions"])
+        if s > 0:
+            span = tok.decode(f["input_ids"][s : e + 1]).replace(" ", "").lower()
+            assert span == ex["answers"]["text"][0].replace(" ", "").lower()
+            found.add(i)
+    assert len(found) == len(examples)  # every answer lies in at least one window
