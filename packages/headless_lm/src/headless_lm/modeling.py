@@ -225,3 +225,43 @@ def add_lm_head(model: PreTrainedModel, init: str = "embeddings") -> PreTrainedM
 def count_parameters(model: nn.Module) -> int:
     """Distinct parameters (tied ones counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def register_xformers_attention() -> str:
+    """Register an xformers memory-efficient attention under the name "xformers" in transformers' attention
+    registry (no vendored modeling files) and return that name. Needs the [gpu] extra and CUDA."""
+    import xformers.ops as xops  # lazy: optional dependency
+    from transformers import AttentionInterface
+
+    def xformers_attention(
+        module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs
+    ):
+        # transformers passes (B, H, T, d); xformers wants (B, T, H, d). Masks become an additive bias.
+        q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+        if k.shape[2] != q.shape[2]:  # grouped-query attention: repeat key/value heads
+            rep = q.shape[2] // k.shape[2]
+            k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
+        causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
+        if attention_mask is not None:
+            bias = attention_mask.to(q.dtype).expand(q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+        else:
+            bias = xops.LowerTriangularMask() if causal else None
+        out = xops.memory_efficient_attention(
+            q, k, v, attn_bias=bias, p=dropout if module.training else 0.0, scale=scaling
+        )
+        return out, None
+
+    AttentionInterface.register("xformers", xformers_attention)
+    return "xformers"
+
+
+def attention_implementation(backend: str, device: str = "cpu") -> str:
+    """transformers' attn_implementation for a reference backend name (hf, sdpa, flash_attention, xformers)."""
+    from lmlab.device import resolve_attn_implementation
+
+    from headless_lm.config import ATTENTION
+
+    if backend not in ATTENTION:
+        raise LmlabError(f"attention backend must be one of {', '.join(ATTENTION)}, got {backend!r}")
+    name = resolve_attn_implementation(ATTENTION[backend], device)
+    return register_xformers_attention() if name == "xformers" else name

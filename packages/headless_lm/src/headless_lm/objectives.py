@@ -55,6 +55,7 @@ def _combine(
     ce_weight: float,
     temperature: float,
     negatives: str,
+    predictor: nn.Module | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
     emb_loss = lm_loss = None
     total = pred.new_zeros((), dtype=torch.float32)
@@ -64,9 +65,12 @@ def _combine(
     if emb_loss_weight != 0:
         weight = backbone(model).get_input_embeddings().weight
         target = F.embedding(target_ids, weight)
-        emb_loss = cwt_loss(pred, target, temperature=temperature, negatives=negatives, target_ids=target_ids)
+        anchors = pred if predictor is None else predictor(pred)
+        emb_loss = cwt_loss(
+            anchors, target, temperature=temperature, negatives=negatives, target_ids=target_ids
+        )
         total = total + emb_loss_weight * emb_loss
-        accuracy = cwt_retrieval_accuracy(pred, target, target_ids)
+        accuracy = cwt_retrieval_accuracy(anchors, target, target_ids)
     if ce_weight != 0:
         if lm_head(model) is None:
             raise LmlabError("the LM loss weight is not 0 but the model is headless; build it with its head")
@@ -86,9 +90,12 @@ def causal_lm_loss(
     lm_loss_weight: float = 0.0,
     temperature: float = 1.0,
     negatives: str = "all",
+    predictor: nn.Module | None = None,
 ) -> LossOutput:
     """Next-token objective: anchors = hidden states at 0..T-2, targets = ids at 1..T-1, flattened over the
-    micro-batch. total = emb_loss_weight * CWT + lm_loss_weight * CE (CE over the same positions)."""
+    micro-batch. total = emb_loss_weight * CWT + lm_loss_weight * CE (CE over the same positions).
+
+    `predictor` (the reference's `emb_predictor`; None = identity) maps the anchors before the CWT loss only."""
     _check_positions(model, input_ids)
     hidden = _hidden(model, input_ids, attention_mask)
     anchors = hidden[:, :-1]
@@ -108,6 +115,7 @@ def causal_lm_loss(
         lm_loss_weight,
         temperature,
         negatives,
+        predictor,
     )
     return LossOutput(total, emb, lm, acc, int(target_ids.numel()))
 
@@ -126,6 +134,7 @@ def masked_lm_loss(
     mask_token_id: int | None = None,
     vocab_size: int | None = None,
     full_head: bool = True,
+    predictor: nn.Module | None = None,
     **mask_kwargs,
 ) -> LossOutput:
     """Masked objective on a clean (B, T) batch: corrupt it (or use `masking`), anchors = hidden states at the
@@ -161,6 +170,15 @@ def masked_lm_loss(
         return head(hidden)[selected] if full_head else head(pred)
 
     total, emb, lm, acc = _combine(
-        model, pred, target_ids, labels, logits_fn, emb_loss_weight, mlm_loss_weight, temperature, negatives
+        model,
+        pred,
+        target_ids,
+        labels,
+        logits_fn,
+        emb_loss_weight,
+        mlm_loss_weight,
+        temperature,
+        negatives,
+        predictor,
     )
     return LossOutput(total, emb, lm, acc, int(target_ids.numel()), masked=masking)

@@ -1,0 +1,270 @@
+"""Config dataclasses of the subcommands. Field names are the reference's JSON keys and flags, so the reference
+configs (`--config gpt_headless_70m`) load unchanged; unknown keys are an error (as in the reference).
+
+Batch sizes count *sequences of the model length* (`max_seq_len` for mlm, the packed row length for gpt);
+accumulation = global_bs / (devices * num_nodes * gpu_bs) and must be an integer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lmlab.training import TrainerOptions
+
+ATTENTION = {
+    "hf": "eager",
+    "eager": "eager",
+    "sdpa": "sdpa",
+    "flash_attention": "flash_attention_2",
+    "flash_attention_2": "flash_attention_2",
+    "xformers": "xformers",
+}
+SCHEDULES = ("cosine", "constant", "triangular", "linear")
+
+# reference flag / key spellings -> our field names
+PRETRAIN_ALIASES = {
+    "total_nb_steps": "max_steps",
+    "ckpt_path": "resume",
+    "last_every": "checkpoint_every_n_steps",
+}
+
+
+def _h(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class _PretrainBase(TrainerOptions):
+    # --- data and model
+    dataset: str | None = field(
+        default=None, metadata=_h("preprocessed dataset folder (save_to_disk) or text file(s)")
+    )
+    hf_tokenizer: str | None = field(default=None, metadata=_h("tokenizer name or local folder"))
+    hf_path: str = field(
+        default="pythia-70m", metadata=_h("architecture: shipped name, config.json or model folder")
+    )
+    model_max_seq_len: int = field(default=2048, metadata=_h("model positions (max_position_embeddings)"))
+    accelerator: str = field(
+        default="sdpa", metadata=_h("attention backend: hf | sdpa | flash_attention | xformers")
+    )
+    run_name: str | None = field(
+        default=None, metadata=_h("run name (checkpoint sub-folder; default: output_dir name)")
+    )
+    saved_ckpt_path: str | None = field(
+        default=None, metadata=_h("if set, output_dir = saved_ckpt_path/run_name")
+    )
+    ckpt_every: int = field(default=10000, metadata=_h("keep a checkpoint forever every N steps (periodic/)"))
+    num_workers: int = field(default=0, metadata=_h("data-loader workers"))
+    global_bs: int | None = field(default=None, metadata=_h("global batch in sequences (sets accumulation)"))
+    gpu_bs: int = field(default=8, metadata=_h("micro-batch per device in sequences: the in-batch negatives"))
+    # --- reference task-config keys
+    text_key: str = field(
+        default="packed", metadata=_h("column with the token ids (or text if not tokenized)")
+    )
+    tokenized: bool = field(default=True, metadata=_h("the dataset column holds token ids"))
+    emb_loss_weight: float = field(default=1.0, metadata=_h("weight of the CWT loss (0: vanilla)"))
+    loss_name: str = field(default="cwt", metadata=_h("contrastive loss (only cwt)"))
+    learning_rate: float = field(default=1e-3, metadata=_h("peak learning rate"))
+    schedule_type: str = field(default="cosine", metadata=_h("cosine | constant | triangular (linear decay)"))
+    contrastive_temperature: float = field(default=1.0, metadata=_h("CWT temperature tau"))
+    warmup_steps: int = field(default=1430, metadata=_h("linear warm-up steps from 0"))
+    min_lr_ratio: float = field(default=0.0, metadata=_h("final LR / peak LR (reference 0; Pythia 0.1)"))
+    weight_decay: float = field(default=0.1, metadata=_h("AdamW weight decay (never on biases and norms)"))
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95], metadata=_h("AdamW betas"))
+    adam_eps: float = field(default=1e-8, metadata=_h("AdamW epsilon"))
+    gradient_clip: float = field(default=1.0, metadata=_h("gradient norm clipping"))
+    negatives: str = field(default="all", metadata=_h("all (paper: duplicates kept) | unique (ablation)"))
+    predictor: str = field(
+        default="identity", metadata=_h("emb_predictor: identity | linear (D x D, ablation)")
+    )
+    val_every: int | None = field(
+        default=None, metadata=_h("validate every N optimizer steps (default 10% of the run)")
+    )
+    val_batches: int = field(default=10, metadata=_h("validation batches per validation"))
+    valid_fraction: float = field(
+        default=0.0001, metadata=_h("validation share when the dataset has no validation split")
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.accelerator not in ATTENTION:
+            raise ValueError(f"--accelerator must be one of {', '.join(ATTENTION)}, got {self.accelerator!r}")
+        if self.schedule_type not in SCHEDULES:
+            raise ValueError(
+                f"--schedule_type must be one of {', '.join(SCHEDULES)}, got {self.schedule_type!r}"
+            )
+        if self.loss_name != "cwt":
+            raise ValueError(f"--loss_name must be cwt, got {self.loss_name!r}")
+        if self.negatives not in ("all", "unique"):
+            raise ValueError(f"--negatives must be all or unique, got {self.negatives!r}")
+        if self.predictor not in ("identity", "linear"):
+            raise ValueError(f"--predictor must be identity or linear, got {self.predictor!r}")
+        if self.contrastive_temperature <= 0:
+            raise ValueError("--contrastive_temperature must be positive")
+        if len(self.adam_betas) != 2:
+            raise ValueError("--adam_betas must be two numbers")
+        for name in ("gpu_bs", "model_max_seq_len", "ckpt_every", "val_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1")
+        if self.global_bs is not None and self.global_bs < self.gpu_bs:
+            raise ValueError("--global_bs must be at least --gpu_bs")
+        if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError("--warmup_steps must be >= 0 and --min_lr_ratio in [0, 1]")
+
+    @property
+    def ce_weight(self) -> float:
+        raise NotImplementedError
+
+
+@dataclass
+class GptConfig(_PretrainBase):
+    """Causal (decoder) pre-training; defaults = the reference task defaults (Pythia-70m, 143k steps)."""
+
+    max_steps: int = field(
+        default=143000, metadata=_h("total optimizer steps (reference key total_nb_steps)")
+    )
+    checkpoint_every_n_steps: int = field(
+        default=1000, metadata=_h("rolling last.ckpt every N steps (--last_every)")
+    )
+    global_bs: int | None = field(default=1024, metadata=_h("global batch in sequences (sets accumulation)"))
+    logger: str = field(default="tensorboard", metadata=_h("tensorboard | csv | wandb | none"))
+    lm_loss_weight: float = field(
+        default=1.0, metadata=_h("weight of the next-token CE (0: headless, head removed)")
+    )
+
+    @property
+    def ce_weight(self) -> float:
+        return self.lm_loss_weight
+
+
+@dataclass
+class MlmConfig(_PretrainBase):
+    """Masked (encoder) pre-training; defaults = the reference MLM task (BERT-base, triangular, 1M steps)."""
+
+    hf_path: str = field(
+        default="bert-base", metadata=_h("architecture: shipped name, config.json or model folder")
+    )
+    model_max_seq_len: int = field(default=128, metadata=_h("model positions (max_position_embeddings)"))
+    max_seq_len: int = field(default=128, metadata=_h("MLM sequence length; longer packed rows are split"))
+    max_steps: int = field(
+        default=1_000_000, metadata=_h("total optimizer steps (reference key total_nb_steps)")
+    )
+    checkpoint_every_n_steps: int = field(
+        default=1000, metadata=_h("rolling last.ckpt every N steps (--last_every)")
+    )
+    global_bs: int | None = field(default=256, metadata=_h("global batch in sequences of max_seq_len"))
+    gpu_bs: int = field(default=32, metadata=_h("micro-batch per device in sequences of max_seq_len"))
+    logger: str = field(default="tensorboard", metadata=_h("tensorboard | csv | wandb | none"))
+    learning_rate: float = field(default=1e-4, metadata=_h("peak learning rate"))
+    schedule_type: str = field(
+        default="triangular", metadata=_h("cosine | constant | triangular (linear decay)")
+    )
+    warmup_steps: int = field(default=10000, metadata=_h("linear warm-up steps from 0"))
+    weight_decay: float = field(default=0.01, metadata=_h("AdamW weight decay (never on biases and norms)"))
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata=_h("AdamW betas"))
+    mlm_loss_weight: float = field(
+        default=1.0, metadata=_h("weight of the MLM CE (0: headless, head removed)")
+    )
+    mask_prob: float = field(default=0.15, metadata=_h("share of maskable positions selected per row"))
+    replace_prob: float = field(default=0.8, metadata=_h("selected positions replaced by the mask token"))
+    random_token_prob: float = field(
+        default=0.1, metadata=_h("selected positions replaced by a random token")
+    )
+    mask_scheme: str = field(default="bert", metadata=_h("bert (fixed) | reference (context noise, §1.4)"))
+    reference_label_bug: bool = field(
+        default=False, metadata=_h("reference scheme: labels from randomised input")
+    )
+    mask_token_id: int | None = field(
+        default=None, metadata=_h("mask id when the tokenizer has none (reference: 1)")
+    )
+    mlm_vanilla_head: str = field(default="full", metadata=_h("full (HF: logits at all positions) | sparse"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mask_scheme not in ("bert", "reference"):
+            raise ValueError(f"--mask_scheme must be bert or reference, got {self.mask_scheme!r}")
+        if self.mlm_vanilla_head not in ("full", "sparse"):
+            raise ValueError("--mlm_vanilla_head must be full or sparse")
+        if self.max_seq_len > self.model_max_seq_len:
+            raise ValueError(
+                f"--max_seq_len {self.max_seq_len} is longer than --model_max_seq_len {self.model_max_seq_len}"
+            )
+        for name in ("mask_prob", "replace_prob", "random_token_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"--{name} must be in [0, 1]")
+
+    @property
+    def ce_weight(self) -> float:
+        return self.mlm_loss_weight
+
+
+@dataclass
+class FtGptConfig(GptConfig):
+    """Fine-tuning of a headless decoder with a head copied from its input embeddings (CE only)."""
+
+    ckpt_path: str | None = field(default=None, metadata=_h("headless checkpoint to start from (required)"))
+    mode: str = field(default="ft", metadata=_h("ft (train everything) | probe (train the head only)"))
+    emb_loss_weight: float = field(default=0.0, metadata=_h("must stay 0: fine-tuning is CE only"))
+    max_steps: int = field(default=10000, metadata=_h("total optimizer steps (reference key total_nb_steps)"))
+    learning_rate: float = field(default=1e-4, metadata=_h("peak learning rate"))
+    ckpt_every: int = field(default=2500, metadata=_h("keep a checkpoint forever every N steps"))
+    val_every: int | None = field(default=2500, metadata=_h("validate every N optimizer steps"))
+    global_bs: int | None = field(default=1024, metadata=_h("global batch in sequences"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode not in ("ft", "probe"):
+            raise ValueError(f"--mode must be ft or probe, got {self.mode!r}")
+        if self.lm_loss_weight == 0:
+            raise ValueError("--lm_loss_weight must be non-zero for ft-gpt")
+
+
+FT_ALIASES = {"total_nb_steps": "max_steps", "last_every": "checkpoint_every_n_steps"}
+
+
+@dataclass
+class PreprocessConfig:
+    """Tokenise a corpus, pack it into rows of exactly max_seq_len tokens, save it with save_to_disk."""
+
+    dataset_name: str | None = field(default=None, metadata=_h("hub data set name (online only)"))
+    dataset_config: str | None = field(default=None, metadata=_h("hub data set config"))
+    text_files: list[str] = field(
+        default_factory=list, metadata=_h("local txt/jsonl/json/csv/parquet files or folders")
+    )
+    text_column: str = field(default="text", metadata=_h("text column of the input"))
+    hf_tokenizer: str = field(
+        default="EleutherAI/pythia-70m-deduped", metadata=_h("tokenizer name or local folder")
+    )
+    output: str = field(
+        default="./dataset_storage/owt2_pythia.hf", metadata=_h("output folder (save_to_disk)")
+    )
+    max_seq_len: int = field(default=2048, metadata=_h("row length"))
+    append_eos: bool = field(default=True, metadata=_h("EOS between documents (false = reference)"))
+    seed: int = field(default=0, metadata=_h("shuffle seed"))
+    val_fraction: float = field(default=0.0, metadata=_h("share of rows in a validation split"))
+    documents: str = field(default="paragraph", metadata=_h("txt files: one document per line or paragraph"))
+    batch_docs: int = field(default=100_000, metadata=_h("documents tokenised per batch"))
+    num_proc: int | None = field(default=None, metadata=_h("processes for save_to_disk"))
+
+    def __post_init__(self) -> None:
+        if self.max_seq_len < 2:
+            raise ValueError("--max_seq_len must be at least 2")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError("--val_fraction must be in [0, 1)")
+        if self.documents not in ("line", "paragraph"):
+            raise ValueError("--documents must be line or paragraph")
+
+
+@dataclass
+class ExportConfig:
+    model_ckpt: str = field(default="", metadata=_h("Lightning checkpoint of a gpt / mlm / ft-gpt run"))
+    mode: str = field(default="lm", metadata=_h("mlm | add_head | lm"))
+    output_dir: str = field(default="exported", metadata=_h("save_pretrained folder"))
+    hf_name: str | None = field(default=None, metadata=_h("hub repo name for --push"))
+    push: bool = field(default=False, metadata=_h("push to the hub (needs network and a token)"))
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("mlm", "add_head", "lm"):
+            raise ValueError(f"--mode must be one of mlm, add_head, lm, got {self.mode!r}")
+        if not self.model_ckpt:
+            raise ValueError("--model_ckpt is required")

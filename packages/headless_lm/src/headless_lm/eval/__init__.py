@@ -1,0 +1,1 @@
+"""Downstream evaluation: LAMBADA-style last-word prediction and the GLUE fine-tuning protocol."""
