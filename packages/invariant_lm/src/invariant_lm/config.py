@@ -231,7 +231,7 @@ class BenchConfig:
 @dataclass
 class DemoConfig:
     output_dir: str = _h("where the demo writes", "results/demo/invariant_lm")
-    nb_steps: int = _h("updates", 40)
+    nb_steps: int = _h("updates", 30)
 
 
 @dataclass
