@@ -337,7 +337,7 @@ def _data(cfg, kind: str, module: HeadlessLMModule) -> None:
         )
 
 
-def _fit(cfg, module: HeadlessLMModule, out_dir: Path) -> dict:
+def _fit(cfg, module: HeadlessLMModule, out_dir: Path, extra_callbacks=()) -> dict:
     from lmlab.config import save_config
     from lmlab.seed import seed_everything
     from lmlab.training import build_trainer, resume_checkpoint
@@ -352,7 +352,7 @@ def _fit(cfg, module: HeadlessLMModule, out_dir: Path) -> dict:
         every_n_train_steps=cfg.ckpt_every,
         save_top_k=-1,
     )
-    callbacks = [periodic]
+    callbacks = [periodic, *extra_callbacks]
     if cfg.logger != "none":
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = build_trainer(
@@ -386,18 +386,22 @@ def _fit(cfg, module: HeadlessLMModule, out_dir: Path) -> dict:
     return summary
 
 
-def run_pretrain(cfg, kind: str) -> dict:
+def run_pretrain(cfg, kind: str, callbacks=()) -> dict:
+    """Pre-train a `kind` (clm | mlm) model from a config; `callbacks` are extra Lightning callbacks."""
     out_dir = _output_dir(cfg)
     tokenizer = load_tokenizer(cfg.hf_tokenizer) if cfg.hf_tokenizer else None
     mask_id, specials = _mask_ids(cfg, tokenizer) if kind == "mlm" else (None, [])
     task = _task_dict(cfg)
+    from lmlab.seed import seed_everything
+
+    seed_everything(cfg.seed)  # the same seed gives the same initial weights
     if kind == "clm":
         task.setdefault("mlm_loss_weight", 0.0)
     module = HeadlessLMModule(
         kind, _arch_dict(cfg, kind, tokenizer), task, cfg.hf_tokenizer, mask_id, specials
     )
     _data(cfg, kind, module)
-    return _fit(cfg, module, out_dir)
+    return _fit(cfg, module, out_dir, callbacks)
 
 
 def run_gpt(cfg) -> dict:
