@@ -81,6 +81,7 @@ COMMANDS = [
         BenchSweepConfig,
         f"{PKG}.bench:run_bench_sweep",
         "time the in-place sweep engine against reloading per point",
+        f"{PKG}.configs",
     ),
     Command(
         "make-tiny",

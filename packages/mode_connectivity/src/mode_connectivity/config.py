@@ -275,7 +275,9 @@ class MakeTinyConfig:
 
 @dataclass
 class BenchSweepConfig:
-    config: str = _h("tiny", "tiny | t5-base-shaped (random weights, no download)")
+    model_config: str = _h(
+        "tiny", "tiny | t5-base-shaped (random weights, no download); `--config tiny` sets it"
+    )
     n_eval: int = _h(256, "evaluation examples")
     points: int = _h(26, "grid points")
     mode: str = _h("both", "naive | efficient | both")
@@ -289,8 +291,8 @@ class BenchSweepConfig:
     seed: int = _h(0, "seed")
 
     def __post_init__(self) -> None:
-        if self.config not in ("tiny", "t5-base-shaped"):
-            raise ValueError("--config must be tiny or t5-base-shaped")
+        if self.model_config not in ("tiny", "t5-base-shaped"):
+            raise ValueError("--model_config (or --config) must be tiny or t5-base-shaped")
         if self.mode not in ("naive", "efficient", "both"):
             raise ValueError("--mode must be naive, efficient or both")
         if self.tune_method not in ("model", "adapter"):
