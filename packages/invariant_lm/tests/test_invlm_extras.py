@@ -1,0 +1,85 @@
+"""bench (tiny shape), reproduction pieces, accumulation, environment column, config checks."""
+
+import json
+
+import pytest
+import torch
+from invariant_lm.cli import main
+
+
+def test_bench_tiny_writes_json_and_markdown(tmp_path):
+    out = tmp_path / "b"
+    argv = ["bench", "--output_dir", str(out), "--device", "cpu", "--hidden_size", "32", "--num_layers", "1",
+            "--num_heads", "2", "--vocab_size", "300", "--batch_size", "2", "--seq_len", "16", "--warmup", "1",
+            "--steps", "2", "--n_envs", "1", "2", "--sparse", "on"]  # fmt: skip
+    assert main(argv) == 0
+    res = json.loads((out / "bench.json").read_text())
+    assert [r["setting"] for r in res["rows"]] == ["plain HF MLM", "IRM-games n=1", "IRM-games n=2"]
+    assert all(r["time_ratio"] > 0 for r in res["rows"])
+    assert "| IRM-games n=2 | on |" in (out / "bench.md").read_text()
+
+
+def test_predicted_dense_ratio_matches_spec_formula():
+    from invariant_lm.bench import predicted_dense_ratio
+    from invariant_lm.config import BenchConfig
+
+    cfg = BenchConfig(seq_len=512)  # RoBERTa-base: (189 + 78 n) / (189 + 78)
+    assert predicted_dense_ratio(cfg, 4) == pytest.approx(1.88, abs=0.03)
+    assert predicted_dense_ratio(cfg, 8) == pytest.approx(3.05, abs=0.05)
+
+
+def test_synthetic_language_and_noise_mass(tmp_path):
+    from invariant_lm.model import InvariantMLM
+    from invariant_lm.reproduce import NOISE, noise_mass, word_tokenizer, write_language
+
+    write_language(tmp_path, n_train=50, n_test=10, noise_rate=0.3)
+    clean = (tmp_path / "envs" / "clean.txt").read_text().split()
+    noisy = (tmp_path / "envs" / "noisy.txt").read_text().split()
+    assert not set(NOISE) & set(clean)
+    share = sum(w in NOISE for w in noisy) / sum(w not in NOISE for w in noisy)
+    assert 0.2 < share < 0.4
+    tok = word_tokenizer(tmp_path / "tok")
+    assert tok("w1 <m2> w3")["input_ids"] == [2, 6, tok.convert_tokens_to_ids("<m2>"), 8, 3]
+    from transformers import BertConfig, BertForMaskedLM
+
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=64)  # fmt: skip
+    base = BertForMaskedLM(cfg)
+    with torch.no_grad():  # a head that puts all mass on <m0> gives noise mass ~1
+        base.cls.predictions.bias.zero_()
+        base.cls.predictions.bias[tok.convert_tokens_to_ids("<m0>")] = 100.0
+    model = InvariantMLM.from_base(base, ["a", "b"])
+    assert noise_mass(model, tok, tmp_path / "test_clean.txt", 34) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_gradient_accumulation_uses_micro_batches_of_the_same_env():
+    from invariant_lm._testing import args, batches, tiny
+    from invariant_lm.model import InvariantMLM
+    from invariant_lm.trainer import InvariantTrainer
+
+    base, tok = tiny("bert")
+    b1, b2 = batches(tok, 2)
+    model = InvariantMLM.from_base(base, ["a", "b"])
+    tr = InvariantTrainer(model, args(), tokenizer=tok, total_updates=2)
+    loss = tr.update("a", [b1, b2])
+    model2 = InvariantMLM.from_base(tiny("bert")[0], ["a", "b"])
+    l1 = model2(**b1).loss.item()
+    l2 = model2(**b2).loss.item()
+    assert loss == pytest.approx((l1 + l2) / 2, abs=1e-5)
+    assert tr.updates == 1 and tr.env_updates == {"a": 1, "b": 0}
+
+
+def test_env_column_table(tmp_path):
+    from invariant_lm.data import load_environments
+
+    rows = [{"text": f"line {i}", "env": "x" if i % 3 else "y"} for i in range(9)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    envs = load_environments(path, env_column="env")
+    assert list(envs) == ["x", "y"] and len(envs["x"]) == 6 and len(envs["y"]) == 3
+
+
+def test_config_checks_exit_2():
+    assert main(["train", "--head_decoder", "tied"]) == 2
+    assert main(["train", "--mlm_probability", "1.5"]) == 2
+    assert main(["bench", "--sparse", "maybe"]) == 2
