@@ -12,6 +12,7 @@ Reports median step time, tokens/s (non-pad base tokens, and base+source), peak 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -146,6 +147,14 @@ def run_bench(cfg: BenchConfig) -> dict:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = torch_device(cfg.device)
+    cuda = device.type == "cuda"
+    cfg = dataclasses.replace(
+        cfg,
+        size=cfg.size if cfg.size != "auto" else ("base" if cuda else "small"),
+        batch_size=cfg.batch_size if cfg.batch_size > 0 else (40 if cuda else 8),
+        steps=cfg.steps if cfg.steps > 0 else (20 if cuda else 5),
+        warmup=cfg.warmup if cuda else min(cfg.warmup, 2),
+    )
     modes = (
         list(cfg.modes)
         if cfg.modes

@@ -198,10 +198,10 @@ class BenchConfig:
     size: str = h(
         "base (BERT-base teacher, 6-layer DistilBERT student, vocab 30522) | tiny (CPU smoke)", "base"
     )
-    batch_size: int = h("sequences per step", 40)
+    batch_size: int = h("sequences per step (-1: 40 on CUDA, 8 on CPU)", -1)
     seq_len: int = h("tokens per sequence (fixed)", 128)
     warmup: int = h("untimed steps", 5)
-    steps: int = h("timed steps", 20)
+    steps: int = h("timed steps (-1: 20 on CUDA, 5 on CPU)", -1)
     modes: list[str] = h("modes to run", None)
     compile: bool = h("also time torch.compile'd models", False)
     teacher_site: int = h("teacher site (-1: n_layers // 2, i.e. 6 as in single_middle_layer_6)", -1)
@@ -275,12 +275,13 @@ class DemoConfig:
     output_dir: str = h("results folder", "results/demo/diito")
     steps: int = h("optimizer steps per distillation run (the teacher gets twice as many)", 20)
     seed: int = h("seed", 56)
+    threads: int = h("CPU threads (1 is fastest on a shared machine)", 1)
 
 
 @dataclass
 class ReproduceConfig:
     output_dir: str = h("results folder", "results/diito")
-    teacher_steps: int = h("teacher MLM pre-training steps", 600)
+    teacher_steps: int = h("teacher MLM pre-training steps", 800)
     student_steps: int = h("distillation steps per student", 300)
     glue_tasks: list[str] = h("GLUE sample tasks (mrpc, stsb)", None)
     seeds: list[int] = h("distillation seeds (default 42 66)", None)
@@ -288,3 +289,4 @@ class ReproduceConfig:
         "wikitext (tokenizer trained here, GLUE possible) | wikipedia-bert-ids (no GLUE)", "wikitext"
     )
     device: str = h("auto | cpu | cuda", "cpu")
+    threads: int = h("CPU threads (-1: torch's default; 1 is fastest on a busy shared machine)", 1)

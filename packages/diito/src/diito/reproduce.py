@@ -31,17 +31,17 @@ PAPER_GLUE = """| model (paper, 6 layers, GLUE dev) | tokens | avg | CoLA | MNLI
 
 @dataclass
 class Recipe:
-    vocab_size: int = 3000
+    vocab_size: int = 2000
     t_layers: int = 6
-    hidden: int = 128
+    hidden: int = 64
     heads: int = 4
-    intermediate: int = 512
+    intermediate: int = 256
     student_layers: tuple = (0, 2, 4)
     teacher_site: int = 3
     student_site: int = 1
-    max_len: int = 128
+    max_len: int = 64
     batch_size: int = 16
-    teacher_steps: int = 600
+    teacher_steps: int = 800
     teacher_lr: float = 1e-3
     student_steps: int = 300
     student_lr: float = 5e-4
@@ -436,6 +436,10 @@ def _summary(rows: list[dict], recipe: Recipe, corpus: str, glue) -> str:
 
 
 def run_reproduce(cfg) -> dict:
+    from lmlab.device import set_threads
+
+    if cfg.threads > 0:
+        set_threads(cfg.threads)
     recipe = Recipe(teacher_steps=cfg.teacher_steps, student_steps=cfg.student_steps)
     if cfg.seeds:
         recipe.seeds = tuple(cfg.seeds)
@@ -448,7 +452,7 @@ def run_reproduce(cfg) -> dict:
 def run_demo(cfg) -> dict:
     from lmlab.device import set_threads
 
-    set_threads(2)
+    set_threads(cfg.threads)
     recipe = Recipe(
         vocab_size=1200,
         t_layers=4,
