@@ -99,13 +99,14 @@ def predicted_dense_ratio(cfg: BenchConfig, n: int) -> float:
 
 
 def run_bench(cfg: BenchConfig) -> dict:
-    from lmlab.device import torch_device
+    from lmlab.device import set_threads, torch_device
     from lmlab.io import write_json
     from transformers import AutoModelForMaskedLM
 
     from invariant_lm.model import InvariantMLM
     from invariant_lm.trainer import OptimSettings, build_optimizers, environment_update
 
+    set_threads(cfg.threads)
     device = torch_device(cfg.device)
     cfg = cfg.resolved(device.type == "cuda")
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")

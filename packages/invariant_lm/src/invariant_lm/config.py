@@ -192,6 +192,7 @@ class BenchConfig:
     warmup: int | None = _h("untimed updates (default: 10 on GPU, 2 on CPU)")
     steps: int | None = _h("timed updates (default: 50 on GPU, 6 on CPU)")
     precision: str = _h("auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16", "auto")
+    threads: int | None = _h("torch CPU threads (default: torch's)")
     interleave: str = _h(
         "auto (on for CPU) | on | off: alternate plain and IRM updates, report medians", "auto"
     )
@@ -232,6 +233,7 @@ class BenchConfig:
 class DemoConfig:
     output_dir: str = _h("where the demo writes", "results/demo/invariant_lm")
     nb_steps: int = _h("updates", 30)
+    threads: int = _h("torch CPU threads (1 is fastest for tiny models on a shared machine)", 1)
 
 
 @dataclass
@@ -245,6 +247,7 @@ class ReproduceConfig:
     batch_size: int = _h("batch size", 32)
     noise_rate: float = _h("share of positions with a markup token before them in the noisy environment", 0.3)
     device: str = _h("auto | cpu | cuda", "cpu")
+    threads: int = _h("torch CPU threads (1 is fastest for tiny models on a shared machine)", 1)
 
     def __post_init__(self) -> None:
         if self.seeds is None:

@@ -38,11 +38,13 @@ def write_demo_data(folder: Path, seed: int = 0) -> tuple[Path, Path]:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    from lmlab.device import set_threads
     from lmlab.io import write_json
     from lmlab.testing import save_tiny_model
 
     from invariant_lm.commands import run_train
 
+    set_threads(cfg.threads)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     envs, valid = write_demo_data(out / "data")

@@ -116,11 +116,13 @@ def _evaluate(run_dir: Path, tokenizer, test_file: Path, seq_len: int) -> dict:
 
 
 def run_reproduce(cfg: ReproduceConfig) -> dict:
+    from lmlab.device import set_threads
     from lmlab.io import write_results
 
     from invariant_lm.commands import run_export
     from invariant_lm.config import ExportConfig
 
+    set_threads(cfg.threads)
     out = Path(cfg.output_dir)
     data = out / "data"
     if not (data / "test_clean.txt").exists():
