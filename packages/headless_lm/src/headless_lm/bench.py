@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from headless_lm.config import BenchConfig
 from headless_lm.losses import cwt_loss
 from headless_lm.masking import mask_tokens
 from headless_lm.modeling import backbone, build_model, count_parameters
@@ -46,48 +46,6 @@ PRESETS = {
         "k_sweep": [512, 2048],
     },
 }
-
-
-@dataclass
-class BenchConfig:
-    task: str = field(default="all", metadata={"help": "clm | mlm | loss | sweep | all"})
-    preset: str = field(default="auto", metadata={"help": "auto (gpu sizes on CUDA, else cpu) | gpu | cpu"})
-    clm_arch: str = field(default="pythia-70m", metadata={"help": "decoder architecture"})
-    mlm_arch: str = field(default="bert-base", metadata={"help": "encoder architecture"})
-    vocab_size: int = field(default=50304, metadata={"help": "vocabulary of the models"})
-    batch_size: int | None = field(default=None, metadata={"help": "micro-batch (default from the preset)"})
-    seq_len: int | None = field(default=None, metadata={"help": "sequence length (default from the preset)"})
-    mlm_vanilla: str = field(
-        default="both", metadata={"help": "full | sparse | both (vanilla MLM baselines)"}
-    )
-    loss_k: int | None = field(default=None, metadata={"help": "loss-only: predicted positions K"})
-    loss_v: int | None = field(default=None, metadata={"help": "loss-only: vocabulary V"})
-    loss_d: int | None = field(default=None, metadata={"help": "loss-only: hidden size D"})
-    warmup_steps: int = field(default=3, metadata={"help": "untimed steps"})
-    steps: int = field(default=20, metadata={"help": "timed steps"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    precision: str = field(
-        default="auto", metadata={"help": "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16"}
-    )
-    attn: str = field(
-        default="sdpa", metadata={"help": "attention backend: sdpa | hf | flash_attention | xformers"}
-    )
-    output_dir: str = field(
-        default="results/headless_lm", metadata={"help": "writes bench.json and bench.md"}
-    )
-    seed: int = field(default=0, metadata={"help": "seed"})
-
-    def __post_init__(self) -> None:
-        if self.task not in ("clm", "mlm", "loss", "sweep", "all"):
-            raise ValueError("--task must be clm, mlm, loss, sweep or all")
-        if self.preset not in ("auto", "gpu", "cpu"):
-            raise ValueError("--preset must be auto, gpu or cpu")
-        if self.mlm_vanilla not in ("full", "sparse", "both"):
-            raise ValueError("--mlm_vanilla must be full, sparse or both")
-        if self.warmup_steps < 3 or self.steps < 1:
-            raise ValueError("--warmup_steps must be at least 3 and --steps at least 1")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError("--precision must be auto, fp32 or bf16")
 
 
 def _sync(device: torch.device) -> None:

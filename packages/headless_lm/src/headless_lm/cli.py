@@ -10,22 +10,22 @@ from lmlab.cli import Command, run_cli
 from headless_lm.config import (
     FT_ALIASES,
     PRETRAIN_ALIASES,
+    BenchConfig,
+    DemoConfig,
     ExportConfig,
     FtGptConfig,
+    GlueConfig,
     GptConfig,
+    LambadaConfig,
     MlmConfig,
     PreprocessConfig,
+    ReproduceConfig,
 )
 
 CONFIGS = "headless_lm.configs"
 
 
 def commands() -> list[Command]:
-    from headless_lm.bench import BenchConfig
-    from headless_lm.demo import DemoConfig, ReproduceConfig
-    from headless_lm.eval.glue import GlueConfig
-    from headless_lm.eval.lambada import LambadaConfig
-
     return [
         Command(
             "preprocess",

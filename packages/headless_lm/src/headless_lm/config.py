@@ -19,6 +19,7 @@ ATTENTION = {
     "flash_attention_2": "flash_attention_2",
     "xformers": "xformers",
 }
+ALL_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
 SCHEDULES = ("cosine", "constant", "triangular", "linear")
 
 # reference flag / key spellings -> our field names
@@ -268,3 +269,133 @@ class ExportConfig:
             raise ValueError(f"--mode must be one of mlm, add_head, lm, got {self.mode!r}")
         if not self.model_ckpt:
             raise ValueError("--model_ckpt is required")
+
+
+@dataclass
+class BenchConfig:
+    task: str = field(default="all", metadata={"help": "clm | mlm | loss | sweep | all"})
+    preset: str = field(default="auto", metadata={"help": "auto (gpu sizes on CUDA, else cpu) | gpu | cpu"})
+    clm_arch: str = field(default="pythia-70m", metadata={"help": "decoder architecture"})
+    mlm_arch: str = field(default="bert-base", metadata={"help": "encoder architecture"})
+    vocab_size: int = field(default=50304, metadata={"help": "vocabulary of the models"})
+    batch_size: int | None = field(default=None, metadata={"help": "micro-batch (default from the preset)"})
+    seq_len: int | None = field(default=None, metadata={"help": "sequence length (default from the preset)"})
+    mlm_vanilla: str = field(
+        default="both", metadata={"help": "full | sparse | both (vanilla MLM baselines)"}
+    )
+    loss_k: int | None = field(default=None, metadata={"help": "loss-only: predicted positions K"})
+    loss_v: int | None = field(default=None, metadata={"help": "loss-only: vocabulary V"})
+    loss_d: int | None = field(default=None, metadata={"help": "loss-only: hidden size D"})
+    warmup_steps: int = field(default=3, metadata={"help": "untimed steps"})
+    steps: int = field(default=20, metadata={"help": "timed steps"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    precision: str = field(
+        default="auto", metadata={"help": "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16"}
+    )
+    attn: str = field(
+        default="sdpa", metadata={"help": "attention backend: sdpa | hf | flash_attention | xformers"}
+    )
+    output_dir: str = field(
+        default="results/headless_lm", metadata={"help": "writes bench.json and bench.md"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed"})
+
+    def __post_init__(self) -> None:
+        if self.task not in ("clm", "mlm", "loss", "sweep", "all"):
+            raise ValueError("--task must be clm, mlm, loss, sweep or all")
+        if self.preset not in ("auto", "gpu", "cpu"):
+            raise ValueError("--preset must be auto, gpu or cpu")
+        if self.mlm_vanilla not in ("full", "sparse", "both"):
+            raise ValueError("--mlm_vanilla must be full, sparse or both")
+        if self.warmup_steps < 3 or self.steps < 1:
+            raise ValueError("--warmup_steps must be at least 3 and --steps at least 1")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError("--precision must be auto, fp32 or bf16")
+
+
+@dataclass
+class DemoConfig:
+    output_dir: str = field(default="results/demo/headless_lm", metadata={"help": "where the demo writes"})
+    steps: int = field(default=60, metadata={"help": "pre-training steps per model"})
+    ft_steps: int = field(default=20, metadata={"help": "fine-tuning steps of the headless decoder"})
+    vocab_size: int = field(default=1000, metadata={"help": "BPE vocabulary trained on the sample"})
+    seq_len: int = field(default=64, metadata={"help": "packed row length"})
+    batch_size: int = field(default=8, metadata={"help": "micro-batch (= in-batch negatives)"})
+    hidden: int = field(default=64, metadata={"help": "model width"})
+    layers: int = field(default=2, metadata={"help": "model depth"})
+    mlm: bool = field(
+        default=False, metadata={"help": "also pre-train vanilla and headless encoders + GLUE sample"}
+    )
+    bench: bool = field(default=False, metadata={"help": "also run the CPU benchmark"})
+    seed: int = field(default=0, metadata={"help": "seed"})
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "ft_steps", "vocab_size", "seq_len", "batch_size", "hidden", "layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1")
+
+
+@dataclass
+class ReproduceConfig(DemoConfig):
+    output_dir: str = field(default="results/headless_lm", metadata={"help": "where the reproduction writes"})
+    steps: int = field(default=600, metadata={"help": "pre-training steps per model"})
+    ft_steps: int = field(default=150, metadata={"help": "fine-tuning steps of the headless decoder"})
+    vocab_size: int = field(default=4000, metadata={"help": "BPE vocabulary trained on the sample"})
+    seq_len: int = field(default=128, metadata={"help": "packed row length"})
+    batch_size: int = field(default=16, metadata={"help": "micro-batch (= in-batch negatives)"})
+    hidden: int = field(default=128, metadata={"help": "model width"})
+    layers: int = field(default=2, metadata={"help": "model depth"})
+    mlm: bool = field(default=True, metadata={"help": "also pre-train encoders + GLUE sample"})
+    bench: bool = field(default=True, metadata={"help": "also run the CPU benchmark"})
+
+
+@dataclass
+class GlueConfig:
+    model: str = field(
+        default="", metadata={"help": "exported encoder/decoder folder (export --mode mlm|lm)"}
+    )
+    tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS), metadata={"help": "GLUE tasks"})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "fine-tuning seeds"})
+    learning_rate: float = field(
+        default=1e-5, metadata={"help": "AdamW learning rate (regular-CE protocol: 5e-6)"}
+    )
+    batch_size: int = field(default=32, metadata={"help": "batch size"})
+    epochs: int = field(default=10, metadata={"help": "epochs; the best dev epoch is kept"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "linear warm-up share, then constant"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (paper text/code: 0.01)"})
+    loss: str = field(default="balanced", metadata={"help": "balanced | ce"})
+    max_seq_len: int = field(default=128, metadata={"help": "max tokens per example"})
+    data_dir: str = field(default="glue_data", metadata={"help": "folder with <TASK>/train.tsv, dev.tsv"})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "cap on training rows (smoke tests)"}
+    )
+    output: str = field(default="glue_results.json", metadata={"help": "results JSON"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("--model is required")
+        if self.loss not in ("balanced", "ce"):
+            raise ValueError("--loss must be balanced or ce")
+        for name in ("batch_size", "epochs", "max_seq_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1")
+
+
+@dataclass
+class LambadaConfig:
+    model: str = field(
+        default="", metadata={"help": "exported causal model folder (export --mode add_head|lm)"}
+    )
+    data_file: str = field(
+        default="", metadata={"help": "jsonl with a text field, or a txt file (one passage a line)"}
+    )
+    batch_size: int = field(default=8, metadata={"help": "passages per forward pass"})
+    output: str | None = field(default=None, metadata={"help": "results JSON path"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+
+    def __post_init__(self) -> None:
+        if not self.model or not self.data_file:
+            raise ValueError("--model and --data_file are required")
+        if self.batch_size < 1:
+            raise ValueError("--batch_size must be at least 1")

@@ -12,10 +12,11 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmlab.errors import LmlabError
+
+from headless_lm.config import DemoConfig, ReproduceConfig
 
 PAPER = {
     "decoder (Table 3, Pythia-70m, OWT2)": {
@@ -29,42 +30,6 @@ PAPER = {
         "headless 8.2B tokens": 84.08,
     },
 }
-
-
-@dataclass
-class DemoConfig:
-    output_dir: str = field(default="results/demo/headless_lm", metadata={"help": "where the demo writes"})
-    steps: int = field(default=60, metadata={"help": "pre-training steps per model"})
-    ft_steps: int = field(default=20, metadata={"help": "fine-tuning steps of the headless decoder"})
-    vocab_size: int = field(default=1000, metadata={"help": "BPE vocabulary trained on the sample"})
-    seq_len: int = field(default=64, metadata={"help": "packed row length"})
-    batch_size: int = field(default=8, metadata={"help": "micro-batch (= in-batch negatives)"})
-    hidden: int = field(default=64, metadata={"help": "model width"})
-    layers: int = field(default=2, metadata={"help": "model depth"})
-    mlm: bool = field(
-        default=False, metadata={"help": "also pre-train vanilla and headless encoders + GLUE sample"}
-    )
-    bench: bool = field(default=False, metadata={"help": "also run the CPU benchmark"})
-    seed: int = field(default=0, metadata={"help": "seed"})
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "ft_steps", "vocab_size", "seq_len", "batch_size", "hidden", "layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1")
-
-
-@dataclass
-class ReproduceConfig(DemoConfig):
-    output_dir: str = field(default="results/headless_lm", metadata={"help": "where the reproduction writes"})
-    steps: int = field(default=600, metadata={"help": "pre-training steps per model"})
-    ft_steps: int = field(default=150, metadata={"help": "fine-tuning steps of the headless decoder"})
-    vocab_size: int = field(default=4000, metadata={"help": "BPE vocabulary trained on the sample"})
-    seq_len: int = field(default=128, metadata={"help": "packed row length"})
-    batch_size: int = field(default=16, metadata={"help": "micro-batch (= in-batch negatives)"})
-    hidden: int = field(default=128, metadata={"help": "model width"})
-    layers: int = field(default=2, metadata={"help": "model depth"})
-    mlm: bool = field(default=True, metadata={"help": "also pre-train encoders + GLUE sample"})
-    bench: bool = field(default=True, metadata={"help": "also run the CPU benchmark"})
 
 
 def corpus_documents() -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -23,9 +22,9 @@ from lmlab.errors import LmlabError
 from torch import nn
 from torch.utils.data import DataLoader
 
+from headless_lm.config import ALL_TASKS, GlueConfig
 from headless_lm.losses import balanced_cross_entropy
 
-ALL_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
 EXCLUDED_FROM_AVERAGE = ("rte",)
 # task -> (train file, dev files, text columns, label column, number of labels; 1 = regression)
 TASK_FORMATS = {
@@ -232,39 +231,6 @@ def aggregate(per_task_seed_history: dict[str, list[list[float]]]) -> dict:
         "average": statistics.fmean(counted) if counted else None,
         "average_excludes": list(EXCLUDED_FROM_AVERAGE),
     }
-
-
-@dataclass
-class GlueConfig:
-    model: str = field(
-        default="", metadata={"help": "exported encoder/decoder folder (export --mode mlm|lm)"}
-    )
-    tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS), metadata={"help": "GLUE tasks"})
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "fine-tuning seeds"})
-    learning_rate: float = field(
-        default=1e-5, metadata={"help": "AdamW learning rate (regular-CE protocol: 5e-6)"}
-    )
-    batch_size: int = field(default=32, metadata={"help": "batch size"})
-    epochs: int = field(default=10, metadata={"help": "epochs; the best dev epoch is kept"})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "linear warm-up share, then constant"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (paper text/code: 0.01)"})
-    loss: str = field(default="balanced", metadata={"help": "balanced | ce"})
-    max_seq_len: int = field(default=128, metadata={"help": "max tokens per example"})
-    data_dir: str = field(default="glue_data", metadata={"help": "folder with <TASK>/train.tsv, dev.tsv"})
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "cap on training rows (smoke tests)"}
-    )
-    output: str = field(default="glue_results.json", metadata={"help": "results JSON"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-
-    def __post_init__(self) -> None:
-        if not self.model:
-            raise ValueError("--model is required")
-        if self.loss not in ("balanced", "ce"):
-            raise ValueError("--loss must be balanced or ce")
-        for name in ("batch_size", "epochs", "max_seq_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1")
 
 
 def finetune_task(cfg: GlueConfig, task: str, seed: int, tokenizer) -> list[float]:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from lmlab.errors import LmlabError
+
+from headless_lm.config import LambadaConfig
 
 
 def split_passage(text: str) -> tuple[str, str]:
@@ -67,25 +68,6 @@ def evaluate(model, tokenizer, texts, *, batch_size: int = 8) -> dict:
             correct += int(torch.equal(lp.argmax(-1), targets))
     n = len(items)
     return {"acc": correct / n, "ppl": math.exp(-total_ll / n), "n": n}
-
-
-@dataclass
-class LambadaConfig:
-    model: str = field(
-        default="", metadata={"help": "exported causal model folder (export --mode add_head|lm)"}
-    )
-    data_file: str = field(
-        default="", metadata={"help": "jsonl with a text field, or a txt file (one passage a line)"}
-    )
-    batch_size: int = field(default=8, metadata={"help": "passages per forward pass"})
-    output: str | None = field(default=None, metadata={"help": "results JSON path"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-
-    def __post_init__(self) -> None:
-        if not self.model or not self.data_file:
-            raise ValueError("--model and --data_file are required")
-        if self.batch_size < 1:
-            raise ValueError("--batch_size must be at least 1")
 
 
 def read_passages(path: str | Path) -> list[str]:
