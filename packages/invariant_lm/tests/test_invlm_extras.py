@@ -83,3 +83,24 @@ def test_config_checks_exit_2():
     assert main(["train", "--head_decoder", "tied"]) == 2
     assert main(["train", "--mlm_probability", "1.5"]) == 2
     assert main(["bench", "--sparse", "maybe"]) == 2
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_update_isolates_heads_and_matches_dense():
+    from invariant_lm._testing import args, batches, snapshot, tiny
+    from invariant_lm.model import InvariantMLM
+    from invariant_lm.trainer import InvariantTrainer
+
+    base, tok = tiny("roberta")
+    model = InvariantMLM.from_base(base, ["a", "b", "c"]).cuda()
+    tr = InvariantTrainer(model, args(), tokenizer=tok, total_updates=3)
+    b = {k: v.cuda() for k, v in batches(tok, 1)[0].items()}
+    before = {e: snapshot(h) for e, h in model.heads.items()}
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        sparse = model(**b, sparse=True).loss.item()
+        dense = model(**b, sparse=False).loss.item()
+        tr.update("c", b)
+    assert sparse == pytest.approx(dense, rel=2e-2)
+    for e in ("a", "b"):
+        assert all(torch.equal(v, before[e][k]) for k, v in model.heads[e].state_dict().items())
+    assert not torch.equal(model.heads["c"].weight, before["c"]["weight"])
