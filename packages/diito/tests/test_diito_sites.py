@@ -159,6 +159,20 @@ def test_multi_site_entry_writes_every_layer():
     with torch.no_grad():
         interchange_forward(model, ids, mb, src, ms, sites, P, Ps, counter=calls)
     assert calls == [0, 1, 2, 3]
+    calls = []
+    blocks = find_blocks(model)
+    hooked = []
+    originals = [b.register_forward_hook for b in blocks]
+    for i, b in enumerate(blocks):
+        b.register_forward_hook = lambda *a, i=i, f=originals[i], **k: (hooked.append(i), f(*a, **k))[1]
+    try:
+        with torch.no_grad():
+            interchange_forward(model, ids, mb, src, ms, {2: None}, P, Ps, counter=calls)
+    finally:
+        for b in blocks:
+            del b.register_forward_hook
+    assert calls == [2]
+    assert hooked == [2, 3]  # the writer on site 2, the last-hidden reader on the last block; nothing else
 
 
 def test_hooks_are_removed_even_on_error():

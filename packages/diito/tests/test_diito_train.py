@@ -262,3 +262,63 @@ def test_gpt2_clm_path_with_causal_loss(tmp_path):
     assert main(args) == 0
     rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "train/loss_clm" in r]
     assert rows and all(r["train/loss_causal_ce"] >= 0 for r in rows)
+
+
+def test_roberta_student_with_causal_loss(tmp_path):
+    save_tiny_model(tmp_path / "t", "roberta", "mlm", layers=3, hidden=32, heads=2)
+    corpus = write_text_corpus(tmp_path, n=40)
+    assert (
+        main(
+            [
+                "binarize",
+                "--input",
+                str(corpus),
+                "--tokenizer_name",
+                str(tmp_path / "t"),
+                "--dump_file",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "token-counts",
+                "--data_file",
+                str(tmp_path / "b.train.t.npz"),
+                "--token_counts_dump",
+                str(tmp_path / "c.npy"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "extract",
+                "--teacher_name",
+                str(tmp_path / "t"),
+                "--dump_checkpoint",
+                str(tmp_path / "s"),
+                "--layers",
+                "0",
+                "2",
+                "--student_type",
+                "same",
+            ]
+        )
+        == 0
+    )
+    (tmp_path / "m.nm").write_text(json.dumps(MAP))
+    args = [
+        "train", "--teacher_name", str(tmp_path / "t"), "--student_pretrained_weights", str(tmp_path / "s"),
+        "--data_file", str(tmp_path / "b.train.t.npz"), "--token_counts", str(tmp_path / "c.npy"), "--neuron_mapping", str(tmp_path / "m.nm"),
+        "--mlm", "--alpha_ce", "0.5", "--alpha_mlm", "0.5", "--alpha_clm", "0", "--alpha_causal_ce", "0.5",
+        "--freeze_pos_embs", "--freeze_token_type_embds", "--batch_size", "4", "--max_steps", "2", "--gradient_accumulation_steps", "1",
+        "--progress_bar", "false", "--logger", "none", "--device", "cpu", "--output_dir", str(tmp_path / "run"), "--log_every_n_steps", "1",
+    ]  # fmt: skip
+    assert main(args) == 0
+    from transformers import AutoModelForMaskedLM, RobertaForMaskedLM
+
+    assert isinstance(AutoModelForMaskedLM.from_pretrained(tmp_path / "run" / "student"), RobertaForMaskedLM)
