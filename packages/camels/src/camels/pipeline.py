@@ -232,7 +232,7 @@ def run_pipeline(out: Path, seed: int, sizes: dict[str, Any]) -> dict[str, Any]:
                             "--downsample_to",
                             str(sizes["val_docs"]),
                             "--output_dir",
-                            str(sweep_dir / "run"),
+                            str(sweep_dir),
                             "--overwrite",
                             "true",
                             "-m",

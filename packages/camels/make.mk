@@ -1,0 +1,18 @@
+# camels (Hu et al., EMNLP 2023): included by the root Makefile.
+CAMELS_RESULTS := results/camels
+
+.PHONY: reproduce-camels bench-camels bench-camels-gpu
+
+reproduce-camels: $(CAMELS_RESULTS)/report.md ## CaMeLS vs uniform / SSM / TF-IDF on synthetic and SQuAD-sample streams (tiny, CPU)
+
+$(CAMELS_RESULTS)/report.md: $(INSTALL_STAMP)
+	$(VENV_BIN)/camels reproduce --output_dir $(CAMELS_RESULTS)
+
+bench-camels: $(CAMELS_RESULTS)/bench.json ## meta-step time/memory: unroll padded, unroll, adjoint; adaptation and generation speed
+
+$(CAMELS_RESULTS)/bench.json: $(INSTALL_STAMP)
+	$(VENV_BIN)/camels bench --output_dir $(CAMELS_RESULTS)
+
+# on a CUDA machine: DistilGPT-2-shaped meta-step at 6 x 1024 tokens, GPT-2 XL-shaped adaptation/generation in bf16
+bench-camels-gpu: $(INSTALL_STAMP)
+	$(VENV_BIN)/camels bench --device cuda --dtype bfloat16 --output_dir $(CAMELS_RESULTS)/gpu
