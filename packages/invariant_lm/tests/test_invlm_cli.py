@@ -216,3 +216,18 @@ def test_bad_input_one_line_errors(tmp_path, capsys):
     last = err.strip().splitlines()[-1]
     assert last.startswith("invariant-lm train: error:") and "masked LM" in last
     assert main([*base, "--train_file", str(env), "--mode", "bogus"]) == 2
+
+
+def test_eval_checkpoint_with_other_heads_is_one_line_error(tmp_path, capsys):
+    from invariant_lm._testing import tiny
+
+    base, tok = tiny("bert")
+    InvariantMLM.from_base(base, ["x", "y"]).save_pretrained(tmp_path / "m", tokenizer=tok)
+    ckpt = tmp_path / "other.ckpt"
+    torch.save({"invariant": {"invariant_config": {"envs": ["x", "y", "z"]}}, "state_dict": {}}, ckpt)
+    (tmp_path / "v.txt").write_text("some words here\n" * 4)
+    argv = ["eval", "--model_name_or_path", str(tmp_path / "m"), "--checkpoint", str(ckpt),
+            "--validation_file", str(tmp_path / "v.txt")]  # fmt: skip
+    assert main(argv) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "has 3 head(s)" in last and "has 2" in last
