@@ -201,7 +201,7 @@ def pretrain_t5(
         opt.step()
         opt.zero_grad()
         if step % 100 == 0 or step == steps - 1:
-            log.info(f"tiny PLM pre-training step {step}: loss {float(loss):.3f}")
+            log.info(f"tiny PLM pre-training step {step}: loss {loss.item():.3f}")
     model.eval()
     return model
 
