@@ -151,7 +151,11 @@ def meta_step_bench(mode: str, opts: dict[str, Any]) -> dict[str, Any]:
 
 def _run_isolated(mode: str, opts: dict[str, Any]) -> dict[str, Any]:
     if opts["device"] == "cuda":
-        return meta_step_bench(mode, opts)
+        try:
+            return meta_step_bench(mode, opts)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return {"mode": mode, "oom": True, "s_per_meta_step": float("nan"), "peak_bytes": -1, "peak_above_models_bytes": -1, "head_grad": []}
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:
         return pool.apply(meta_step_bench, (mode, opts))
