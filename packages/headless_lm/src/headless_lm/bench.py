@@ -158,6 +158,10 @@ def bench_model_step(
         step = _train_step(model, opt, kind, ids, masked, headless, bool(full), device, bf16)
 
         timing = time_fn(step, device, cfg.warmup_steps, cfg.steps)
+        print(
+            f"[headless-lm bench] {kind} {name} B {batch} T {seq}: {timing['ms_per_step']:.1f} ms/step",
+            flush=True,
+        )
         body = backbone(model)
         d = body.get_input_embeddings().weight.shape[1]
         k = batch * (seq - 1) if kind == "clm" else int(masked.mask.sum())
@@ -209,6 +213,10 @@ def bench_loss_only(k: int, v: int, d: int, cfg: BenchConfig, device: torch.devi
     rows = []
     for name, fn, elements in (("head+CE", vanilla, k * v), ("CWT", headless, k * k)):
         timing = time_fn(fn, device, cfg.warmup_steps, cfg.steps)
+        print(
+            f"[headless-lm bench] loss-only {name} K {k} V {v} D {d}: {timing['ms_per_step']:.1f} ms",
+            flush=True,
+        )
         rows.append(
             {
                 "bench": "loss_only",

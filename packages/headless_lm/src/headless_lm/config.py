@@ -316,8 +316,8 @@ class BenchConfig:
 @dataclass
 class DemoConfig:
     output_dir: str = field(default="results/demo/headless_lm", metadata={"help": "where the demo writes"})
-    steps: int = field(default=60, metadata={"help": "pre-training steps per model"})
-    ft_steps: int = field(default=20, metadata={"help": "fine-tuning steps of the headless decoder"})
+    steps: int = field(default=40, metadata={"help": "pre-training steps per model"})
+    ft_steps: int = field(default=10, metadata={"help": "fine-tuning steps of the headless decoder"})
     vocab_size: int = field(default=1000, metadata={"help": "BPE vocabulary trained on the sample"})
     seq_len: int = field(default=64, metadata={"help": "packed row length"})
     batch_size: int = field(default=8, metadata={"help": "micro-batch (= in-batch negatives)"})

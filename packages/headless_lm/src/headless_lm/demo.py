@@ -377,29 +377,32 @@ def _encoders(cfg: DemoConfig, out: Path, data: Path, tok_dir: Path) -> dict:
 
 
 def _plots(out: Path, runs: list[str]) -> None:
+    """Train loss against wall time and against steps, decoders and encoders in separate figures. Headless
+    (K-way CWT) and vanilla (V-way CE) losses are different quantities: compare their shapes and times."""
     from lmlab.plots import plot_curves
 
-    for x_name in ("time", "step"):
-        series, xs = {}, None
-        for run in runs:
-            path = out / run / "metrics.jsonl"
-            if not path.is_file():
-                continue
-            steps, times, losses = _curve(path)
-            if not steps:
-                continue
-            series[run] = losses
-            xs = times if x_name == "time" else steps
-            # plot_curves shares one x axis: plot each run against its own x by separate figures when needed
-            plot_curves(
-                xs,
-                {run: losses},
-                out / f"loss_vs_{x_name}_{run}.png",
-                xlabel="seconds" if x_name == "time" else "step",
-                ylabel="train loss",
-                title=run,
-            )
-    return None
+    for family in ("gpt", "mlm"):
+        curves = {run: _curve(out / run / "metrics.jsonl") for run in runs if run.startswith(family)}
+        curves = {run: c for run, c in curves.items() if c[0]}
+        if not curves:
+            continue
+        losses = {run: c[2] for run, c in curves.items()}
+        plot_curves(
+            {r: c[1] for r, c in curves.items()},
+            losses,
+            out / f"loss_vs_time_{family}.png",
+            xlabel="training seconds",
+            ylabel="train loss (CWT for headless, CE for vanilla)",
+            title=f"{family}: loss vs time",
+        )
+        plot_curves(
+            {r: c[0] for r, c in curves.items()},
+            losses,
+            out / f"loss_vs_step_{family}.png",
+            xlabel="step",
+            ylabel="train loss (CWT for headless, CE for vanilla)",
+            title=f"{family}: loss vs step",
+        )
 
 
 def summary_markdown(res: dict) -> str:
