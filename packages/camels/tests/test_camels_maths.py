@@ -238,8 +238,11 @@ def test_p5_finite_differences_sequential_three_docs(mode):
         assert abs(analytic - numeric) <= 1e-5 * max(abs(numeric), 1e-8), (param.shape, analytic, numeric)
 
 
-@pytest.mark.parametrize("sequential,steps,dropout", [(True, 1, 0.0), (False, 2, 0.0), (True, 2, 0.2)])
-def test_p9_adjoint_equals_unroll(sequential, steps, dropout):
+@pytest.mark.parametrize(
+    "sequential,steps,dropout,keep",
+    [(True, 1, 0.0, 1), (False, 2, 0.0, 0), (True, 2, 0.2, 1), (True, 1, 0.2, 3)],
+)
+def test_p9_adjoint_equals_unroll(sequential, steps, dropout, keep):
     model, _ = base(dropout=dropout)
     vocab = model.config.vocab_size
     batch, loc = make_batch(vocab, lengths=(7, 5, 6, 3)), loc_batch(vocab)
@@ -255,6 +258,7 @@ def test_p9_adjoint_equals_unroll(sequential, steps, dropout):
             max_text_len=8,
             meta_grad_mode=mode,
             c_norm=0.1,
+            adjoint_keep_last=keep,
         )
         torch.manual_seed(123)
         total, _, new = meta_step(wm, model, base_params(model), batch, loc, cfg)

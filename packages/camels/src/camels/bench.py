@@ -59,7 +59,7 @@ def _batch(
     }
 
 
-def _mode_cfg(mode: str, max_text_len: int, inner_dropout: bool = True) -> Any:
+def _mode_cfg(mode: str, max_text_len: int, inner_dropout: bool = True, keep_last: int = 1) -> Any:
     from camels.meta import MetaConfig
 
     if mode == "unroll_padded":
@@ -70,7 +70,12 @@ def _mode_cfg(mode: str, max_text_len: int, inner_dropout: bool = True) -> Any:
             max_text_len=max_text_len,
             inner_dropout=inner_dropout,
         )
-    return MetaConfig(meta_grad_mode=mode, max_text_len=max_text_len, inner_dropout=inner_dropout)
+    return MetaConfig(
+        meta_grad_mode=mode,
+        max_text_len=max_text_len,
+        inner_dropout=inner_dropout,
+        adjoint_keep_last=keep_last,
+    )
 
 
 def _rss_bytes() -> int:
@@ -113,12 +118,17 @@ def meta_step_bench(mode: str, opts: dict[str, Any]) -> dict[str, Any]:
     wm.eval()
     torch.nn.init.normal_(wm.head[2].weight, std=0.02)
     meta_step(
-        wm, base, base_params(base), batch, loc, _mode_cfg(mode, opts["max_text_len"], inner_dropout=False)
+        wm,
+        base,
+        base_params(base),
+        batch,
+        loc,
+        _mode_cfg(mode, opts["max_text_len"], inner_dropout=False, keep_last=opts["keep_last"]),
     )
     head_grad = torch.cat([p.grad.flatten() for p in wm.head.parameters()]).double().cpu()
     wm.zero_grad(set_to_none=True)
     wm.train()
-    cfg = _mode_cfg(mode, opts["max_text_len"])
+    cfg = _mode_cfg(mode, opts["max_text_len"], keep_last=opts["keep_last"])
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -155,7 +165,14 @@ def _run_isolated(mode: str, opts: dict[str, Any]) -> dict[str, Any]:
             return meta_step_bench(mode, opts)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            return {"mode": mode, "oom": True, "s_per_meta_step": float("nan"), "peak_bytes": -1, "peak_above_models_bytes": -1, "head_grad": []}
+            return {
+                "mode": mode,
+                "oom": True,
+                "s_per_meta_step": float("nan"),
+                "peak_bytes": -1,
+                "peak_above_models_bytes": -1,
+                "head_grad": [],
+            }
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:
         return pool.apply(meta_step_bench, (mode, opts))
@@ -251,6 +268,7 @@ def run_bench(cfg: Any) -> dict[str, Any]:
         "steps": cfg.steps,
         "warmup": cfg.warmup,
         "seed": cfg.seed,
+        "keep_last": cfg.adjoint_keep_last,
         "threads": torch.get_num_threads() if cuda else 1,  # CPU: one thread per process (shared machines)
     }
     results = {}

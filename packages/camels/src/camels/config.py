@@ -108,6 +108,9 @@ class MetaTrainConfig(TrainerOptions):
     meta_grad_mode: str = _help(
         "unroll", "unroll (full tape, reference) | adjoint (exact, one step's graph at a time)"
     )
+    adjoint_keep_last: int = _help(
+        1, "adjoint: the last n inner steps keep their graph from the forward pass (not recomputed)"
+    )
     loss_norm: str = _help("padded", "padded (reference: B*(max_text_len-1)) | tokens | weights")
     inner_dropout: bool = _help(True, "base-model dropout on during the inner steps (reference)")
     log_metrics: str = _help("cheap", "cheap | full (extra forwards for text/qa gains)")
@@ -255,6 +258,7 @@ class BenchConfig:
     eval_questions: int = _help(0, "questions for the generation timing (0: 32 on cuda, 8 on cpu)")
     dtype: str = _help("float32", "float32 | bfloat16 (adaptation/generation only; the tape stays float32)")
     modes: str = _help("unroll_padded,unroll,adjoint", "comma-separated meta-step modes")
+    adjoint_keep_last: int = _help(1, "adjoint mode: inner steps whose graph is kept from the forward pass")
     seed: int = _help(0, "seed")
 
     def __post_init__(self) -> None:

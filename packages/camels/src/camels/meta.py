@@ -46,6 +46,7 @@ class MetaConfig:
     grad_acc_steps: int = 1
     pad_to_max: bool = False
     log_metrics: str = "cheap"
+    adjoint_keep_last: int = 1
 
 
 def base_params(model: torch.nn.Module, learned_layers: int = -1) -> Params:
@@ -235,21 +236,30 @@ def _adjoint(
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, Params]:
     """Exact reverse-mode meta-gradient with one inner step's graph alive at a time.
 
+    The last `adjoint_keep_last` steps (default 1) build their double-backward graph already in the forward
+    pass and keep it, so they are not recomputed (time ↔ memory trade-off; K = full tape, like unroll).
     Returns (outer loss, metrics, ∂outer/∂weights, detached θ_K)."""
     lr = float(cfg.inner_lr)
     device = weights.device
     w = weights.detach()
     pre_loc = _pre_loc_logits(base_model, params, loc_batch, cfg)
     steps = list(_schedule(batch, cfg))
+    keep_from = len(steps) - max(0, int(_cfg(cfg, "adjoint_keep_last", 1)))
     thetas: list[Params] = []
     states = []
+    kept: dict[int, tuple[Params, torch.Tensor, tuple[torch.Tensor, ...]]] = {}
     theta = {n: p.detach() for n, p in params.items()}
     _set_inner_mode(base_model, cfg)
-    for rows, length in steps:  # forward: first order, remember θ_{k-1} and the RNG state
+    for k, (rows, length) in enumerate(steps):  # forward: remember θ_{k-1} and the RNG state
         thetas.append(theta)
         states.append(_rng_state(device))
         leaves = detach_params(theta)
-        grads = _grads(step_loss(base_model, leaves, batch, w, rows, length, cfg), leaves, False)
+        if k >= keep_from:
+            wk = _cut(w, rows, length).requires_grad_()
+            grads = _grads(step_loss(base_model, leaves, batch, wk, rows, length, cfg), leaves, True)
+            kept[k] = (leaves, wk, grads)
+        else:
+            grads = _grads(step_loss(base_model, leaves, batch, w, rows, length, cfg), leaves, False)
         theta = {n: (p - lr * g).detach() for (n, p), g in zip(theta.items(), grads, strict=True)}
     final = detach_params(theta)
     total, metrics = outer_loss(base_model, final, batch, loc_batch, pre_loc, cfg)
@@ -259,16 +269,20 @@ def _adjoint(
     _set_inner_mode(base_model, cfg)
     for k in range(len(steps) - 1, -1, -1):  # backward: λ_{k-1} = λ_k − α H_k λ_k, ∂L/∂w_k = −α ∂s_k/∂w_k
         rows, length = steps[k]
-        _set_rng(states[k], device)
-        leaves = detach_params(thetas[k])
-        wk = _cut(w, rows, length).requires_grad_()
-        g = _grads(step_loss(base_model, leaves, batch, wk, rows, length, cfg), leaves, True)
+        if k in kept:
+            leaves, wk, g = kept.pop(k)
+        else:
+            _set_rng(states[k], device)
+            leaves = detach_params(thetas[k])
+            wk = _cut(w, rows, length).requires_grad_()
+            g = _grads(step_loss(base_model, leaves, batch, wk, rows, length, cfg), leaves, True)
         s = sum((gi * li).sum() for gi, li in zip(g, lam, strict=True))
         gw, *gth = torch.autograd.grad(s, [wk, *leaves.values()], allow_unused=True, materialize_grads=True)
         n = min(length, dw.shape[1])
         dw[rows, :n] -= lr * gw[:, :n]
         lam = [li - lr * gi for li, gi in zip(lam, gth, strict=True)]
-        del g, s, gw, gth
+        thetas[k] = {}
+        del g, s, gw, gth, leaves, wk
     _set_rng(after, device)
     return total.detach(), metrics, dw, {n: p.detach() for n, p in theta.items()}
 
