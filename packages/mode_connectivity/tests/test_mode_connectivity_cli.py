@@ -270,3 +270,43 @@ def test_curve_keeps_endpoints_and_writes_best_row(tiny, adapter_runs, tmp_path)
         assert curve_summary["dev"]["loss"][idx] == line_summary["dev"]["loss"][idx]
     best = load_file(str(out / "checkpoint-best" / "weights.safetensors"))
     assert best and all(k.startswith("bend0.") for k in best)
+
+
+def test_generate_mode_matches_its_predictions(tiny, adapter_runs, tmp_path):
+    args = [
+        "evaluate", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", "adapter", "--adapter_size", "4",
+        "--load_PET_path", str(adapter_runs[20] / "checkpoint@4"), "--eval_mode", "generate", "--output_dir",
+        str(tmp_path / "gen"), "--device", "cpu", *TOL_ARGS,
+    ]  # fmt: skip
+    assert main(args) == 0
+    ev = json.loads((tmp_path / "gen" / "eval.json").read_text())
+    preds = json.loads((tmp_path / "gen" / "predictions.json").read_text())
+    from mode_connectivity.data import load_split
+    from mode_connectivity.metrics import evaluate_predictions
+
+    golds = [ex.answers for ex in load_split(tiny["task"], "dev")]
+    assert len(preds["dev"]) == len(golds) and all(
+        p == p.strip() and "<extra_id_0>" not in p for p in preds["dev"]
+    )
+    assert ev["dev_performance"] == evaluate_predictions("ACC", preds["dev"], golds)
+
+
+@pytest.mark.gpu
+def test_cuda_sweep_exact_ends_and_bf16_eval(tiny, adapter_runs, tmp_path):
+    p1, p2 = adapter_runs[20] / "checkpoint@4", adapter_runs[30] / "checkpoint@4"
+    args = ["--device", "cuda", "--bf16"]
+    assert _interpolate(tiny, tmp_path / "gpu", p1, p2, "--itpl_points", "3", *args) == 0
+    summary = json.loads((tmp_path / "gpu" / "summary.json").read_text())
+    assert all(0.0 <= m <= 1.0 for m in summary["dev"]["metric"])
+    from mode_connectivity.models import build_for_method, delta_state, load_checkpoint
+    from mode_connectivity.sweep import InterpolationSweep
+
+    cfg = type("C", (), {"model": tiny["model"], "tune_method": "adapter", "adapter_type": "houlsby", "adapter_size": 4,
+                         "r_mean": 0.0, "r_std": 0.02, "lora_r": 10, "lora_alpha": 16})()  # fmt: skip
+    model = build_for_method(cfg, seed=0).cuda()
+    t1, t2 = load_checkpoint(p1)[0], load_checkpoint(p2)[0]
+    sweep = InterpolationSweep(delta_state(model, "adapter"), t1, t2)
+    for a, ref in ((0.0, t1), (1.0, t2)):
+        sweep.set(a)
+        live = delta_state(model, "adapter")
+        assert all(torch.equal(live[k].cpu(), ref[k]) for k in ref)

@@ -14,6 +14,8 @@ from mode_connectivity.cli import main
 from mode_connectivity.glue import add_roberta_adapters, glue_sweep, load_glue_checkpoint, load_glue_split
 from mode_connectivity.make_tiny import build_roberta, write_glue
 
+pytestmark = pytest.mark.slow  # the module fixture trains three tiny RoBERTa runs (~20 s on 2 busy cores)
+
 
 @pytest.fixture(scope="module")
 def glue(tmp_path_factory):
