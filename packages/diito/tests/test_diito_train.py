@@ -322,3 +322,45 @@ def test_roberta_student_with_causal_loss(tmp_path):
     from transformers import AutoModelForMaskedLM, RobertaForMaskedLM
 
     assert isinstance(AutoModelForMaskedLM.from_pretrained(tmp_path / "run" / "student"), RobertaForMaskedLM)
+
+
+def test_student_from_reference_style_config(assets, tmp_path):
+    from transformers import AutoConfig, DistilBertForMaskedLM
+
+    vocab = AutoConfig.from_pretrained(assets / "teacher").vocab_size
+    conf = {
+        "activation": "gelu",
+        "dim": 32,
+        "n_layers": 1,
+        "n_heads": 2,
+        "hidden_dim": 64,
+        "vocab_size": vocab,
+        "max_position_embeddings": 128,
+        "sinusoidal_pos_embds": True,
+        "tie_weights_": True,
+    }
+    (tmp_path / "student.json").write_text(json.dumps(conf))
+    args = _args(assets, str(tmp_path / "run"), 2, "--freeze_pos_embs")
+    i = args.index("--student_pretrained_weights")
+    args[i : i + 2] = ["--student_config", str(tmp_path / "student.json")]
+    args[args.index("--neuron_mapping") + 1] = str(tmp_path / "m.nm")
+    (tmp_path / "m.nm").write_text(
+        json.dumps(
+            {
+                "interchange_variable_mappings": [
+                    {
+                        "teacher_variable_names": ["$L:2$H:[0:2]$[0:16]"],
+                        "student_variable_names": ["$L:0$H:[0:2]$[0:16]"],
+                    }
+                ]
+            }
+        )
+    )
+    assert main(args) == 0
+    student = DistilBertForMaskedLM.from_pretrained(tmp_path / "run" / "student")
+    assert student.config.n_layers == 1
+    fresh = DistilBertForMaskedLM(student.config)  # sinusoidal table, deterministic
+    assert torch.equal(
+        student.distilbert.embeddings.position_embeddings.weight,
+        fresh.distilbert.embeddings.position_embeddings.weight,
+    )

@@ -196,7 +196,7 @@ class BenchConfig:
     output_dir: str = h("where bench.json / bench.md go", "results/diito")
     device: str = h("auto | cpu | cuda", "auto")
     size: str = h(
-        "base (BERT-base teacher, 6-layer DistilBERT student, vocab 30522) | tiny (CPU smoke)", "base"
+        "auto (base on CUDA, small on CPU) | base (BERT-base shapes, vocab 30522) | small | tiny", "auto"
     )
     batch_size: int = h("sequences per step (-1: 40 on CUDA, 8 on CPU)", -1)
     seq_len: int = h("tokens per sequence (fixed)", 128)
