@@ -192,3 +192,26 @@ def test_too_long_sequence_is_an_error():
     model = build_model("clm", "tiny-gpt", max_position_embeddings=8, headless=True)
     with pytest.raises(LmlabError, match="positions"):
         causal_lm_loss(model, torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_attention_backends_on_cpu():
+    from headless_lm.modeling import attention_implementation
+
+    assert attention_implementation("hf") == "eager"
+    assert attention_implementation("sdpa") == "sdpa"
+    for backend in ("flash_attention", "xformers"):
+        with pytest.raises(LmlabError, match="gpu|GPU|CUDA"):
+            attention_implementation(backend, "cpu")
+    with pytest.raises(LmlabError, match="one of"):
+        attention_implementation("nope")
+
+
+@pytest.mark.gpu
+def test_bf16_headless_step_on_cuda():
+    model = build_model("clm", "tiny-gpt", headless=True).cuda()
+    ids = torch.randint(0, 1000, (4, 64), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = causal_lm_loss(model, ids)
+    assert out.total_loss.dtype == torch.float32 and torch.isfinite(out.total_loss)
+    out.total_loss.backward()
+    assert model.get_input_embeddings().weight.grad.abs().sum() > 0
