@@ -312,9 +312,9 @@ class DemoConfig:
 @dataclass
 class ReproduceConfig:
     output_dir: str = _h("results/mode_connectivity", "REPORT.md, tables and plots go here")
-    steps: int = _h(600, "updates per training run")
+    steps: int = _h(400, "updates per training run")
     checkpoint_every: int = _h(200, "checkpoint@N every N updates")
-    curve_steps: int = _h(300, "updates of the adapter curve")
+    curve_steps: int = _h(200, "updates of the adapter curve")
     itpl_points: int = _h(26, "interpolation grid")
     model: str = _h("", "real T5 directory (paper setting; needs a GPU); default: a tiny one from make-tiny")
     task_root: str = _h("", "real task root with glue-mnli/, anli/, superglue-record/ (paper setting)")
