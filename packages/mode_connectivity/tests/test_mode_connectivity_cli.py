@@ -310,3 +310,24 @@ def test_cuda_sweep_exact_ends_and_bf16_eval(tiny, adapter_runs, tmp_path):
         sweep.set(a)
         live = delta_state(model, "adapter")
         assert all(torch.equal(live[k].cpu(), ref[k]) for k in ref)
+
+
+def test_lora_train_and_interpolate_only_lora_tensors(tiny, tmp_path):
+    jobs = [
+        _train(tiny, tmp_path / "lora", "--lora_r", "2", method="lora", steps=2, seed=s) for s in (20, 30)
+    ]
+    tensors = load_file(str(jobs[0] / "checkpoint@2" / "weights.safetensors"))
+    assert tensors and all("lora_" in k for k in tensors)
+    p1, p2 = jobs[0] / "checkpoint@2", jobs[1] / "checkpoint@2"
+    assert (
+        _interpolate(tiny, tmp_path / "itp", p1, p2, "--itpl_points", "3", "--lora_r", "2", method="lora")
+        == 0
+    )
+    summary = json.loads((tmp_path / "itp" / "summary.json").read_text())
+    args = [
+        "evaluate", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", "lora", "--lora_r", "2",
+        "--load_PET_path", str(p2), "--eval_mode", "rank", "--output_dir", str(tmp_path / "ev"), "--device", "cpu", *TOL_ARGS,
+    ]  # fmt: skip
+    assert main(args) == 0
+    ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert summary["dev"]["loss"][-1] == ev["dev_loss"]
