@@ -150,7 +150,8 @@ def test_p3_doubling_weights_doubles_sgd_step():
     d2 = {n: p0[n] - q for n, q in inner_update(model, p0, batch, 2 * w, cfg, create_graph=False).items()}
     for n in d1:
         assert torch.allclose(d2[n], 2 * d1[n], rtol=1e-9, atol=1e-15)
-    d0 = inner_update(model, p0, batch, 0 * w, cfg, create_graph=False)
+    plain = {"input_ids": batch["doc_ids"], "attention_mask": batch["doc_mask"]}  # the other accepted layout
+    d0 = inner_update(model, p0, plain, 0 * w, cfg, create_graph=False)
     assert all(torch.equal(d0[n], p0[n]) for n in p0)
 
 

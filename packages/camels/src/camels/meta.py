@@ -164,6 +164,8 @@ def inner_update(
     """θ_K after the inner SGD steps θ_i = θ_{i−1} − α ∇θ L_w(θ_{i−1}). With `create_graph` the result is a
     differentiable function of `weights`; without, every step is detached (validation)."""
     lr = float(cfg.inner_lr)
+    if "doc_ids" not in docs:  # also accept a plain {"input_ids", "attention_mask"} batch of documents
+        docs = {"doc_ids": docs["input_ids"], "doc_mask": docs["attention_mask"]}
     _set_inner_mode(base_model, cfg)
     for rows, length in _schedule(docs, cfg):
         with torch.enable_grad():
