@@ -25,6 +25,12 @@ from lmlab.io import write_json
 
 SIZES = {
     "tiny": {"n_embd": 128, "n_layer": 2, "n_head": 4, "vocab_size": 4096},
+    "cpu": {
+        "n_embd": 64,
+        "n_layer": 2,
+        "n_head": 4,
+        "vocab_size": 8192,
+    },  # activations (logits) dominate, like at scale
     "distilgpt2": {"n_embd": 768, "n_layer": 6, "n_head": 12, "vocab_size": 50257},
     "gpt2-large": {"n_embd": 1280, "n_layer": 36, "n_head": 20, "vocab_size": 50257},
     "gpt2-xl": {"n_embd": 1600, "n_layer": 48, "n_head": 25, "vocab_size": 50257},
@@ -254,9 +260,9 @@ def adaptation_bench(
 def run_bench(cfg: Any) -> dict[str, Any]:
     device = torch_device(cfg.device)
     cuda = device.type == "cuda"
-    size = cfg.size if cfg.size != "auto" else ("distilgpt2" if cuda else "tiny")
-    max_text_len = cfg.max_text_len or (1024 if cuda else 192)
-    doc_len = cfg.doc_len or (1024 if cuda else 96)
+    size = cfg.size if cfg.size != "auto" else ("distilgpt2" if cuda else "cpu")
+    max_text_len = cfg.max_text_len or (1024 if cuda else 384)
+    doc_len = cfg.doc_len or (1024 if cuda else 256)
     opts = {
         "device": device.type,
         "size": size,

@@ -243,9 +243,9 @@ class BenchConfig:
 
     output_dir: str = _help("results/camels", "writes bench.json and bench.md here")
     device: str = _help("auto", "auto | cpu | cuda")
-    size: str = _help("auto", "auto (distilgpt2 on cuda, tiny on cpu) | distilgpt2 | tiny")
-    doc_len: int = _help(0, "document length (0: 1024 on cuda, 96 on cpu)")
-    max_text_len: int = _help(0, "padded length of the reference mode (0: 1024 on cuda, 192 on cpu)")
+    size: str = _help("auto", "auto (distilgpt2 on cuda, cpu on cpu) | distilgpt2 | cpu | tiny")
+    doc_len: int = _help(0, "document length (0: 1024 on cuda, 256 on cpu)")
+    max_text_len: int = _help(0, "padded length of the reference mode (0: 1024 on cuda, 384 on cpu)")
     n_docs: int = _help(6, "inner documents (sequential steps)")
     qa_len: int = _help(32, "QA sequence length")
     loc_len: int = _help(0, "locality document length (0: same as max_text_len)")
