@@ -124,8 +124,12 @@ def prepare_data(out: Path, recipe: Recipe, corpus: str) -> dict:
         "train": data / "train.npz",
         "heldout": data / "heldout.npz",
         "counts": data / "counts.npy",
-        "tokenizer": None,
+        "tokenizer": data / "tokenizer" if corpus == "wikitext" else None,
     }
+    # made once: the WordPiece trainer is not deterministic across processes, and the teacher and the students
+    # must keep the ids they were trained with
+    if all(p.exists() for p in paths.values() if p is not None):
+        return paths
     if corpus == "wikipedia-bert-ids":
         seqs = [
             json.loads(x) for x in sample_path("wikipedia-bert-ids/sequences.jsonl").read_text().splitlines()
