@@ -210,6 +210,13 @@ def run_reproduce(cfg) -> dict[str, Any]:
         if not (d_dir / "distance.json").is_file():
             _run(["dist", "--input1", str(p1), "--input2", str(p2), "--type", kind, "--path", str(d_dir)])
         dists[name] = json.loads((d_dir / "distance.json").read_text())
+    from mode_connectivity.tools import example_statistics
+
+    stats = example_statistics(json.loads((carto_job.parent / "cartography.json").read_text()))
+    baseline = {
+        k: sum(v[k] for v in stats.values()) / len(stats)
+        for k in ("correctness", "confidence", "variability", "turns")
+    }
     _overview_plot(rows, out)
     (out / "barriers.json").write_text(json.dumps(rows, indent=1))
     report = [
@@ -237,6 +244,11 @@ def run_reproduce(cfg) -> dict[str, Any]:
         "```",
         carto_txt.read_text().rstrip(),
         "```",
+        "",
+        "For comparison, all training examples: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in baseline.items())
+        + ". The paper's question: are the first examples to flip the hard/ambiguous ones (lower confidence, "
+        "higher variability, more turns)?",
         "",
         f"Wall time of this (possibly resumed) invocation: {time.time() - t_start:.0f} s.",
     ]
