@@ -25,14 +25,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
-import torch
-from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
-from torch.utils.data import Sampler
-
-from lmlab.device import resolve_accelerator, resolve_precision
 from lmlab.errors import LmlabError
-from lmlab.logging import JsonlLogger
+
+# torch and Lightning are imported inside the functions: packages build their CLI dataclasses on
+# TrainerOptions, and `--help` must not pay for importing them.
 
 LOGGERS = ("csv", "tensorboard", "wandb", "none")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed")
@@ -98,6 +94,10 @@ class TrainerOptions:
 
 
 def _loggers(opts: TrainerOptions, output_dir: Path) -> list[Any]:
+    import pytorch_lightning as pl
+
+    from lmlab.logging import JsonlLogger
+
     loggers: list[Any] = [JsonlLogger(output_dir)]
     if opts.logger == "csv":
         loggers.append(pl.loggers.CSVLogger(output_dir, name="logs"))
@@ -113,7 +113,7 @@ def build_trainer(
     output_dir: str | os.PathLike | None = None,
     callbacks: Sequence[Any] = (),
     **trainer_kwargs: Any,
-) -> pl.Trainer:
+) -> Any:
     """A Lightning Trainer configured from `opts`: accelerator, devices, nodes, strategy, precision, step
     budget, accumulation, loggers (metrics.jsonl always), a progress bar, and a resumable checkpoint
     (`<output_dir>/checkpoints/last.ckpt`) every `checkpoint_every_n_steps` steps and at the end.
@@ -121,6 +121,11 @@ def build_trainer(
     `trainer_kwargs` override any Trainer argument (e.g. `accumulate_grad_batches=1` for manual optimisation,
     `use_distributed_sampler=False` with `StepSampler`).
     """
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    from lmlab.device import resolve_accelerator, resolve_precision
+
     output_dir = Path(output_dir if output_dir is not None else opts.output_dir)
     accelerator = resolve_accelerator(opts.device)
     if opts.strategy == "fsdp" and accelerator == "cpu":
@@ -172,13 +177,13 @@ def resume_checkpoint(opts: TrainerOptions, output_dir: str | os.PathLike | None
     return opts.resume
 
 
-class StepSampler(Sampler[int]):
+class StepSampler:
     """An endless, deterministic shuffled stream of dataset indices that can start mid-stream.
 
     Epoch e is `randperm(n)` seeded with `seed + e`; the epochs are concatenated, and rank r of w takes every
     w-th index of that stream. `start` skips the first `start` indices of this rank's share, so a run resumed
     after consuming `start` samples continues with exactly the sample it would have seen next. Rank and world
-    size default to torch.distributed's when it is initialised.
+    size default to torch.distributed's when it is initialised. Pass it as a DataLoader's `sampler`.
     """
 
     def __init__(
@@ -190,6 +195,8 @@ class StepSampler(Sampler[int]):
         rank: int | None = None,
         world_size: int | None = None,
     ):
+        import torch
+
         if n < 1:
             raise LmlabError("cannot sample from an empty data set")
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -202,6 +209,8 @@ class StepSampler(Sampler[int]):
         )
 
     def _epoch(self, epoch: int) -> list[int]:
+        import torch
+
         if not self.shuffle:
             return list(range(self.n))
         generator = torch.Generator().manual_seed(self.seed + epoch)
