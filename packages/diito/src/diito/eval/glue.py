@@ -98,6 +98,9 @@ def run_eval_glue(cfg: EvalGlueConfig) -> dict:
     if not cfg.train_file or not cfg.validation_file:
         raise LmlabError("--train_file and --validation_file are required (local GLUE files)")
     _, _, n_labels, _ = TASKS[task]
+    from lmlab.seed import seed_everything
+
+    seed_everything(cfg.seed)  # the new head's initialisation depends on the seed, not on what ran before
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
     model = AutoModelForSequenceClassification.from_pretrained(cfg.model_name_or_path, num_labels=n_labels)
     tr_x, tr_y = read_task(cfg.train_file, task)

@@ -72,6 +72,9 @@ def run_eval_ner(cfg: EvalNerConfig) -> dict:
         {t for _, tags in train_rows + eval_rows for t in tags}, key=lambda t: (CONLL2003 + [t]).index(t)
     )
     label2id = {t: i for i, t in enumerate(labels)}
+    from lmlab.seed import seed_everything
+
+    seed_everything(cfg.seed)  # the new head's initialisation depends on the seed, not on what ran before
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
     model = AutoModelForTokenClassification.from_pretrained(
         cfg.model_name_or_path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id

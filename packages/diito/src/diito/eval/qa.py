@@ -119,6 +119,9 @@ def run_eval_qa(cfg: EvalQaConfig) -> dict:
         train = train[: cfg.max_train_samples]
     if cfg.max_eval_samples > 0:
         evals = evals[: cfg.max_eval_samples]
+    from lmlab.seed import seed_everything
+
+    seed_everything(cfg.seed)  # the new head's initialisation depends on the seed, not on what ran before
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
     if cfg.max_seq_length > tokenizer.model_max_length:
         cfg.max_seq_length = tokenizer.model_max_length
