@@ -25,7 +25,7 @@ def test_bench_sweep_adapter_interpolates_only_adapters(tmp_path):
     assert main(args) == 0
     r = json.loads((out / "bench.json").read_text())
     assert (
-        r["efficient"]["interpolated_numbers"] == (2 * 2 + 3 * 2) * 2 * 64 * 12
+        r["interpolated_numbers"] == (2 * 2 + 3 * 2) * 2 * 64 * 12
     )  # adapters of the tiny shape
 
 

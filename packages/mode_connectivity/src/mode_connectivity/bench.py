@@ -3,8 +3,9 @@ run, on a randomly initialised T5 (no download).
 
 naive (per point): re-read both endpoint files, build the model from its directory, load the interpolated
 state dict, move it to the device, evaluate. efficient: endpoints loaded once onto the device, the
-interpolated tensors written in place (`torch._foreach_lerp_`), evaluate. Overhead = seconds per point minus
-the evaluation-only seconds per point (the same evaluation on already-set weights).
+interpolated tensors written in place (`torch._foreach_lerp_`), evaluate. Overhead = everything at a point
+but the evaluation (timed separately at the same point). With `--mode both` the engines alternate point by
+point so that changing machine load affects both alike.
 """
 
 from __future__ import annotations
@@ -139,68 +140,55 @@ def run_bench_sweep(cfg) -> dict[str, Any]:
         "transformers": transformers.__version__, "threads": torch.get_num_threads(),
     }  # fmt: skip
     losses: dict[str, list[float]] = {}
-    if cfg.mode in ("efficient", "both"):
+    timings: dict[str, dict[str, list[float]]] = {}
+    engines = ["efficient", "naive"] if cfg.mode == "both" else [cfg.mode]
+    sweep = model = None
+    if "efficient" in engines:
         model = _build(tmp / "base", cfg.tune_method, device)
         t1, _ = load_checkpoint(paths[0])
         t2, _ = load_checkpoint(paths[1])
         sweep = InterpolationSweep(delta_state(model, cfg.tune_method), t1, t2)
+        result["interpolated_numbers"] = sum(t.numel() for t in t1.values())
         _evaluate(model, batches[:1], cfg.bench_eval, bf16)  # warm-up
-        set_s, eval_s, ls = [], [], []
-        for a in grid:
+    # the engines alternate point by point, so a change in machine load hits both alike; each engine's
+    # overhead is measured against its own evaluation time at the same point
+    for a in grid:
+        for engine in engines:
             _sync(device)
             t0 = time.perf_counter()
-            sweep.set(a)
+            if engine == "efficient":
+                sweep.set(a)
+                current = model
+            else:
+                a1, _ = load_checkpoint(paths[0])
+                a2, _ = load_checkpoint(paths[1])
+                current = _build(tmp / "base", cfg.tune_method, device)
+                state = interpolate_state_dicts(a1, a2, a)
+                live = delta_state(current, cfg.tune_method)
+                with torch.no_grad():
+                    for k, v in live.items():
+                        v.copy_(state[k].to(device))
+                del a1, a2, state
             _sync(device)
             t1_ = time.perf_counter()
-            ls.append(_evaluate(model, batches, cfg.bench_eval, bf16))
+            loss = _evaluate(current, batches, cfg.bench_eval, bf16)
             _sync(device)
             t2_ = time.perf_counter()
-            set_s.append(t1_ - t0)
-            eval_s.append(t2_ - t1_)
-        n = len(grid)
-        result["efficient"] = {
-            "seconds_per_point": (sum(set_s) + sum(eval_s)) / n,
-            "eval_seconds_per_point": sum(eval_s) / n,
-            "overhead_seconds_per_point": sum(set_s) / n,
-            "interpolated_numbers": sum(t.numel() for t in t1.values()),
+            rec = timings.setdefault(engine, {"overhead": [], "eval": []})
+            rec["overhead"].append(t1_ - t0)
+            rec["eval"].append(t2_ - t1_)
+            losses.setdefault(engine, []).append(loss)
+            if engine == "naive":
+                del current
+    n = len(grid)
+    for engine, rec in timings.items():
+        over, ev = sum(rec["overhead"]) / n, sum(rec["eval"]) / n
+        result[engine] = {
+            "seconds_per_point": over + ev,
+            "eval_seconds_per_point": ev,
+            "overhead_seconds_per_point": over,
+            "overhead_fraction_of_eval": over / ev,
         }
-        result["efficient"]["overhead_fraction_of_eval"] = (
-            result["efficient"]["overhead_seconds_per_point"] / result["efficient"]["eval_seconds_per_point"]
-        )
-        losses["efficient"] = ls
-        eval_only = result["efficient"]["eval_seconds_per_point"]
-        del model, sweep
-    else:
-        eval_only = None
-    if cfg.mode in ("naive", "both"):
-        per, ls, evals = [], [], []
-        for a in grid:
-            _sync(device)
-            t0 = time.perf_counter()
-            a1, _ = load_checkpoint(paths[0])
-            a2, _ = load_checkpoint(paths[1])
-            model = _build(tmp / "base", cfg.tune_method, device)
-            state = interpolate_state_dicts(a1, a2, a)
-            live = delta_state(model, cfg.tune_method)
-            with torch.no_grad():
-                for k, v in live.items():
-                    v.copy_(state[k].to(device))
-            _sync(device)
-            te = time.perf_counter()
-            ls.append(_evaluate(model, batches, cfg.bench_eval, bf16))
-            _sync(device)
-            t1_ = time.perf_counter()
-            per.append(t1_ - t0)
-            evals.append(t1_ - te)
-            del model, a1, a2, state
-        n = len(grid)
-        eo = eval_only if eval_only is not None else sum(evals) / n
-        result["naive"] = {
-            "seconds_per_point": sum(per) / n,
-            "eval_seconds_per_point": sum(evals) / n,
-            "overhead_seconds_per_point": sum(per) / n - eo,
-        }
-        losses["naive"] = ls
     if "naive" in result and "efficient" in result:
         e, nv = result["efficient"], result["naive"]
         result["speedup_per_point"] = nv["seconds_per_point"] / e["seconds_per_point"]
