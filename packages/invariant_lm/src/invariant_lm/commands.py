@@ -126,8 +126,11 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     from invariant_lm.trainer import OptimSettings
 
     out = prepare_run_dir(cfg.output_dir, overwrite=cfg.overwrite_output_dir)
-    if cfg.overwrite_output_dir:
-        for stale in ("train_log.jsonl",):
+    if cfg.overwrite_output_dir:  # start fresh: no resume from an older run's checkpoints
+        import shutil
+
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        for stale in ("train_log.jsonl", "metrics.jsonl", "eval_results.json", "train_results.json"):
             (out / stale).unlink(missing_ok=True)
     save_config(cfg, out / "config.yaml")
     seed_everything(cfg.seed)
@@ -177,6 +180,7 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
                 torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"],
             )
             log.warning("resuming from %s", ckpt)
+        module.model.train()  # from_pretrained returns eval mode; dropout is on while training
         trainer.fit(module, ckpt_path=ckpt, weights_only=True)
         if _stop_after is not None:
             return {"stopped_at": int(trainer.global_step)}
