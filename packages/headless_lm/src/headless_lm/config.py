@@ -338,12 +338,12 @@ class DemoConfig:
 @dataclass
 class ReproduceConfig(DemoConfig):
     output_dir: str = field(default="results/headless_lm", metadata={"help": "where the reproduction writes"})
-    steps: int = field(default=600, metadata={"help": "pre-training steps per model"})
-    ft_steps: int = field(default=150, metadata={"help": "fine-tuning steps of the headless decoder"})
-    vocab_size: int = field(default=4000, metadata={"help": "BPE vocabulary trained on the sample"})
-    seq_len: int = field(default=128, metadata={"help": "packed row length"})
+    steps: int = field(default=150, metadata={"help": "pre-training steps per model"})
+    ft_steps: int = field(default=40, metadata={"help": "fine-tuning steps of the headless decoder"})
+    vocab_size: int = field(default=2000, metadata={"help": "BPE vocabulary trained on the sample"})
+    seq_len: int = field(default=64, metadata={"help": "packed row length"})
     batch_size: int = field(default=16, metadata={"help": "micro-batch (= in-batch negatives)"})
-    hidden: int = field(default=128, metadata={"help": "model width"})
+    hidden: int = field(default=64, metadata={"help": "model width"})
     layers: int = field(default=2, metadata={"help": "model depth"})
     mlm: bool = field(default=True, metadata={"help": "also pre-train encoders + GLUE sample"})
     bench: bool = field(default=True, metadata={"help": "also run the CPU benchmark"})
