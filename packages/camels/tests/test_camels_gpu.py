@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from camels.meta import MetaConfig, base_params, meta_step
 from camels.weighting import CaMeLSWeightModel
 from lmlab.testing import tiny_config, tiny_model, tiny_tokenizer
