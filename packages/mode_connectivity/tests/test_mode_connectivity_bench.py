@@ -24,9 +24,7 @@ def test_bench_sweep_adapter_interpolates_only_adapters(tmp_path):
             "--seq_len", "8", "--mode", "efficient", "--tune_method", "adapter", "--device", "cpu", "--output_dir", str(out)]  # fmt: skip
     assert main(args) == 0
     r = json.loads((out / "bench.json").read_text())
-    assert (
-        r["interpolated_numbers"] == (2 * 2 + 3 * 2) * 2 * 64 * 12
-    )  # adapters of the tiny shape
+    assert r["interpolated_numbers"] == (2 * 2 + 3 * 2) * 2 * 64 * 12  # adapters of the tiny shape
 
 
 def test_help_and_usage_errors(capsys):

@@ -155,3 +155,18 @@ def test_matthews_mapping_and_pearson():
     assert evaluate_predictions(PEARSON, ["1", "2", "3"], [["2"], ["4"], ["6"]]) == pytest.approx(1.0)
     assert evaluate_predictions(PEARSON, ["x", "2", "3"], [["2"], ["4"], ["6"]]) == 0.0  # unparseable -> 0
     assert raw_scores(PEARSON, ["2", "3.0"], [["2"], ["3"]]) == [1.0, 0.0]
+
+
+def test_rouge_l_and_micro_batching():
+    from mode_connectivity.metrics import ROUGE_L, rouge_l
+    from mode_connectivity.train import micro_batch
+
+    # LCS("the cat sat on the mat", "the cat is on the mat") = 5 tokens: p = r = 5/6
+    assert rouge_l("the cat sat on the mat", "the cat is on the mat") == pytest.approx(5 / 6)
+    assert raw_scores(ROUGE_L, ["a b", ""], [["x", "a b"], ["y"]]) == [1.0, 0.0]
+    assert (
+        micro_batch(32) == (16, 2)
+        and micro_batch(64) == (16, 4)
+        and micro_batch(16) == (16, 1)
+        and micro_batch(8) == (8, 1)
+    )
