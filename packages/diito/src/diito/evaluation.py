@@ -28,8 +28,8 @@ def distillation_metrics(
     for b, batch in enumerate(loader):
         if max_batches is not None and b >= max_batches:
             break
-        batch = {k: v.to(dev) for k, v in batch.items()}
-        e, ti, si = (int(x) for x in batch["entry"].tolist())
+        batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        e, ti, si = (int(x) for x in batch["entry"])
         t_sites = {
             k: (None if v is None else v.to(dev))
             for k, v in resolve_sites(entries[e].teacher[ti], *model_dims(teacher)).items()

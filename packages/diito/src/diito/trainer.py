@@ -95,8 +95,8 @@ class DiitoModule(pl.LightningModule):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
 
-    def sites_for(self, entry: torch.Tensor):
-        key = tuple(int(x) for x in entry.tolist())
+    def sites_for(self, entry):
+        key = tuple(int(x) for x in (entry.tolist() if torch.is_tensor(entry) else entry))
         if key not in self._site_cache:
             from diito.mapping import resolve_sites
             from diito.sites import model_dims

@@ -228,5 +228,6 @@ class Collator:
             )
             e = rng.randrange(len(o.entry_sizes))
             n_t, n_s = o.entry_sizes[e]
-            out.update(P=P, Ps=Ps, entry=torch.tensor([e, rng.randrange(n_t), rng.randrange(n_s)]))
+            # plain ints (not a tensor): stays on the host, so choosing the sites costs no device sync
+            out.update(P=P, Ps=Ps, entry=(e, rng.randrange(n_t), rng.randrange(n_s)))
         return out
