@@ -306,7 +306,7 @@ class BenchSweepConfig:
 @dataclass
 class DemoConfig:
     output_dir: str = _h("results/demo/mode_connectivity", "where the demo writes")
-    steps: int = _h(150, "training updates per endpoint")
+    steps: int = _h(120, "training updates per endpoint")
 
 
 @dataclass

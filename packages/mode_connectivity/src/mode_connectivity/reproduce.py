@@ -268,7 +268,7 @@ def run_demo(cfg) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     tiny = out / "tiny"
     if not (tiny / "model" / "config.json").is_file():
-        _run(["make-tiny", "--output_dir", str(tiny), "--n_train", "400", "--n_eval", "60", "--pretrain_steps", "150",
+        _run(["make-tiny", "--output_dir", str(tiny), "--n_train", "320", "--n_eval", "48", "--pretrain_steps", "100",
               "--d_model", "48", "--d_ff", "96"])  # fmt: skip
     model, task = str(tiny / "model"), str(tiny / "data" / "tiny-nli")
     common = [
@@ -302,8 +302,8 @@ def run_demo(cfg) -> dict[str, Any]:
     ])  # fmt: skip
     _run([
         "curve", "--task_dir", task, "--model", model, "--tune_method", "model", "--t_samples", "1",
-        "--load_stage1_pet_path_list", str(p1), str(p2), "--bend_num", "1", "--bsz_list", "16", "--train_iters", "40",
-        "--valid_interval", "20", "--learning_rate_list", "1e-3", "--itpl_points", "11", "--output_dir",
+        "--load_stage1_pet_path_list", str(p1), str(p2), "--bend_num", "1", "--bsz_list", "16", "--train_iters", "30",
+        "--valid_interval", "30", "--learning_rate_list", "1e-3", "--itpl_points", "11", "--output_dir",
         str(out / "curve"), "--progress_bar", "false", "--logger", "none", "--do_predict", "false", *common,
     ])  # fmt: skip
     _run(
