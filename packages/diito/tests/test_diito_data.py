@@ -256,3 +256,35 @@ def test_extract_same_architecture_gpt2(tmp_path):
         )
         == 1
     )
+
+
+def test_collator_pads_truncates_partners_and_is_seeded_per_batch():
+    import torch
+
+    from diito.data.dataset import Collator, CollatorOptions
+    from diito.masking import token_weights
+
+    seqs = [_seq(20), _seq(40), _seq(15), _seq(60)]
+    ds = PairedSeqDataset(seqs, CLS, SEP, UNK, 512, seed=0)
+    ds.pairing = np.array([3, 2, 1, 0])  # row 0's partner (60 ids) is longer than the batch
+    w = token_weights(torch.ones(32000, dtype=torch.long), [0, CLS, SEP, 103, UNK])
+    opts = CollatorOptions(
+        mlm=True, causal=True, interchange_masked_token_only=True, entry_sizes=((1, 1), (1, 1)), seed=5
+    )
+    col = Collator(opts, pad_id=0, mask_id=103, vocab_size=32000, weights=w)
+    items = [ds[(7, 0)], ds[(7, 1)], ds[(7, 2)]]  # base lengths 20, 40, 15 -> T = 40
+    b = col(items)
+    assert b["base_ids"].shape == b["src_ids"].shape == (3, 40)
+    assert b["base_len"].tolist() == [20, 40, 15]
+    assert b["src_len"].tolist() == [40, 15, 40]  # the 60-id partner is cut to T (and loses its [SEP])
+    assert (b["labels"][b["base_mask"] == 0] == -100).all()
+    assert (b["P"] <= b["selected"]).all() and torch.equal(b["P"].sum(1), b["Ps"].sum(1))
+    assert not (b["Ps"] & (b["src_mask"] == 0)).any()
+    assert isinstance(b["entry"], tuple) and len(b["entry"]) == 3
+    again = col(items)
+    assert (
+        all(torch.equal(b[k], again[k]) for k in ("base_ids", "src_ids", "P", "Ps"))
+        and b["entry"] == again["entry"]
+    )
+    other = col([(8, *it[1:]) for it in items])  # another batch number -> other masks
+    assert not torch.equal(b["base_ids"], other["base_ids"])
