@@ -260,7 +260,6 @@ def test_extract_same_architecture_gpt2(tmp_path):
 
 def test_collator_pads_truncates_partners_and_is_seeded_per_batch():
     import torch
-
     from diito.data.dataset import Collator, CollatorOptions
     from diito.masking import token_weights
 
