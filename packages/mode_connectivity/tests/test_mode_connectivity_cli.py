@@ -331,3 +331,36 @@ def test_lora_train_and_interpolate_only_lora_tensors(tiny, tmp_path):
     assert main(args) == 0
     ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert summary["dev"]["loss"][-1] == ev["dev_loss"]
+
+
+def test_layer_mix_groups_and_run(tiny, adapter_runs, tmp_path):
+    from mode_connectivity.layer_mix import Mixture, group_of
+
+    assert group_of("encoder.block.3.layer.1.DenseReluDense.wi.weight", "block") == "encoder.block.3"
+    assert group_of("encoder.block.3.layer.1.DenseReluDense.wi.weight", "layer") == "encoder.block.3.layer.1"
+    assert group_of("shared.weight", "block") == "shared.weight"
+    t1 = {
+        "encoder.block.0.layer.0.x": torch.zeros(2),
+        "encoder.block.0.layer.1.y": torch.zeros(3),
+        "shared.weight": torch.zeros(1),
+    }
+    t2 = {k: torch.ones_like(v) for k, v in t1.items()}
+    mix = Mixture(t1, t2, "block", 10.0, torch.Generator().manual_seed(0))
+    assert mix.groups == ["encoder.block.0", "shared.weight"]
+    with torch.no_grad():
+        mix.logits.copy_(torch.tensor([0.0, 100.0]))
+    point = mix.point()  # sigmoid(0) = 0.5 of endpoint 1; sigmoid(100) = 1 -> endpoint 1 exactly
+    assert torch.equal(point["encoder.block.0.layer.1.y"], torch.full((3,), 0.5)) and torch.equal(
+        point["shared.weight"], torch.zeros(1)
+    )
+    p1, p2 = adapter_runs[20] / "checkpoint@4", adapter_runs[30] / "checkpoint@4"
+    args = [
+        "layer-mix", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", "adapter", "--adapter_size", "4",
+        "--load_stage1_pet_path_list", str(p1), str(p2), "--layer_filter", "layer", "--train_iters", "2", "--bsz", "8",
+        "--eval_mode", "rank", "--output_dir", str(tmp_path / "mix"), "--progress_bar", "false", "--logger", "none",
+        "--device", "cpu", *TOL_ARGS,
+    ]  # fmt: skip
+    assert main(args) == 0
+    out = json.loads((tmp_path / "mix" / "mix.json").read_text())
+    assert len(out["weights_of_endpoint_1"]) == 2 * 1 + 3 * 1  # one group per T5 sublayer holding adapters
+    assert all(0.0 <= w <= 1.0 for w in out["weights_of_endpoint_1"].values()) and "dev_performance" in out

@@ -227,6 +227,32 @@ CURVE_ALIASES = {"train_iters": "max_steps", "log_interval": "log_every_n_steps"
 
 
 @dataclass
+class LayerMixConfig(TaskOptions, MethodOptions, TrainerOptions):
+    output_dir: str = _h("runs/layer-mix", "mix.json (learned group weights, dev/test metric) goes here")
+    load_stage1_pet_path_list: list[str] = _hl([], "the two endpoints (checkpoints of the same method)")
+    layer_filter: str = _h("block", "group = block | layer (T5 sublayer) | weight (one tensor)")
+    init_std: float = _h(10.0, "std of the Normal init of the group logits")
+    learning_rate: float = _h(0.1, "Adafactor learning rate (reference 0.1 or 0.05)")
+    bsz: int = _h(8, "batch size")
+    max_steps: int = _h(1000, "updates (--train_iters)")
+    seed: int = _h(42, "seed of the logit init and the data order")
+    do_valid: bool = _h(True, "evaluate dev")
+    do_predict: bool = _h(True, "evaluate test")
+    log_every_n_steps: int = _h(50, "log every N updates")
+
+    def __post_init__(self) -> None:
+        TrainerOptions.__post_init__(self)
+        self.check_task()
+        self.check_method()
+        if self.layer_filter not in ("block", "layer", "weight"):
+            raise ValueError("--layer_filter must be block, layer or weight")
+        if len(self.load_stage1_pet_path_list) != 2:
+            raise ValueError("--load_stage1_pet_path_list needs exactly two checkpoints")
+        if self.bsz < 1 or self.learning_rate <= 0:
+            raise ValueError("--bsz must be >= 1 and --learning_rate > 0")
+
+
+@dataclass
 class DistConfig:
     input1: str = _h("", "first checkpoint")
     input2: str = _h("", "second checkpoint")
