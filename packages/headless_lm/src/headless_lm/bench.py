@@ -35,15 +35,15 @@ PRESETS = {
     },
     # 2-core CPU: same architectures, shorter sequences and smaller batches
     "cpu": {
-        "clm_batch": 4,
-        "clm_seq": 128,
-        "mlm_batch": 8,
+        "clm_batch": 2,
+        "clm_seq": 64,
+        "mlm_batch": 2,
         "mlm_seq": 128,
         "loss_k": 2048,
         "loss_v": 50304,
         "loss_d": 512,
-        "vocab_sweep": [8192, 50304],
-        "k_sweep": [512, 2048],
+        "vocab_sweep": [8192, 16384],
+        "k_sweep": [256, 512],
     },
 }
 
