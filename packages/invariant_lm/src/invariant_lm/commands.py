@@ -125,14 +125,20 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     from invariant_lm.lightning_module import InvariantLightningModule
     from invariant_lm.trainer import OptimSettings
 
-    out = prepare_run_dir(cfg.output_dir, overwrite=cfg.overwrite_output_dir)
-    if cfg.overwrite_output_dir:  # start fresh: no resume from an older run's checkpoints
-        import shutil
+    world = cfg.devices * cfg.num_nodes if cfg.do_train else 1
+    is_main = _launch_rank(cfg) == 0 if world > 1 else True
+    if is_main:
+        out = prepare_run_dir(cfg.output_dir, overwrite=cfg.overwrite_output_dir)
+        if cfg.overwrite_output_dir:  # start fresh: no resume from an older run's checkpoints
+            import shutil
 
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        for stale in ("train_log.jsonl", "metrics.jsonl", "eval_results.json", "train_results.json"):
-            (out / stale).unlink(missing_ok=True)
-    save_config(cfg, out / "config.yaml")
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            for stale in ("train_log.jsonl", "metrics.jsonl", "eval_results.json", "train_results.json"):
+                (out / stale).unlink(missing_ok=True)
+        save_config(cfg, out / "config.yaml")
+    else:  # a data-parallel worker: rank 0 owns the run folder (and wrote it before launching this process)
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     tok_name = cfg.tokenizer_name or cfg.model_name_or_path
     if tok_name is None:
@@ -148,7 +154,7 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
         env_data = _tokenise_envs(envs, tokenizer, max_len, cfg)
         pad = max_len if cfg.pad_to_max_length else None
         streams = EnvironmentStreams(env_data, make_collator(tokenizer, cfg.mlm_probability, pad),
-                                     cfg.per_device_train_batch_size, cfg.seed)  # fmt: skip
+                                     cfg.per_device_train_batch_size, cfg.seed, world_size=world)  # fmt: skip
         u = count_updates(len(envs), cfg.nb_steps, cfg.max_steps,
                           streams.min_batches_per_epoch() // cfg.gradient_accumulation_steps,
                           cfg.num_train_epochs)  # fmt: skip
@@ -162,19 +168,25 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
             model, streams, settings, u, cfg.mode, cfg.head_lr_schedule, cfg.gradient_accumulation_steps,
             sparse, cfg.seed, cfg.logging_steps, out, cfg.nb_steps_heads_saving, cfg.nb_steps_model_saving, tokenizer,
         )  # fmt: skip
-        tokenizer.save_pretrained(out)
+        if is_main:
+            tokenizer.save_pretrained(out)
         device = "cpu" if (cfg.no_cuda or cfg.use_cpu) else cfg.device
         opts = TrainerOptions(
-            output_dir=str(out), device=device, devices=cfg.devices, precision=_precision(cfg), max_steps=u,
+            output_dir=str(out), device=device, devices=cfg.devices, num_nodes=cfg.num_nodes,
+            strategy="ddp" if world > 1 else "auto", precision=_precision(cfg), max_steps=u,
             log_every_n_steps=cfg.logging_steps, checkpoint_every_n_steps=cfg.save_steps, logger=cfg.logger,
             progress_bar=cfg.progress_bar, seed=cfg.seed, resume=cfg.resume_from_checkpoint,
         )  # fmt: skip
-        if cfg.devices != 1:
-            raise LmlabError("--devices must be 1: the IRM-games update runs on a single device (see README)")
+        extra = {}
+        if world > 1:  # Lightning's DDP processes, without the DDP wrapper (invariant_lm.distributed)
+            from invariant_lm.distributed import ManualSyncDDPStrategy
+
+            extra["strategy"] = ManualSyncDDPStrategy(start_method="popen")
         trainer = build_trainer(opts, out, accumulate_grad_batches=1, use_distributed_sampler=False,
-                                max_steps=_stop_after or u)  # fmt: skip
-        ckpt = resume_checkpoint(opts, out)
-        if ckpt is not None:
+                                max_steps=_stop_after or u, **extra)  # fmt: skip
+        # a torchrun worker may start before rank 0 has cleared an overwritten run: it must not resume from it
+        ckpt = None if (not is_main and cfg.overwrite_output_dir) else resume_checkpoint(opts, out)
+        if ckpt is not None and is_main:
             _trim_log(
                 out / "train_log.jsonl",
                 torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"],
@@ -184,6 +196,8 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
         trainer.fit(module, ckpt_path=ckpt, weights_only=True)
         if _stop_after is not None:
             return {"stopped_at": int(trainer.global_step)}
+        if not trainer.is_global_zero:
+            return {}  # rank 0 saves, evaluates and marks the run done
         model = module.model.cpu()
         model.save_pretrained(out, cfg.mode, tokenizer)
         result["train"] = module.train_results()
@@ -203,6 +217,16 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     mark_done(out)
     print(f"[invariant-lm] results in {out}")
     return result
+
+
+def _launch_rank(cfg: TrainConfig) -> int:
+    """This process's global rank in a data-parallel launch, from the environment that Lightning's launcher
+    (LOCAL_RANK, NODE_RANK) or torchrun (RANK) sets; 0 in the process that launches the others."""
+    import os
+
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    return int(os.environ.get("NODE_RANK", 0)) * cfg.devices + int(os.environ.get("LOCAL_RANK", 0))
 
 
 def _trim_log(path: Path, step: int) -> None:

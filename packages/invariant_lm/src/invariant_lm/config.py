@@ -108,7 +108,13 @@ class TrainConfig(EvalOptions):
     )
     # lightning
     device: str = _h("auto | cpu | cuda", "auto")
-    devices: int = _h("devices (one: the IRM-games update runs on a single device)", 1)
+    devices: int = _h(
+        "devices (processes) per node; > 1 trains data-parallel: every rank runs the same environment's update "
+        "on its own share of the batch, body + head e gradients averaged across ranks",
+        1,
+    )
+    num_nodes: int = _h("nodes (data-parallel training over devices x num_nodes processes)", 1)
+    strategy: str = _h("auto (ddp when devices x num_nodes > 1) | ddp (also under torchrun)", "auto")
     precision: str = _h("auto | 32-true | bf16-mixed (overridden by --bf16)", "auto")
     logger: str = _h("csv | tensorboard | wandb | none (metrics.jsonl always)", "csv")
     progress_bar: bool = _h("show a progress bar", True)
@@ -127,9 +133,14 @@ class TrainConfig(EvalOptions):
         if self.nb_steps < 0:
             raise ValueError(f"--nb_steps must be >= 0, got {self.nb_steps}")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "logging_steps", "save_steps", "devices"):  # fmt: skip
+                     "logging_steps", "save_steps", "devices", "num_nodes"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.strategy not in ("auto", "ddp"):
+            raise ValueError(
+                f"--strategy must be auto or ddp, got {self.strategy!r} (the IRM-games update all-reduces the "
+                "stepped gradients itself; ddp_spawn, fsdp and deepspeed are not supported)"
+            )
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"--mlm_probability must be in (0, 1), got {self.mlm_probability}")
         if self.learning_rate < 0:

@@ -200,18 +200,39 @@ class EnvironmentStreams:
     """One infinite, reshuffling (drop-last) batch stream per environment, addressed by position.
 
     `batch(env_index, k)` is the k-th batch of that environment: epoch k // batches_per_epoch of a permutation
-    seeded by (seed, env, epoch), masked with a generator seeded by (seed, env, k)."""
+    seeded by (seed, env, epoch), masked with a generator seeded by (seed, env, k).
 
-    def __init__(self, env_data: dict, collator: MLMCollator, batch_size: int, seed: int) -> None:
+    With `world_size` W > 1 (data-parallel training) the stream is one of *global* batches of W x `batch_size`
+    sequences, and rank r gets rows [r B, (r + 1) B) of each global batch (`rank` is set by the trainer once it
+    knows it). The global batch, masks included, is exactly the batch a single process with batch size W x B
+    sees, so the ranks draw different samples and together they are the single-process run."""
+
+    def __init__(
+        self,
+        env_data: dict,
+        collator: MLMCollator,
+        batch_size: int,
+        seed: int,
+        world_size: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise LmlabError(f"rank {rank} of world size {world_size} is not a valid data-parallel position")
         self.names = list(env_data)
         self.rows = {name: list(ds["input_ids"]) for name, ds in env_data.items()}
         self.collator = collator
-        self.batch_size = batch_size
+        self.local_batch_size = batch_size
+        self.world_size = world_size
+        self.rank = rank
+        self.batch_size = batch_size * world_size  # the global batch: what the stream is cut into
         self.seed = seed
         for name, rows in self.rows.items():
-            if len(rows) < batch_size:
+            if len(rows) < self.batch_size:
+                what = f"one batch of {self.batch_size}"
+                if world_size > 1:
+                    what = f"one global batch of {self.batch_size} ({world_size} devices x {batch_size})"
                 raise LmlabError(
-                    f"environment {name!r} has {len(rows)} sequence(s), fewer than one batch of {batch_size}; "
+                    f"environment {name!r} has {len(rows)} sequence(s), fewer than {what}; "
                     "give it more text or lower --per_device_train_batch_size / --max_seq_length"
                 )
         self._perm_cache: dict[tuple[int, int], torch.Tensor] = {}
@@ -239,7 +260,17 @@ class EnvironmentStreams:
         idx = self._perm(env_index, epoch)[j * self.batch_size : (j + 1) * self.batch_size]
         rows = self.rows[self.names[env_index]]
         examples = [rows[i] for i in idx.tolist()]
-        return self.collator(examples, generator=_seeded_generator(self.seed, env_index, k, 2))
+        batch = self.collator(examples, generator=_seeded_generator(self.seed, env_index, k, 2))
+        if self.world_size == 1:
+            return batch
+        lo = self.rank * self.local_batch_size
+        batch = {key: v[lo : lo + self.local_batch_size] for key, v in batch.items()}
+        width = max(
+            1, int(batch["attention_mask"].sum(1).max())
+        )  # drop columns that are padding on this rank
+        if self.collator.pad_to_length:
+            width = max(width, min(self.collator.pad_to_length, batch["input_ids"].shape[1]))
+        return {key: v[:, :width].contiguous() for key, v in batch.items()}
 
 
 def eval_batches(dataset, collator: MLMCollator, batch_size: int, mask_seed: int = 1234) -> list[dict]:

@@ -76,6 +76,15 @@ class InvariantLightningModule(pl.LightningModule):
         self._head_names = list(heads)
         return [body, *heads.values()], [body_s, *head_s.values()]
 
+    def setup(self, stage: str) -> None:
+        world = int(self.trainer.world_size)
+        if world != self.streams.world_size:
+            raise LmlabError(
+                f"the data streams were built for {self.streams.world_size} process(es) but the trainer runs "
+                f"{world}; build EnvironmentStreams with world_size={world}"
+            )
+        self.streams.rank = int(self.global_rank)
+
     def on_train_start(self) -> None:
         self.model.train()  # from_pretrained leaves HF models in eval mode; dropout must be on while training
 
@@ -92,7 +101,8 @@ class InvariantLightningModule(pl.LightningModule):
         e_idx = i % len(names)
         env = names[e_idx]
         k = i // len(names)
-        gen = _seeded_generator(self.seed, i, 3)
+        world = self.streams.world_size
+        gen = _seeded_generator(self.seed, i, 3, *((self.global_rank,) if world > 1 else ()))
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))  # dropout of update i
         mbs = [self._move(self.streams.batch(e_idx, k * self.accumulate + j)) for j in range(self.accumulate)]
         opts = self.optimizers()
@@ -114,14 +124,25 @@ class InvariantLightningModule(pl.LightningModule):
             else:
                 opt.optimizer.step()
 
+        reduce = None
+        if (
+            world > 1
+        ):  # average body ∪ head e gradients across ranks before clipping (invariant_lm.distributed)
+            from invariant_lm.distributed import GradientAllReduce
+
+            reduce = GradientAllReduce(self.device, sum(int(b["attention_mask"].sum()) for b in mbs))
         loss, norm, n_masked = environment_update(
             self.model, env, mbs, opts[0], head_opts, scheds[0], head_scheds, self.mode,
             self.settings.max_grad_norm, backward=self.manual_backward, step=step, sparse=self.sparse,
+            reduce=reduce,
         )  # fmt: skip
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        tokens = sum(int(b["attention_mask"].sum()) for b in mbs)
+        if reduce is not None:
+            tokens = reduce.tokens  # all ranks' tokens: tokens/s is the global throughput
+        else:
+            tokens = sum(int(b["attention_mask"].sum()) for b in mbs)
         self.tokens_seen += tokens
         self.train_seconds += dt
         self.env_loss_sum[env] += loss

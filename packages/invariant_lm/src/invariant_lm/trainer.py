@@ -130,10 +130,13 @@ def environment_update(
     backward: Callable[[torch.Tensor], None] | None = None,
     step: Callable[[object, bool], None] | None = None,
     sparse: bool = True,
+    reduce: Callable[[list, torch.Tensor, int], tuple[torch.Tensor, int]] | None = None,
 ) -> tuple[float, float, int]:
     """One update on `env` (module docstring). Returns (loss, pre-clip grad norm of the stepped parameters,
     number of masked tokens). `backward(loss)` and `step(optimizer, is_body)` let Lightning's manual
-    optimisation plug in; defaults are `loss.backward()` and `optimizer.step()`."""
+    optimisation plug in; defaults are `loss.backward()` and `optimizer.step()`. `reduce(params, loss,
+    n_masked) -> (loss, n_masked)` runs after backward and before clipping, on the stepped parameters only
+    (body and the stepped heads): data-parallel training averages their gradients across ranks there."""
     active = stepped_heads(model, env, mode)
     model.set_trainable_heads(active)
     for p in model.parameters():
@@ -154,7 +157,10 @@ def environment_update(
     params = list(model.body.parameters())
     for e in active:
         params += list(model.heads[e].parameters())
-    params = [p for p in dict.fromkeys(params) if p.grad is not None]
+    params = list(dict.fromkeys(params))
+    if reduce is not None:
+        total, n_masked = reduce(params, total, n_masked)
+    params = [p for p in params if p.grad is not None]
     if max_grad_norm and max_grad_norm > 0:
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     else:
