@@ -157,8 +157,7 @@ def collate(
 ) -> dict[str, torch.Tensor]:
     """Dynamic padding; label pads are -100."""
     batch = {"input_ids": pad(input_ids, pad_id)}
-    batch["attention_mask"] = (batch["input_ids"] != pad_id).long()
-    # keep real pad tokens inside the sequence attended: mask by length, not by id
+    # mask by length, not by id (a real pad id inside a sequence stays attended)
     mask = torch.zeros_like(batch["input_ids"])
     for i, s in enumerate(input_ids):
         mask[i, : len(s)] = 1

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from mode_connectivity.data import EncodedSplit, eval_batches, format_target, pad
+from mode_connectivity.data import EncodedSplit, eval_batches, format_target
 from mode_connectivity.metrics import evaluate_predictions, raw_scores
 
 
@@ -155,11 +155,3 @@ def cartography_epoch(
     if was_training:
         model.train()
     return acc, conf
-
-
-def teacher_forced_batches(split: EncodedSplit, batch_size: int):
-    """Alias kept for readability at call sites."""
-    return eval_batches(split, batch_size)
-
-
-__all__ = ["CandidateScorer", "EvalResult", "cartography_epoch", "evaluate_split", "pad"]
