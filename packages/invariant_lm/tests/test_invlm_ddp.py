@@ -63,7 +63,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         env=env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (ddp / "DONE").exists() or (ddp / "train_results.json").exists()
+    assert (ddp / "DONE").exists() and json.loads((ddp / "train_results.json").read_text())["updates"] == 6
 
     # the same update schedule, the same global loss and gradient norm (float summation order aside)
     log1, log2 = _log(one), _log(ddp)
@@ -81,6 +81,11 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         assert torch.allclose(p1[k], p2[k], rtol=1e-4, atol=2e-5), (k, (p1[k] - p2[k]).abs().max())
         moved += not torch.equal(p2[k], init.state_dict()[k])
     assert moved > len(p1) // 2  # training did move the parameters
+    # rank 0 wrote a resumable checkpoint holding the same weights and all n + 1 optimizer states
+    ck = torch.load(ddp / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ck["global_step"] == 6 and len(ck["optimizer_states"]) == len(ENVS) + 1
+    for k, v in ck["state_dict"].items():
+        assert torch.equal(v, p2[k.removeprefix("model.")]), k
 
     # heads that are not stepped stay bit-identical, update by update, on the data-parallel run
     heads = {e: {k: v for k, v in init.heads[e].state_dict().items()} for e in ENVS}

@@ -125,9 +125,8 @@ class InvariantLightningModule(pl.LightningModule):
                 opt.optimizer.step()
 
         reduce = None
-        if (
-            world > 1
-        ):  # average body ∪ head e gradients across ranks before clipping (invariant_lm.distributed)
+        if world > 1:
+            # average the body and head e gradients across ranks before clipping (invariant_lm.distributed)
             from invariant_lm.distributed import GradientAllReduce
 
             reduce = GradientAllReduce(self.device, sum(int(b["attention_mask"].sum()) for b in mbs))
