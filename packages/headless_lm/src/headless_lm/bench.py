@@ -94,7 +94,11 @@ def _train_step(
         with _autocast(device, bf16):
             if kind == "clm":
                 out = causal_lm_loss(
-                    model, ids, emb_loss_weight=float(headless), lm_loss_weight=float(not headless)
+                    model,
+                    ids,
+                    emb_loss_weight=float(headless),
+                    lm_loss_weight=float(not headless),
+                    compute_accuracy=False,
                 )
             else:
                 out = masked_lm_loss(
@@ -104,6 +108,7 @@ def _train_step(
                     emb_loss_weight=float(headless),
                     mlm_loss_weight=float(not headless),
                     full_head=full,
+                    compute_accuracy=False,
                 )
         out.total_loss.backward()
         opt.step()

@@ -25,7 +25,7 @@ class LossOutput:
     total_loss: Tensor
     emb_loss: Tensor | None
     lm_loss: Tensor | None
-    accuracy: Tensor
+    accuracy: Tensor | None
     num_predictions: int
     masked: MaskedBatch | None = None
 
@@ -56,10 +56,11 @@ def _combine(
     temperature: float,
     negatives: str,
     predictor: nn.Module | None = None,
-) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
+    compute_accuracy: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     emb_loss = lm_loss = None
     total = pred.new_zeros((), dtype=torch.float32)
-    accuracy = pred.new_zeros((), dtype=torch.float32)
+    accuracy = None
     if pred.shape[0] == 0:
         raise LmlabError("no predicted positions in this batch (all padding?); check the data")
     if emb_loss_weight != 0:
@@ -70,14 +71,16 @@ def _combine(
             anchors, target, temperature=temperature, negatives=negatives, target_ids=target_ids
         )
         total = total + emb_loss_weight * emb_loss
-        accuracy = cwt_retrieval_accuracy(anchors, target, target_ids)
+        if compute_accuracy:  # a second K x K product: skip it on steps that do not log
+            accuracy = cwt_retrieval_accuracy(anchors, target, target_ids)
     if ce_weight != 0:
         if lm_head(model) is None:
             raise LmlabError("the LM loss weight is not 0 but the model is headless; build it with its head")
         logits = logits_fn()
         lm_loss = F.cross_entropy(logits.float(), ce_labels)
         total = total + ce_weight * lm_loss
-        accuracy = (logits.detach().argmax(-1) == ce_labels).float().mean()
+        if compute_accuracy:
+            accuracy = (logits.detach().argmax(-1) == ce_labels).float().mean()
     return total, emb_loss, lm_loss, accuracy
 
 
@@ -91,6 +94,7 @@ def causal_lm_loss(
     temperature: float = 1.0,
     negatives: str = "all",
     predictor: nn.Module | None = None,
+    compute_accuracy: bool = True,
 ) -> LossOutput:
     """Next-token objective: anchors = hidden states at 0..T-2, targets = ids at 1..T-1, flattened over the
     micro-batch. total = emb_loss_weight * CWT + lm_loss_weight * CE (CE over the same positions).
@@ -116,6 +120,7 @@ def causal_lm_loss(
         temperature,
         negatives,
         predictor,
+        compute_accuracy,
     )
     return LossOutput(total, emb, lm, acc, int(target_ids.numel()))
 
@@ -135,6 +140,7 @@ def masked_lm_loss(
     vocab_size: int | None = None,
     full_head: bool = True,
     predictor: nn.Module | None = None,
+    compute_accuracy: bool = True,
     **mask_kwargs,
 ) -> LossOutput:
     """Masked objective on a clean (B, T) batch: corrupt it (or use `masking`), anchors = hidden states at the
@@ -180,5 +186,6 @@ def masked_lm_loss(
         temperature,
         negatives,
         predictor,
+        compute_accuracy,
     )
     return LossOutput(total, emb, lm, acc, int(target_ids.numel()), masked=masking)

@@ -110,7 +110,9 @@ class HeadlessLMModule(pl.LightningModule):
         self.valid_rows: PackedRows | None = None
 
     # --- loss
-    def compute_loss(self, input_ids: torch.Tensor, generator: torch.Generator | None = None):
+    def compute_loss(
+        self, input_ids: torch.Tensor, generator: torch.Generator | None = None, compute_accuracy: bool = True
+    ):
         t = self.task
         if self.kind == "clm":
             return causal_lm_loss(
@@ -121,6 +123,7 @@ class HeadlessLMModule(pl.LightningModule):
                 temperature=t["contrastive_temperature"],
                 negatives=t["negatives"],
                 predictor=self.predictor,
+                compute_accuracy=compute_accuracy,
             )
         return masked_lm_loss(
             self.model,
@@ -130,6 +133,7 @@ class HeadlessLMModule(pl.LightningModule):
             temperature=t["contrastive_temperature"],
             negatives=t["negatives"],
             predictor=self.predictor,
+            compute_accuracy=compute_accuracy,
             generator=generator,
             mask_token_id=self.hparams.mask_token_id,
             special_token_ids=self.hparams.special_token_ids or (),
@@ -153,11 +157,13 @@ class HeadlessLMModule(pl.LightningModule):
             self.log(f"{prefix}/emb_loss", out.emb_loss, batch_size=batch_size, sync_dist=sync)
         if out.lm_loss is not None:
             self.log(f"{prefix}/lm_loss", out.lm_loss, batch_size=batch_size, sync_dist=sync)
-        self.log(f"{prefix}/accuracy", out.accuracy, batch_size=batch_size, sync_dist=sync)
+        if out.accuracy is not None:
+            self.log(f"{prefix}/accuracy", out.accuracy, batch_size=batch_size, sync_dist=sync)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         self.samples_seen += batch.shape[0]
-        out = self.compute_loss(batch, self._generator(self.samples_seen))
+        every = max(1, int(self.task.get("log_every_n_steps", 1)))
+        out = self.compute_loss(batch, self._generator(self.samples_seen), batch_idx % every == 0)
         if not torch.isfinite(out.total_loss):
             raise LmlabError(
                 f"non-finite loss at step {self.global_step}; lower --learning_rate or check the data"
