@@ -69,7 +69,8 @@ class T5TaskModule(pl.LightningModule):
         super().__init__()
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
         self.train_split, self.lr, self.micro, self.total_steps = train_split, lr, micro, total_steps
-        self.samples_seen = 0
+        self.samples_seen = 0  # this rank's; all ranks together have read world * samples_seen
+        self.world = 1
         self.state: dict[str, Any] = {
             "best": -math.inf,
             "bad_validations": 0,
@@ -153,7 +154,7 @@ class JobCallback(pl.Callback):
 
         return {
             "step": step,
-            "epoch": module.samples_seen / max(1, len(module.train_split)),
+            "epoch": module.samples_seen * module.world / max(1, len(module.train_split)),
             "args": config_to_dict(self.cfg),
             "model_config": module.model.config.to_dict() if hasattr(module.model, "config") else {},
         }
@@ -179,7 +180,9 @@ class JobCallback(pl.Callback):
                 and step % cfg.valid_interval == 0
             ):
                 self.validate(trainer, module, step)
-        epochs = module.samples_seen // len(module.train_split)
+        if trainer.world_size > 1:  # early stop is decided on rank 0; every rank must stop at the same step
+            trainer.should_stop = bool(trainer.strategy.broadcast(trainer.should_stop, src=0))
+        epochs = module.samples_seen * module.world // len(module.train_split)
         while module.state["epochs_done"] < epochs:
             module.state["epochs_done"] += 1
             if cfg.cartography and trainer.is_global_zero:
@@ -320,10 +323,8 @@ def _train_job(cfg, lr, bsz, tokenizer, task_name, metric, train_split, dev, sco
         return {**row, **json.loads(done.read_text())}
     job_dir.mkdir(parents=True, exist_ok=True)
     model = _initial_model(cfg)
-    micro, accum = micro_batch(bsz)
     steps_per_epoch = max(1, math.ceil(len(train_split) / bsz))
     total = min(cfg.max_steps, cfg.train_epochs * steps_per_epoch)
-    module = T5TaskModule(cfg, model, tokenizer, train_split, lr, micro, total)
     carto = Path(cfg.output_dir) / "cartography.json" if cfg.cartography else None
     callback = JobCallback(job_dir, cfg, dev, metric, scorer, carto)
     trainer = build_trainer(
@@ -331,15 +332,24 @@ def _train_job(cfg, lr, bsz, tokenizer, task_name, metric, train_split, dev, sco
         job_dir,
         callbacks=[callback],
         max_steps=total,
-        accumulate_grad_batches=accum,
         gradient_clip_val=cfg.max_grad_norm if cfg.max_grad_norm > 0 else None,
         use_distributed_sampler=False,
     )
+    # bsz is the global batch: each of the world_size processes reads bsz / world_size of it
+    world = trainer.world_size
+    if bsz % world:
+        raise LmlabError(f"--bsz_list {bsz} is not divisible by the {world} training processes")
+    micro, accum = micro_batch(bsz // world)
+    trainer.accumulate_grad_batches = accum
+    module = T5TaskModule(cfg, model, tokenizer, train_split, lr, micro, total)
+    module.world = world
     module.model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as they are
     ckpt = resume_checkpoint(cfg, job_dir)
     if ckpt is None and carto is not None and carto.is_file():
         carto.unlink()  # a fresh cartography run starts a fresh record
     trainer.fit(module, ckpt_path=ckpt, weights_only=True)
+    if not trainer.is_global_zero:
+        return row  # under ddp every rank runs this script: only rank 0 saves, validates and predicts
     model = module.model.cpu()
     if trainer.is_global_zero:
         save_checkpoint(
