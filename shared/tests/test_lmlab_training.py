@@ -110,6 +110,10 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path):
     steps = [row["step"] for row in read_jsonl(tmp_path / "part" / "metrics.jsonl")]
     assert steps == sorted(steps) and len(steps) == 7  # history kept across the interruption
     assert (tmp_path / "part" / "checkpoints" / "last.ckpt").is_file()
+    # a run that ends between two periodic saves still leaves its last step in last.ckpt
+    _train(tmp_path / "odd", 5, data)
+    ckpt = torch.load(tmp_path / "odd" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 5 and ckpt["samples_seen"] == 20
     # resume=never starts over
     fresh, trainer = _train(tmp_path / "part", 2, data, resume="never")
     assert trainer.global_step == 2

@@ -116,21 +116,22 @@ def build_trainer(
 ) -> Any:
     """A Lightning Trainer configured from `opts`: accelerator, devices, nodes, strategy, precision, step
     budget, accumulation, loggers (metrics.jsonl always), a progress bar, and a resumable checkpoint
-    (`<output_dir>/checkpoints/last.ckpt`) every `checkpoint_every_n_steps` steps and at the end.
+    (`<output_dir>/checkpoints/last.ckpt`) every `checkpoint_every_n_steps` steps and at the last step.
 
     `trainer_kwargs` override any Trainer argument (e.g. `accumulate_grad_batches=1` for manual optimisation,
     `use_distributed_sampler=False` with `StepSampler`).
     """
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.callbacks import TQDMProgressBar
 
+    from lmlab.callbacks import LastStepCheckpoint
     from lmlab.device import resolve_accelerator, resolve_precision
 
     output_dir = Path(output_dir if output_dir is not None else opts.output_dir)
     accelerator = resolve_accelerator(opts.device)
     if opts.strategy == "fsdp" and accelerator == "cpu":
         raise LmlabError("--strategy fsdp needs GPUs; use --strategy ddp on the CPU")
-    checkpoint = ModelCheckpoint(
+    checkpoint = LastStepCheckpoint(
         dirpath=output_dir / "checkpoints",
         filename="step-{step}",
         every_n_train_steps=opts.checkpoint_every_n_steps,
