@@ -154,6 +154,17 @@ def test_build_trainer_loggers_and_cpu_guards(tmp_path):
         build_trainer(TrainerOptions(output_dir=str(tmp_path), device="cpu", strategy="fsdp"))
 
 
+def test_missing_logger_package_is_a_clear_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
+    with pytest.raises(
+        LmlabError, match=r"--logger wandb needs the wandb package: pip install 'lmlab\[wandb\]'"
+    ):
+        build_trainer(TrainerOptions(output_dir=str(tmp_path), device="cpu", logger="wandb"))
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
 def test_device_choices_on_cpu():
     assert resolve_accelerator("auto") == "cpu" and resolve_accelerator("cpu") == "cpu"

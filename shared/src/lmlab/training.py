@@ -98,6 +98,15 @@ def _loggers(opts: TrainerOptions, output_dir: Path) -> list[Any]:
 
     from lmlab.logging import JsonlLogger
 
+    optional = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
+    if opts.logger in optional:
+        import importlib.util
+
+        module, extra = optional[opts.logger]
+        if importlib.util.find_spec(module) is None:
+            raise LmlabError(
+                f"--logger {opts.logger} needs the {module} package: pip install 'lmlab[{extra}]'"
+            )
     loggers: list[Any] = [JsonlLogger(output_dir)]
     if opts.logger == "csv":
         loggers.append(pl.loggers.CSVLogger(output_dir, name="logs"))
