@@ -188,8 +188,12 @@ def tokenize_and_group(
         return dataset.map(encode, batched=True, remove_columns=cols, num_proc=num_proc, desc="tokenising")
 
     def encode_and_pack(batch):
+        # whole documents may exceed model_max_length here; they are cut into blocks below, so no warning
         enc = tokenizer(
-            batch[text_column], add_special_tokens=add_special_tokens, return_attention_mask=False
+            batch[text_column],
+            add_special_tokens=add_special_tokens,
+            return_attention_mask=False,
+            verbose=False,
         )
         flat = [t for ids in enc["input_ids"] for t in ids]
         n = (len(flat) // block_size) * block_size
