@@ -7,13 +7,12 @@ Matthews and Pearson), and an unknown task name is an error listing the known na
 from __future__ import annotations
 
 import math
-import re
-import string
 from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 from lmlab.errors import LmlabError
+from lmlab.metrics import normalize_answer
 
 ACC = "ACC"
 EM = "EM"
@@ -66,14 +65,6 @@ def metric_for_task(task_name: str, override: str | None = None) -> str:
         f"unknown task name {task_name!r} (no metric); known: {', '.join(sorted(TASK_METRICS))}; "
         "pass --metric to choose one"
     )
-
-
-def normalize_answer(s: str) -> str:
-    """SQuAD normalisation: lowercase, drop punctuation, drop articles a/an/the, collapse whitespace."""
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in set(string.punctuation))
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
 
 
 def _token_f1(prediction: str, gold: str) -> float:
