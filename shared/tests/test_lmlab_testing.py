@@ -14,6 +14,7 @@ from lmlab.testing import (
     write_jsonl_corpus,
     write_text_corpus,
 )
+from lmlab.testing.trace_batches import run_traced
 from transformers import AutoModel, AutoTokenizer
 
 TEXT = "The cat sat on the mat."
@@ -100,3 +101,30 @@ def test_tiny_data_writers(tmp_path):
     assert write_jsonl_corpus(tmp_path, n=3).read_text().count("\n") == 3
     envs = write_environments(tmp_path / "envs", ("a", "b", "c"), n=2)
     assert sorted(p.name for p in envs.iterdir()) == ["a.txt", "b.txt", "c.txt"]
+
+
+TRACED_MODULE = """
+import sys
+import torch
+
+class Module:
+    global_rank = 0
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(list(range(7)), batch_size=3, collate_fn=lambda b: b)
+
+def main(argv):
+    if argv == ["fail"]:
+        print("bad input", file=sys.stderr)
+        return 1
+    return int(sum(sum(b) for b in Module().train_dataloader()) != 21)
+"""
+
+
+def test_run_traced_records_every_batch_per_rank_and_reports_failures(tmp_path, monkeypatch):
+    (tmp_path / "traced_pkg.py").write_text(TRACED_MODULE)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    traces = run_traced("traced_pkg:Module", "traced_pkg:main", [], tmp_path / "trace")
+    assert traces == {"rank0": [[0, 1, 2], [3, 4, 5], [6]]}
+    with pytest.raises(AssertionError, match="exited 1:\nbad input"):
+        run_traced("traced_pkg:Module", "traced_pkg:main", ["fail"], tmp_path / "trace2")

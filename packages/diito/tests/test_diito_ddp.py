@@ -7,15 +7,13 @@ accumulated micro-batches and the ranks' gradients, so the two runs should end a
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from diito.cli import main
 from lmlab.logging import read_jsonl
 from lmlab.testing import save_tiny_model, write_text_corpus
+from lmlab.testing.trace_batches import run_traced
 
 MAP = {
     "interchange_variable_mappings": [
@@ -25,34 +23,6 @@ MAP = {
         }
     ]
 }
-
-# Records, per rank, the (batch number, index) pairs each batch held, then runs the real CLI. Lightning's ddp
-# launcher re-runs this script for rank 1, so the patch is active on both ranks.
-WRAPPER = """
-import json, os, sys
-import torch
-from diito import trainer
-
-orig_loader = trainer.DiitoModule.train_dataloader
-
-def train_dataloader(self):
-    loader = orig_loader(self)
-    out = os.path.join(os.environ["DIITO_TRACE"], f"rank{self.global_rank}.jsonl")
-    sampler = loader.batch_sampler
-
-    class Traced:
-        def __iter__(_):
-            for batch in sampler:
-                with open(out, "a") as fh:
-                    fh.write(json.dumps(batch) + "\\n")
-                yield batch
-
-    return torch.utils.data.DataLoader(loader.dataset, batch_sampler=Traced(), collate_fn=loader.collate_fn)
-
-trainer.DiitoModule.train_dataloader = train_dataloader
-from diito.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 @pytest.mark.slow
@@ -70,13 +40,8 @@ def test_two_process_ddp_matches_one_process_with_accumulation(tmp_path):
     cfg.update(dropout=0.0, attention_dropout=0.0)
     (d / "student" / "config.json").write_text(json.dumps(cfg))
     (d / "map.nm").write_text(json.dumps(MAP))
-    wrapper = d / "wrapper.py"
-    wrapper.write_text(WRAPPER)
 
     def run(name, steps, *extra, trace_name=None):
-        trace = d / f"trace_{trace_name or name}"
-        trace.mkdir(exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1", "DIITO_TRACE": str(trace)}
         args = [
             "train", "--teacher_name", str(d / "teacher"), "--student_pretrained_weights", str(d / "student"),
             "--data_file", str(d / "bin.train.teacher.npz"), "--token_counts", str(d / "counts.npy"),
@@ -86,21 +51,17 @@ def test_two_process_ddp_matches_one_process_with_accumulation(tmp_path):
             "--log_every_n_steps", "1", "--checkpoint_every_n_steps", "2", "--progress_bar", "false",
             "--logger", "none", "--device", "cpu", "--output_dir", str(d / name), *extra,
         ]  # fmt: skip
-        proc = subprocess.run(
-            [sys.executable, str(wrapper), *args], env=env, capture_output=True, text=True, timeout=240
+        return run_traced(
+            "diito.trainer:DiitoModule", "diito.cli:main", args, d / f"trace_{trace_name or name}"
         )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return {
-            f.stem: [json.loads(x) for x in f.read_text().splitlines()] for f in trace.glob("rank*.jsonl")
-        }
 
     t1 = run("one", 8, "--devices", "1", "--gradient_accumulation_steps", "2")
     t2 = run("two", 8, "--devices", "2", "--strategy", "ddp", "--gradient_accumulation_steps", "1")
     assert set(t2) == {"rank0", "rank1"}
     for step in range(8):  # rank r reads batch 2 * step + r: the one-process run's two micro-batches
         a, b = t2["rank0"][step], t2["rank1"][step]
-        assert {n for n, _ in a} == {2 * step} and {n for n, _ in b} == {2 * step + 1}
-        assert not {i for _, i in a} & {i for _, i in b}
+        assert {n for n, *_ in a} == {2 * step} and {n for n, *_ in b} == {2 * step + 1}
+        assert not {k[-1] for k in a} & {k[-1] for k in b}
         assert a == t1["rank0"][2 * step] and b == t1["rank0"][2 * step + 1]
     s1 = torch.load(d / "one" / "checkpoints" / "last.ckpt", weights_only=True)
     s2 = torch.load(d / "two" / "checkpoints" / "last.ckpt", weights_only=True)
@@ -114,7 +75,7 @@ def test_two_process_ddp_matches_one_process_with_accumulation(tmp_path):
     # the two-process run resumes from its last.ckpt at exactly the next batch of each rank
     t3 = run("two", 10, "--devices", "2", "--strategy", "ddp", "--gradient_accumulation_steps", "1", "--force",
              trace_name="resumed")  # fmt: skip
-    assert {n for n, _ in t3["rank0"][0]} == {16} and {n for n, _ in t3["rank1"][0]} == {17}
+    assert {n for n, *_ in t3["rank0"][0]} == {16} and {n for n, *_ in t3["rank1"][0]} == {17}
     s3 = torch.load(d / "two" / "checkpoints" / "last.ckpt", weights_only=True)
     assert s3["global_step"] == 10 and s3["batches_seen"] == 10
     assert len([r for r in read_jsonl(d / "two" / "metrics.jsonl") if "train/loss" in r]) == 10

@@ -4,47 +4,13 @@ run resumes from its Lightning checkpoint."""
 
 import itertools
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
+from lmlab.testing.trace_batches import run_traced
 from lmlab.training import StepSampler
 from mode_connectivity.make_tiny import build_t5, build_tokenizer, synthetic_tasks
-
-# Records, per rank, the dataset indices each training step consumed; then runs the real CLI. Lightning's ddp
-# launcher re-runs this script for rank 1, so the patch is active on both ranks.
-WRAPPER = """
-import json, os, sys
-import torch
-from lmlab.training import StepSampler
-from mode_connectivity import train
-
-orig_loader = train.T5TaskModule.train_dataloader
-
-def train_dataloader(self):
-    loader = orig_loader(self)
-    out = os.path.join(os.environ["MC_TRACE"], f"rank{self.global_rank}.jsonl")
-    sampler = loader.batch_sampler
-
-    class Traced:
-        def __iter__(_):
-            for batch in sampler:
-                with open(out, "a") as fh:
-                    fh.write(json.dumps(batch) + "\\n")
-                yield batch
-
-        def __len__(_):
-            return len(sampler)
-
-    return torch.utils.data.DataLoader(loader.dataset, batch_sampler=Traced(), collate_fn=loader.collate_fn)
-
-train.T5TaskModule.train_dataloader = train_dataloader
-from mode_connectivity.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def _losses(job):
@@ -57,13 +23,8 @@ def test_two_process_ddp_matches_one_process_and_resumes(tmp_path):
     tok = build_tokenizer(tmp_path / "model")
     build_t5(tmp_path / "model", tok, d_model=32, num_layers=1, num_heads=2, d_ff=32, seed=0)
     task = synthetic_tasks(tmp_path / "data", n_train=48, n_eval=6, seed=0)["tiny-nli"]
-    wrapper = tmp_path / "wrapper.py"
-    wrapper.write_text(WRAPPER)
 
     def run(name, steps, *extra, trace_name=None):
-        trace = tmp_path / f"trace_{trace_name or name}"
-        trace.mkdir(exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1", "MC_TRACE": str(trace)}
         args = [
             "train", "--task_dir", str(task), "--model", str(tmp_path / "model"), "--tune_method", "model",
             "--learning_rate_list", "3e-3", "--bsz_list", "8", "--train_iters", str(steps),
@@ -73,15 +34,9 @@ def test_two_process_ddp_matches_one_process_and_resumes(tmp_path):
             "--log_every_n_steps", "1", "--checkpoint_every_n_steps", "2", "--seed", "20", "--device", "cpu",
             "--train_epochs", "10", *extra,
         ]  # fmt: skip
-        proc = subprocess.run(
-            [sys.executable, str(wrapper), *args], env=env, capture_output=True, text=True, timeout=240
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        job = tmp_path / name / "lr_0.003_bsz_8_seed_20"
-        traces = {}
-        for f in sorted(trace.glob("rank*.jsonl")):
-            traces[f.stem] = [json.loads(line) for line in f.read_text().splitlines()]
-        return job, traces
+        trace = tmp_path / f"trace_{trace_name or name}"
+        traces = run_traced("mode_connectivity.train:T5TaskModule", "mode_connectivity.cli:main", args, trace)
+        return tmp_path / name / "lr_0.003_bsz_8_seed_20", traces
 
     one, t1 = run("one", 8, "--devices", "1")
     two, t2 = run("two", 8, "--devices", "2", "--strategy", "ddp")
