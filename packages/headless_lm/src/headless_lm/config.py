@@ -75,6 +75,10 @@ class _PretrainBase(TrainerOptions):
     adam_eps: float = field(default=1e-8, metadata=_h("AdamW epsilon"))
     gradient_clip: float = field(default=1.0, metadata=_h("gradient norm clipping"))
     negatives: str = field(default="all", metadata=_h("all (paper: duplicates kept) | unique (ablation)"))
+    gather_negatives: bool = field(
+        default=False,
+        metadata=_h("DDP: negatives = all ranks' micro-batches (all-gather of K x d per step); off = paper"),
+    )
     predictor: str = field(
         default="identity", metadata=_h("emb_predictor: identity | linear (D x D, ablation)")
     )
@@ -98,6 +102,10 @@ class _PretrainBase(TrainerOptions):
             raise ValueError(f"--loss_name must be cwt, got {self.loss_name!r}")
         if self.negatives not in ("all", "unique"):
             raise ValueError(f"--negatives must be all or unique, got {self.negatives!r}")
+        if self.gather_negatives and self.emb_loss_weight == 0:
+            raise ValueError(
+                "--gather_negatives only changes the CWT loss: set --emb_loss_weight > 0 or drop it"
+            )
         if self.predictor not in ("identity", "linear"):
             raise ValueError(f"--predictor must be identity or linear, got {self.predictor!r}")
         if self.contrastive_temperature <= 0:

@@ -2,8 +2,8 @@
 
 The anchor is the backbone's `last_hidden_state` (after GPT-NeoX's final LayerNorm, BERT's last layer; never
 through BERT's MLM transform); targets are rows of `get_input_embeddings().weight`, not detached. In-batch
-negatives are every predicted position of the micro-batch on this device; excluded positions (padding,
-attention_mask 0) are neither anchors nor negatives.
+negatives are every predicted position of the micro-batch on this device (with `gather_negatives`, of every
+DDP rank's micro-batch); excluded positions (padding, attention_mask 0) are neither anchors nor negatives.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def _combine(
     negatives: str,
     predictor: nn.Module | None = None,
     compute_accuracy: bool = True,
+    gather_negatives: bool = False,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     emb_loss = lm_loss = None
     total = pred.new_zeros((), dtype=torch.float32)
@@ -68,10 +69,15 @@ def _combine(
         target = F.embedding(target_ids, weight)
         anchors = pred if predictor is None else predictor(pred)
         emb_loss = cwt_loss(
-            anchors, target, temperature=temperature, negatives=negatives, target_ids=target_ids
+            anchors,
+            target,
+            temperature=temperature,
+            negatives=negatives,
+            target_ids=target_ids,
+            gather_negatives=gather_negatives,
         )
         total = total + emb_loss_weight * emb_loss
-        if compute_accuracy:  # a second K x K product: skip it on steps that do not log
+        if compute_accuracy:  # a second (local) K x K product: skip it on steps that do not log
             accuracy = cwt_retrieval_accuracy(anchors, target, target_ids)
     if ce_weight != 0:
         if lm_head(model) is None:
@@ -95,11 +101,13 @@ def causal_lm_loss(
     negatives: str = "all",
     predictor: nn.Module | None = None,
     compute_accuracy: bool = True,
+    gather_negatives: bool = False,
 ) -> LossOutput:
     """Next-token objective: anchors = hidden states at 0..T-2, targets = ids at 1..T-1, flattened over the
     micro-batch. total = emb_loss_weight * CWT + lm_loss_weight * CE (CE over the same positions).
 
-    `predictor` (the reference's `emb_predictor`; None = identity) maps the anchors before the CWT loss only."""
+    `predictor` (the reference's `emb_predictor`; None = identity) maps the anchors before the CWT loss only.
+    `gather_negatives`: negatives from every DDP rank (see `losses.cwt_loss`)."""
     _check_positions(model, input_ids)
     hidden = _hidden(model, input_ids, attention_mask)
     anchors = hidden[:, :-1]
@@ -121,6 +129,7 @@ def causal_lm_loss(
         negatives,
         predictor,
         compute_accuracy,
+        gather_negatives,
     )
     return LossOutput(total, emb, lm, acc, int(target_ids.numel()))
 
@@ -141,6 +150,7 @@ def masked_lm_loss(
     full_head: bool = True,
     predictor: nn.Module | None = None,
     compute_accuracy: bool = True,
+    gather_negatives: bool = False,
     **mask_kwargs,
 ) -> LossOutput:
     """Masked objective on a clean (B, T) batch: corrupt it (or use `masking`), anchors = hidden states at the
@@ -148,6 +158,7 @@ def masked_lm_loss(
 
     `full_head=True` computes the vanilla head's logits at all B*T positions as HF's BERT does (what the paper
     compared against); False only at the selected positions (a fair "sparse" baseline, same loss value).
+    `gather_negatives`: negatives from every DDP rank (see `losses.cwt_loss`).
     """
     _check_positions(model, input_ids)
     if masking is None:
@@ -187,5 +198,6 @@ def masked_lm_loss(
         negatives,
         predictor,
         compute_accuracy,
+        gather_negatives,
     )
     return LossOutput(total, emb, lm, acc, int(target_ids.numel()), masked=masking)

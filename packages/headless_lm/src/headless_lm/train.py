@@ -21,6 +21,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lmlab.errors import LmlabError
+from lmlab.logging import get_logger
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -111,7 +112,11 @@ class HeadlessLMModule(pl.LightningModule):
 
     # --- loss
     def compute_loss(
-        self, input_ids: torch.Tensor, generator: torch.Generator | None = None, compute_accuracy: bool = True
+        self,
+        input_ids: torch.Tensor,
+        generator: torch.Generator | None = None,
+        compute_accuracy: bool = True,
+        gather_negatives: bool = False,
     ):
         t = self.task
         if self.kind == "clm":
@@ -124,6 +129,7 @@ class HeadlessLMModule(pl.LightningModule):
                 negatives=t["negatives"],
                 predictor=self.predictor,
                 compute_accuracy=compute_accuracy,
+                gather_negatives=gather_negatives,
             )
         return masked_lm_loss(
             self.model,
@@ -134,6 +140,7 @@ class HeadlessLMModule(pl.LightningModule):
             negatives=t["negatives"],
             predictor=self.predictor,
             compute_accuracy=compute_accuracy,
+            gather_negatives=gather_negatives,
             generator=generator,
             mask_token_id=self.hparams.mask_token_id,
             special_token_ids=self.hparams.special_token_ids or (),
@@ -160,10 +167,18 @@ class HeadlessLMModule(pl.LightningModule):
         if out.accuracy is not None:
             self.log(f"{prefix}/accuracy", out.accuracy, batch_size=batch_size, sync_dist=sync)
 
+    def on_fit_start(self) -> None:
+        if self.task.get("gather_negatives") and self.trainer.world_size == 1:
+            get_logger("headless_lm").warning(
+                "--gather_negatives does nothing on one process: the negatives are the local micro-batch"
+            )
+
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         self.samples_seen += batch.shape[0]
         every = max(1, int(self.task.get("log_every_n_steps", 1)))
-        out = self.compute_loss(batch, self._generator(self.samples_seen), batch_idx % every == 0)
+        # negatives gathered across ranks in training only: validation keeps the local, comparable loss
+        gather = bool(self.task.get("gather_negatives", False))
+        out = self.compute_loss(batch, self._generator(self.samples_seen), batch_idx % every == 0, gather)
         if not torch.isfinite(out.total_loss):
             raise LmlabError(
                 f"non-finite loss at step {self.global_step}; lower --learning_rate or check the data"
