@@ -43,7 +43,7 @@ def test_dataset_drops_short_and_unk_and_pairs_reproducibly():
     ds2 = PairedSeqDataset(seqs, CLS, SEP, UNK, 512, seed=3)
     assert np.array_equal(ds.pairing, ds2.pairing)
     assert sorted(ds.pairing.tolist()) == list(range(len(ds)))
-    _, base, partner = ds[(7, 2)]
+    _, base, partner = ds[(7, 0, 2)]
     assert np.array_equal(partner, ds.seqs[ds.pairing[2]])
     with pytest.raises(LmlabError, match="no sequence left"):
         PairedSeqDataset([_seq(5)], CLS, SEP, UNK)
@@ -82,6 +82,50 @@ def test_grouped_sampler_covers_every_index_once(group):
         stream[3],
         stream[5],
     ]
+
+
+def _epoch_pairs(ds, keys_by_batch, bpe):
+    """{epoch: {base index: partner index}} from the items the dataset returns for a stream of batches (every
+    sequence has its own length, so a partner's length names it)."""
+    pairs: dict[int, dict[int, int]] = {}
+    for batch in keys_by_batch:
+        for batch_no, epoch, i in batch:
+            assert epoch == batch_no // bpe  # the key's epoch is the stream's pass over the data
+            _, base, partner = ds[(batch_no, epoch, i)]
+            assert len(base) == len(ds.seqs[i])
+            pairs.setdefault(epoch, {})[i] = len(partner) - 12
+    return pairs
+
+
+@pytest.mark.parametrize("repair", [False, True])
+def test_pairing_is_redrawn_each_epoch_only_with_repair_each_epoch(repair):
+    seqs = [_seq(12 + k) for k in range(40)]
+    ds = PairedSeqDataset(seqs, CLS, SEP, UNK, 512, seed=4, repair_each_epoch=repair)
+    sampler = GroupedBatchSampler(ds.lengths, batch_size=6, seed=4)
+    bpe = sampler.batches_per_epoch()  # 7 batches, the last one partial
+    it = iter(sampler)
+    stream = [next(it) for _ in range(3 * bpe)]
+    pairs = _epoch_pairs(ds, stream, bpe)
+    perms = [[pairs[e][i] for i in range(len(ds))] for e in range(3)]
+    for perm in perms:
+        assert sorted(perm) == list(range(len(ds)))  # a permutation every epoch
+    assert perms[0] == ds.pairing.tolist()  # the first epoch keeps the run's one pairing
+    if repair:
+        assert perms[0] != perms[1] and perms[1] != perms[2] and perms[0] != perms[2]
+        again = PairedSeqDataset(seqs, CLS, SEP, UNK, 512, seed=4, repair_each_epoch=True)
+        assert _epoch_pairs(again, stream, bpe) == pairs  # reproducible from the seed
+        other = PairedSeqDataset(seqs, CLS, SEP, UNK, 512, seed=5, repair_each_epoch=True)
+        assert [other.pairing_for(1)[i] for i in range(len(ds))] != perms[1]
+    else:
+        assert perms[0] == perms[1] == perms[2]
+    # resuming mid-epoch 1 with a fresh dataset draws the same pairs as the uninterrupted stream
+    start = bpe + 2
+    resumed = iter(GroupedBatchSampler(ds.lengths, batch_size=6, seed=4, start=start))
+    fresh = PairedSeqDataset(seqs, CLS, SEP, UNK, 512, seed=4, repair_each_epoch=repair)
+    tail = [next(resumed) for _ in range(3 * bpe - start)]
+    assert tail == stream[start:]
+    for keys in tail:
+        assert [len(fresh[k][2]) for k in keys] == [len(ds[k][2]) for k in keys]
 
 
 def test_binarize_token_counts_round_trip(tmp_path):
@@ -271,7 +315,7 @@ def test_collator_pads_truncates_partners_and_is_seeded_per_batch():
         mlm=True, causal=True, interchange_masked_token_only=True, entry_sizes=((1, 1), (1, 1)), seed=5
     )
     col = Collator(opts, pad_id=0, mask_id=103, vocab_size=32000, weights=w)
-    items = [ds[(7, 0)], ds[(7, 1)], ds[(7, 2)]]  # base lengths 20, 40, 15 -> T = 40
+    items = [ds[(7, 0, 0)], ds[(7, 0, 1)], ds[(7, 0, 2)]]  # base lengths 20, 40, 15 -> T = 40
     b = col(items)
     assert b["base_ids"].shape == b["src_ids"].shape == (3, 40)
     assert b["base_len"].tolist() == [20, 40, 15]

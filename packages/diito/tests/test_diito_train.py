@@ -1,8 +1,10 @@
 """`diito train` end to end on tiny models (spec 11: 14, 15, 16; resume; bad input)."""
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diito.cli import main
@@ -100,7 +102,9 @@ def _args(d: Path, out: str, steps: int = 12, *extra: str) -> list[str]:
 
 
 def test_train_logs_every_term_loss_falls_and_exports_stock_model(assets):
-    assert main(_args(assets, "run", 25, "--freeze_pos_embs", "--interchange_consecutive_only")) == 0
+    extra = ("--freeze_pos_embs", "--interchange_consecutive_only", "--save_each_epoch", "false")
+    assert main(_args(assets, "run", 25, *extra)) == 0
+    assert not list((assets / "run").glob("epoch_*"))  # 25 batches of 8 cross an epoch, but no export asked
     rows = [r for r in read_jsonl(assets / "run" / "metrics.jsonl") if "train/loss" in r]
     assert len(rows) == 25
     for key in ("loss_ce", "loss_mlm", "loss_cos", "loss_causal_ce", "loss_causal_cos", "lr", "tokens"):
@@ -168,6 +172,85 @@ def test_same_seed_same_losses_and_resume_is_exact(assets):
         :3
     ]
     assert first == second
+
+
+def _state(folder):
+    from transformers import AutoModelForMaskedLM
+
+    return AutoModelForMaskedLM.from_pretrained(folder).state_dict()  # stock transformers, no diito code
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_each_epoch_exports_a_stock_student_with_that_steps_weights(assets):
+    from diito.data.binarized import load_binarized, save_binarized
+    from diito.trainer import build, make_trainer
+    from lmlab.seed import seed_everything
+
+    data = load_binarized(assets / "bin.train.teacher.npz")  # a small corpus: the first 20 sequences
+    data.ids, data.offsets = data.ids[: data.offsets[20]], data.offsets[:21]
+    save_binarized(data, assets / "small.npz")
+    extra = ("--batch_size", "16", "--data_file", str(assets / "small.npz"))
+    per_epoch = -(-len(build(_config(assets, "unused", 1, *extra))[0].dataset) // 16)
+    assert per_epoch >= 2
+
+    def fit(out, max_steps, ckpt=None):
+        cfg = _config(assets, out, 2 * per_epoch, *extra)
+        seed_everything(cfg.seed)
+        module, _ = build(cfg)
+        make_trainer(cfg, cfg.output_dir, max_steps).fit(module, ckpt_path=ckpt, weights_only=True)
+        return module
+
+    # the CLI run ends exactly at the end of the second epoch
+    assert main(_args(assets, "epochs", 2 * per_epoch, *extra)) == 0
+    run = assets / "epochs"
+    assert sorted(p.name for p in run.glob("epoch_*")) == ["epoch_0", "epoch_1"]
+    assert (run / "epoch_0" / "config.json").is_file() and (run / "epoch_0" / "model.safetensors").is_file()
+    epoch0, epoch1 = _state(run / "epoch_0"), _state(run / "epoch_1")
+    _assert_same(epoch1, _state(run / "student"))
+    assert not torch.equal(epoch0["vocab_projector.bias"], epoch1["vocab_projector.bias"])
+    # epoch_0 holds the weights after the step that finished the first epoch: stop the same run there
+    half = fit("epochs_half", per_epoch)
+    _assert_same(epoch0, half.student.state_dict())
+    _assert_same(epoch0, _state(assets / "epochs_half" / "epoch_0"))
+    assert not (assets / "epochs_half" / "epoch_1").exists()
+    # resuming neither rewrites epoch_0 nor skips epoch_1
+    fit("epochs_half", 2 * per_epoch, str(assets / "epochs_half" / "checkpoints" / "last.ckpt"))
+    _assert_same(epoch0, _state(assets / "epochs_half" / "epoch_0"))
+    _assert_same(epoch1, _state(assets / "epochs_half" / "epoch_1"))
+
+
+def test_epoch_ends_at_the_optimiser_step_holding_its_last_micro_batch(assets):
+    from types import SimpleNamespace
+
+    from diito.trainer import build
+
+    module, _ = build(_config(assets, "unused", 1, "--batch_size", "16"))
+    per_epoch = -(-len(module.dataset) // 16)
+    for acc, world in ((1, 1), (3, 1), (2, 2)):
+        done = []
+        for step in range(3 * per_epoch):
+            module._trainer = SimpleNamespace(global_step=step, accumulate_grad_batches=acc, world_size=world)
+            done.append(module.epochs_done())
+        # step g has consumed the stream's first g * acc * world micro-batches: epoch k-1 ends at the first
+        # step with g * acc * world >= k * per_epoch (mid-step epoch ends wait for the step that holds them)
+        for k in (1, 2):
+            assert done.index(k) == math.ceil(k * per_epoch / (acc * world)), (acc, world, k)
+    module._trainer = None
+
+
+def test_repair_each_epoch_reaches_the_dataset(assets):
+    from diito.trainer import build
+
+    plain, _ = build(_config(assets, "unused", 1))
+    repaired, _ = build(_config(assets, "unused", 1, "--repair_each_epoch"))
+    assert np.array_equal(plain.dataset.pairing_for(1), plain.dataset.pairing_for(0))
+    assert np.array_equal(repaired.dataset.pairing_for(0), plain.dataset.pairing_for(0))
+    assert not np.array_equal(repaired.dataset.pairing_for(1), repaired.dataset.pairing_for(0))
 
 
 def test_lr_schedule_values():

@@ -121,6 +121,13 @@ class TrainConfig(TrainerOptions):
     n_epoch: float = h("epochs (sets the step budget when --max_steps is -1)", 3.0)
     batch_size: int = h("sequences per micro-batch (per device)", 5)
     group_by_size: bool = h("length-grouped batches (the reference's flag was inverted)", True)
+    repair_each_epoch: bool = h(
+        "redraw the base/partner pairing every epoch (from seed and epoch; else one pairing for the run)",
+        False,
+    )
+    save_each_epoch: bool = h(
+        "export the student (stock HF folder) to <output_dir>/epoch_<k>/ at the end of each data epoch", True
+    )
     warmup_prop: float = h("linear warm-up fraction of the optimiser steps", 0.05)
     learning_rate: float = h("peak learning rate", 5e-4)
     weight_decay: float = h("AdamW weight decay (never on biases and LayerNorms)", 0.0)

@@ -280,6 +280,7 @@ def distil(
         progress_bar=False,
         log_every_n_steps=5,
         checkpoint_every_n_steps=10**6,
+        save_each_epoch=False,  # the report uses the final student only
     )
     run_train(cfg)
     return run
@@ -301,7 +302,7 @@ def heldout_metrics(
     data, ds = _dataset(paths["heldout"], recipe, seed=1234)
     collator = _collator(data, recipe, paths["counts"], True, 1234, data.vocab_size)
     batches = [
-        [(b, i) for i in range(s, min(s + recipe.batch_size, len(ds)))]
+        [(b, 0, i) for i in range(s, min(s + recipe.batch_size, len(ds)))]
         for b, s in enumerate(range(0, len(ds), recipe.batch_size))
     ]
     loader = DataLoader(ds, batch_sampler=batches, collate_fn=collator)

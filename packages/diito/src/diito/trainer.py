@@ -4,6 +4,8 @@ Lightning does devices/DDP, precision (bf16 autocast; the loss maths is fp32 in 
 (no remainder leaking across epochs: the data stream is endless and the budget is counted in optimiser steps),
 norm clipping, checkpoints and resume. The teacher is kept out of the module's parameters (never checkpointed,
 never wrapped by DDP), in eval mode, run under `inference_mode`, and cast to bf16 when training in bf16.
+An "epoch" is one pass over the dataset in that stream: with `--save_each_epoch` the student is exported to
+`<output_dir>/epoch_<k>/` after the optimiser step that consumed epoch k's last micro-batch.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class DiitoModule(pl.LightningModule):
             cfg.alpha_causal_cos,
         )
         self.batches_seen = 0
+        self.epochs_exported = 0
         self._site_cache: dict[tuple, tuple] = {}
 
     def on_fit_start(self) -> None:
@@ -168,6 +171,26 @@ class DiitoModule(pl.LightningModule):
         )
 
     dataset_max_len = 512
+
+    def epochs_done(self) -> int:
+        """Data epochs (passes over the dataset, all ranks together) whose micro-batches are all inside finished
+        optimiser steps: rank r reads global batch r + j * world_size, so g steps consumed batches
+        0 .. g * accumulation * world_size - 1 of the stream."""
+        per_epoch = -(-len(self.dataset) // self.cfg.batch_size)
+        consumed = self.trainer.global_step * self.trainer.accumulate_grad_batches * self.trainer.world_size
+        return consumed // per_epoch
+
+    def on_train_start(self) -> None:
+        self.epochs_exported = self.epochs_done()  # after a resume: the epochs before the checkpoint are done
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if not self.cfg.save_each_epoch:
+            return
+        done = self.epochs_done()
+        if self.trainer.is_global_zero:
+            for k in range(self.epochs_exported, done):
+                export_student(self.cfg, self.student, Path(self.cfg.output_dir) / f"epoch_{k}")
+        self.epochs_exported = done
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["batches_seen"] = self.batches_seen
@@ -265,7 +288,15 @@ def build(cfg: TrainConfig):
     max_len = cfg.max_model_input_size if cfg.max_model_input_size != -1 else _max_positions(teacher)
     cls_id = sp.get("cls", sp.get("bos", -1))
     sep_id = sp.get("sep", sp.get("eos", -1))
-    dataset = PairedSeqDataset(data.sequences(), cls_id, sep_id, sp.get("unk"), max_len, seed=cfg.seed)
+    dataset = PairedSeqDataset(
+        data.sequences(),
+        cls_id,
+        sep_id,
+        sp.get("unk"),
+        max_len,
+        seed=cfg.seed,
+        repair_each_epoch=cfg.repair_each_epoch,
+    )
     weights = None
     if cfg.mlm:
         if not cfg.token_counts:
@@ -355,8 +386,7 @@ def run_train(cfg: TrainConfig) -> dict:
     result = {"optimizer_steps": int(trainer.global_step), "micro_batches": module.batches_seen}
     if trainer.is_global_zero:
         student_dir = out / "student"
-        module.student.save_pretrained(student_dir)
-        _save_tokenizer(cfg, student_dir)
+        export_student(cfg, module.student, student_dir)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         result.update(metrics)
         write_json(out / "results.json", result)
@@ -365,9 +395,11 @@ def run_train(cfg: TrainConfig) -> dict:
     return result
 
 
-def _save_tokenizer(cfg: TrainConfig, folder: Path) -> None:
+def export_student(cfg: TrainConfig, student: nn.Module, folder: Path) -> None:
+    """The student as a stock `save_pretrained` folder (config.json + safetensors) plus the tokenizer."""
     from transformers import AutoTokenizer
 
+    student.save_pretrained(folder)
     name = cfg.tokenizer_name or cfg.teacher_name
     with contextlib.suppress(OSError, ValueError, TypeError):
         AutoTokenizer.from_pretrained(name).save_pretrained(folder)

@@ -1,8 +1,9 @@
 """The paired sequence dataset (reference `lm_seqs_dataset.py`), the length-grouped batch sampler and the
 collator that does all per-batch randomness (MLM corruption, mapping entry, interchange positions).
 
-Randomness: the batch sampler yields `(batch_number, index)` pairs and the collator seeds its generator with
-`(seed, batch_number)`, so a batch's masking and positions do not depend on worker count or on resuming.
+Randomness: the batch sampler yields `(batch_number, epoch, index)` keys; the collator seeds its generator
+with `(seed, batch_number)` and the dataset picks the epoch's pairing from `(seed, epoch)`, so a batch's
+pairs, masking and positions do not depend on worker count or on resuming.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class PairedSeqDataset(Dataset):
         max_model_input_size: int = 512,
         min_length: int = 11,
         seed: int = 56,
+        repair_each_epoch: bool = False,
     ):
         seqs: list[np.ndarray] = []
         for s in sequences:
@@ -66,23 +68,34 @@ class PairedSeqDataset(Dataset):
             )
         self.seqs = [s.astype(np.int64) for s in seqs]
         self.lengths = np.array([len(s) for s in self.seqs], dtype=np.int64)
-        self.seed = seed
+        self.seed, self.repair_each_epoch = seed, repair_each_epoch
         self.pairing = np.random.default_rng(seed).permutation(len(self.seqs))
+        self._redrawn: tuple[int, np.ndarray] | None = None  # the last redrawn (epoch, pairing)
 
     def __len__(self) -> int:
         return len(self.seqs)
 
+    def pairing_for(self, epoch: int) -> np.ndarray:
+        """The pairing permutation of `epoch`: `self.pairing` always without `repair_each_epoch`, else
+        drawn from `(seed, epoch)` for every epoch after the first (a pure function of them, so a resumed run
+        redraws the same one)."""
+        if not self.repair_each_epoch or epoch == 0:
+            return self.pairing
+        if self._redrawn is None or self._redrawn[0] != epoch:
+            self._redrawn = (epoch, np.random.default_rng((self.seed, epoch)).permutation(len(self.seqs)))
+        return self._redrawn[1]
+
     def __getitem__(self, key):
-        batch_no, i = key if isinstance(key, tuple) else (0, key)
-        j = int(self.pairing[i])
+        batch_no, epoch, i = key if isinstance(key, tuple) else (0, 0, key)
+        j = int(self.pairing_for(epoch)[i])
         return batch_no, self.seqs[i], self.seqs[j]
 
 
 class GroupedBatchSampler(Sampler[list]):
-    """An endless stream of batches of `(batch_number, index)`: epoch e shuffles with seed + e and groups indices
-    into length buckets (boundaries 3, 7, 11, ... on the base length) as the reference's grouped sampler does
-    (each full bucket buffer emits a batch; leftovers are concatenated in bucket order at the epoch end). Each
-    rank takes every world_size-th batch; `start` skips the batches already consumed (exact resume)."""
+    """An endless stream of batches of `(batch_number, epoch, index)`: epoch e shuffles with seed + e and
+    groups indices into length buckets (boundaries 3, 7, 11, ... on the base length) as the reference's grouped
+    sampler does (each full bucket buffer emits a batch; leftovers are concatenated in bucket order at the epoch
+    end). Each rank takes every world_size-th batch; `start` skips the batches already consumed (exact resume)."""
 
     def __init__(
         self,
@@ -126,7 +139,7 @@ class GroupedBatchSampler(Sampler[list]):
         epoch, offset = divmod(global_no, self.batches_per_epoch())
         batches = self.epoch_batches(epoch)
         while True:
-            yield [(global_no, i) for i in batches[offset]]
+            yield [(global_no, epoch, i) for i in batches[offset]]
             global_no += self.world_size
             offset += self.world_size
             while offset >= len(batches):
