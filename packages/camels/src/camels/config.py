@@ -21,6 +21,14 @@ def _check_choice(name, value, choices):
         raise ValueError(f"--{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
+FULL_PASSAGE_HELP = "archivalqa: the document is the full article (column ans_text), not ans_paragraph"
+
+
+def _check_full_passage(cfg) -> None:
+    if cfg.full_passage and cfg.dataset != "archivalqa":
+        raise ValueError(f"--full_passage applies to --dataset archivalqa only, got --dataset {cfg.dataset}")
+
+
 def _check_positive(obj, *names, allow_zero=False):
     for n in names:
         v = getattr(obj, n)
@@ -69,6 +77,7 @@ class MetaTrainConfig(TrainerOptions):
     dataset: str = _help("streamingqa", "streamingqa | squad | archivalqa | synthetic")
     train_path: str = _help("data/train.csv", "meta-train rows (document, question, answer)")
     val_path: str = _help("data/val.csv", "meta-validation rows")
+    full_passage: bool = _help(False, FULL_PASSAGE_HELP)
     loc_train_path: str | None = _help(
         "data/owt_train.csv", "locality texts for training (CSV column raw_text); null: no KL"
     )
@@ -97,10 +106,15 @@ class MetaTrainConfig(TrainerOptions):
     )
     c_kl: float = _help(0.1, "weight of the locality KL")
     web_text_loc: bool = _help(True, "use the locality KL on loc texts")
-    qa_loc: bool = _help(False, "in-domain QA locality set (not implemented; must stay false)")
+    qa_loc: bool = _help(
+        False, "meta-train QA pairs as a second locality set (KL at answer-predicting positions only)"
+    )
     loc_batch_size: int = _help(1, "locality documents per meta-step")
     c_norm: float = _help(0.0, "weight of the (w-1) norm penalty")
     grad_clip_thresh: float = _help(1e9, "weighting-model gradient clip")
+    reduce_lr_on_plateau: bool = _help(
+        False, "ReduceLROnPlateau (factor 0.7071, patience 5) on the validation total loss"
+    )
     max_text_len: int = _help(
         1024, "document token cap; also the loss denominator's length (loss_norm padded)"
     )
@@ -131,6 +145,7 @@ class MetaTrainConfig(TrainerOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_choice("dataset", self.dataset, DATASETS)
+        _check_full_passage(self)
         _check_choice("meta_grad_mode", self.meta_grad_mode, ("unroll", "adjoint"))
         _check_choice("loss_norm", self.loss_norm, ("padded", "tokens", "weights"))
         _check_choice("non_linearity", self.non_linearity, ("softplus", "sigmoid", "exp", "gelu", "none"))
@@ -147,10 +162,6 @@ class MetaTrainConfig(TrainerOptions):
             "val_max_batches",
         )
         _check_positive(self, "inner_lr", "outer_lr", "c_kl", "c_norm", allow_zero=True)
-        if self.qa_loc:
-            raise ValueError(
-                "--qa_loc true is not implemented (it was off in every paper run); use --qa_loc false"
-            )
         if self.reset_base_freq > 1 and self.reset_base_freq % self.update_batch_size:
             raise ValueError(
                 f"--reset_base_freq ({self.reset_base_freq}) must be a multiple of --update_batch_size ({self.update_batch_size})"
@@ -164,6 +175,7 @@ class EvalConfig:
     output_dir: str = _help("runs/eval", "where the CSV/JSON results and config.yaml go")
     dataset: str = _help("streamingqa", "streamingqa | squad | archivalqa | synthetic")
     test_path: str = _help("data/test.csv", "the table the stream is built from (a val table for lr sweeps)")
+    full_passage: bool = _help(False, FULL_PASSAGE_HELP)
     downsample_to: int = _help(-1, "documents in the stream (-1: all)")
     seed: int = _help(42, "seed of the stream and of the run")
     base_model: str = _help("distilgpt2", "QA-tuned base model (folder or hub name)")
@@ -197,9 +209,17 @@ class EvalConfig:
     max_new_tokens: int = _help(16, "answer length cap")
     generation_batch_size: int = _help(1, "questions per generation batch (left padded)")
     eval_init: bool = _help(False, "also evaluate before adaptation")
+    eval_every_k: int = _help(
+        -1, "-1: off; k: snapshot the base model every k documents, evaluate each after the stream"
+    )
+    unrelated_qa_eval: bool = _help(
+        False, "also evaluate the qa_val_path pairs before and after adaptation (forgetting)"
+    )
     qa_lt_final: bool = _help(False, "QA light-tune after adaptation (the uniform + QA-tune baseline)")
     qa_train_path: str | None = _help(None, "QA pairs for light-tuning")
-    qa_val_path: str | None = _help(None, "QA validation pairs for light-tuning")
+    qa_val_path: str | None = _help(
+        None, "QA validation pairs (QA pre-training val split) for light-tuning and unrelated_qa_eval"
+    )
     lt_lr: float = _help(2.5e-5, "light-tune lr")
     lt_batch_size: int = _help(16, "light-tune batch")
     lt_grad_acc_steps: int = _help(1, "light-tune accumulation")
@@ -235,6 +255,17 @@ class EvalConfig:
             raise ValueError(f"--eval must be em, emK (e.g. em4) or ppl, got {self.eval!r}")
         if self.weight_model == "CaMeLS" and not self.weight_model_path:
             raise ValueError("--weight_model_path is required with --weight_model CaMeLS")
+        _check_full_passage(self)
+        if self.eval_every_k == 0 or self.eval_every_k < -1:
+            raise ValueError(f"--eval_every_k must be -1 (off) or positive, got {self.eval_every_k}")
+        if self.eval_every_k > 0 and self.eval_every_k % self.grad_acc_steps:
+            raise ValueError(
+                f"--eval_every_k ({self.eval_every_k}) must be a multiple of --grad_acc_steps ({self.grad_acc_steps}) so snapshots fall after optimizer steps"
+            )
+        if self.unrelated_qa_eval and not self.qa_val_path:
+            raise ValueError(
+                "--unrelated_qa_eval true needs --qa_val_path (the QA pre-training validation pairs)"
+            )
 
 
 @dataclasses.dataclass

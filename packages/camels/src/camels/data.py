@@ -96,8 +96,11 @@ def _flatten_squad_answers(value: Any) -> list[str]:
     return [str(v) for v in value]
 
 
-def check_columns(name: str, frame: pd.DataFrame, source: str = "data") -> pd.DataFrame:
-    """Raise an LmlabError naming the missing columns of `frame` for dataset `name`."""
+def check_columns(
+    name: str, frame: pd.DataFrame, source: str = "data", full_passage: bool = False
+) -> pd.DataFrame:
+    """Raise an LmlabError naming the missing columns of `frame` for dataset `name` (`full_passage`: ArchivalQA's
+    article column ans_text too)."""
     if name not in REQUIRED:
         raise LmlabError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     frame = frame.copy()
@@ -107,10 +110,11 @@ def check_columns(name: str, frame: pd.DataFrame, source: str = "data") -> pd.Da
         frame["title"] = frame[
             "context"
         ]  # no article titles (e.g. a flat sample): each paragraph is its own group
-    missing = [c for c in REQUIRED[name] if c not in frame.columns]
+    required = (*REQUIRED[name], doc_column(name, full_passage))
+    missing = [c for c in dict.fromkeys(required) if c not in frame.columns]
     if missing:
         raise LmlabError(
-            f"{source} lacks the column(s) {', '.join(missing)} needed for dataset={name} (has: {', '.join(map(str, frame.columns))})"
+            f"{source} lacks the column(s) {', '.join(missing)} needed for dataset={name}{' with full_passage' if full_passage else ''} (has: {', '.join(map(str, frame.columns))})"
         )
     if name == "squad":
         answerable = frame["answers"].map(lambda v: len(_flatten_squad_answers(v)) > 0)
@@ -141,30 +145,43 @@ def gold_answer(name: str, row: Any) -> str:
     return gold[:1].upper() + gold[1:] if gold else gold
 
 
-def doc_column(name: str) -> str:
+def doc_column(name: str, full_passage: bool = False) -> str:
+    """The document column; `full_passage` (ArchivalQA only) picks the full article `ans_text`."""
+    if full_passage and name == "archivalqa":
+        return "ans_text"
     return {"squad": "context", "archivalqa": "ans_paragraph"}.get(name, "text")
 
 
-def qa_rows(name: str, frame: pd.DataFrame, source: str = "data") -> list[tuple[str, str, str]]:
+def qa_rows(
+    name: str, frame: pd.DataFrame, source: str = "data", full_passage: bool = False
+) -> list[tuple[str, str, str]]:
     """(document, question, gold) per row, in table order, not de-duplicated (meta-training rows)."""
-    frame = check_columns(name, frame, source)
-    col = doc_column(name)
+    frame = check_columns(name, frame, source, full_passage)
+    col = doc_column(name, full_passage)
     return [(str(r[col]), str(r["question"]).strip(), gold_answer(name, r)) for _, r in frame.iterrows()]
 
 
-def load_rows(name: str, path: str | os.PathLike) -> list[tuple[str, str, str]]:
-    return qa_rows(name, read_table(path), str(path))
+def load_rows(name: str, path: str | os.PathLike, full_passage: bool = False) -> list[tuple[str, str, str]]:
+    return qa_rows(name, read_table(path), str(path), full_passage)
 
 
-def build_stream(name: str, frame: pd.DataFrame, downsample_to: int = -1, seed: int = 42) -> Stream:
+def build_stream(
+    name: str,
+    frame: pd.DataFrame,
+    downsample_to: int = -1,
+    seed: int = 42,
+    source: str = "data",
+    full_passage: bool = False,
+) -> Stream:
     """The deterministic evaluation stream of the spec §8.3 (numpy's legacy global RNG seeded with `seed`):
 
     StreamingQA: `frame.sample(downsample_to)` rows in order (whole-frame shuffle if −1), documents not
     de-duplicated. SQuAD: shuffle the order of titles, keep the first `downsample_to` distinct contexts and all
     their questions, stream = those contexts de-duplicated in order. ArchivalQA: stable sort by `para_num`,
-    shuffle the order of `doc_id` groups, keep the first k distinct paragraphs.
+    shuffle the order of `doc_id` groups, keep the first k distinct paragraphs; with `full_passage` the documents
+    are their articles (`ans_text`), de-duplicated in order (the reference still counts k in paragraphs).
     """
-    frame = check_columns(name, frame)
+    frame = check_columns(name, frame, source, full_passage)
     np.random.seed(seed)
     docs: list[str] = []
     qa: list[tuple[str, str, int]] = []
@@ -177,24 +194,29 @@ def build_stream(name: str, frame: pd.DataFrame, downsample_to: int = -1, seed: 
             docs.append(str(row["text"]))
             qa.append((str(row["question"]).strip(), gold_answer(name, row), len(docs) - 1))
     else:
-        group_col, doc_col = ("title", "context") if name == "squad" else ("doc_id", "ans_paragraph")
+        group_col, key_col = ("title", "context") if name == "squad" else ("doc_id", "ans_paragraph")
+        text_col = doc_column(name, full_passage)
         if name == "archivalqa":
             frame = frame.sort_values("para_num", kind="stable")
         groups = frame[group_col].unique()
         np.random.shuffle(groups)
         by_group = {g: sub for g, sub in frame.groupby(group_col, sort=False)}
-        index: dict[str, int] = {}
+        kept: set[str] = set()  # distinct paragraphs (contexts) kept, what downsample_to counts
+        index: dict[str, int] = {}  # distinct documents in stream order
         limit = None if downsample_to is None or downsample_to < 0 else downsample_to
         for g in groups:
             for _, row in by_group[g].iterrows():
-                text = str(row[doc_col])
-                if text not in index:
-                    if limit is not None and len(index) >= limit:
+                key = str(row[key_col])
+                if key not in kept:
+                    if limit is not None and len(kept) >= limit:
                         continue
+                    kept.add(key)
+                text = str(row[text_col])
+                if text not in index:
                     index[text] = len(docs)
                     docs.append(text)
                 qa.append((str(row["question"]).strip(), gold_answer(name, row), index[text]))
-            if limit is not None and len(index) >= limit:
+            if limit is not None and len(kept) >= limit:
                 break
     if not docs:
         raise LmlabError(f"the {name} stream is empty (downsample_to={downsample_to}); use more documents")
@@ -236,6 +258,17 @@ def collate_qa(
         labels[b, : len(lab)] = torch.tensor(lab)
         mask[b, : len(i)] = 1
     return {"qa_ids": ids, "qa_mask": mask, "qa_labels": labels}
+
+
+def qa_loc_batch(
+    tokenizer: Any, pairs: Sequence[tuple[str, str]], max_len: int = 128
+) -> dict[str, torch.Tensor]:
+    """QA pairs as a locality set (`qa_loc`): `loc_mask` marks the positions that predict answer tokens (the
+    reference's roll(labels != −100, −1)), so the KL counts only there."""
+    b = collate_qa(tokenizer, pairs, max_len)
+    loc_mask = torch.zeros_like(b["qa_mask"])
+    loc_mask[:, :-1] = (b["qa_labels"][:, 1:] != -100).long()
+    return {"input_ids": b["qa_ids"], "attention_mask": b["qa_mask"], "loc_mask": loc_mask}
 
 
 def collate_docs(tokenizer: Any, docs: Sequence[str], max_len: int = 1024) -> dict[str, torch.Tensor]:

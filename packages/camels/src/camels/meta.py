@@ -11,7 +11,8 @@ under the updated θ_K plus c_kl · KL(p_θ₀ ‖ p_θK) on a locality document
 
 Both are exact and agree to round-off. Batches are dicts: `doc_ids`, `doc_mask` (right-padded documents),
 `qa_ids`, `qa_mask`, `qa_labels` (−100 on question and padding); locality batches `input_ids`,
-`attention_mask`.
+`attention_mask` and optionally `loc_mask` (the positions whose KL counts; default the attention mask), or a
+mapping name → such batch for several locality sets (web text and in-domain QA with `qa_loc`).
 """
 
 from __future__ import annotations
@@ -184,37 +185,51 @@ def norm_penalty(weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return per_row.sqrt().mean()
 
 
+def loc_sets(loc_batch: dict[str, Any] | None) -> dict[str, dict[str, torch.Tensor]]:
+    """The locality sets of a meta-step by name: a single batch is the web-text set `open_web_text`."""
+    if loc_batch is None:
+        return {}
+    return {"open_web_text": loc_batch} if "input_ids" in loc_batch else dict(loc_batch)
+
+
 def outer_loss(
     base_model: torch.nn.Module,
     params: Params,
     batch: dict[str, torch.Tensor],
-    loc_batch: dict[str, torch.Tensor] | None,
-    pre_loc_logits: torch.Tensor | None,
+    loc_batch: dict[str, Any] | None,
+    pre_loc_logits: dict[str, torch.Tensor] | None,
     cfg: Any,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L_qa + c_kl · KL(pre ‖ post) on the locality batch, with the base in eval mode."""
+    """L_qa + c_kl · Σ_sets KL(pre ‖ post) / n_loc_sets over the locality sets, with the base in eval mode."""
     base_model.eval()
     qa_logits = model_logits(base_model, params, batch["qa_ids"], batch["qa_mask"])
     qa = answer_nll(qa_logits, batch["qa_labels"])
     total = qa
     metrics = {"qa_loss": float(qa.detach())}
     c_kl = float(_cfg(cfg, "c_kl", 0.1))
-    if loc_batch is not None and c_kl != 0 and pre_loc_logits is not None:
-        post = model_logits(base_model, params, loc_batch["input_ids"], loc_batch["attention_mask"])
-        kl = kl_locality(pre_loc_logits, post, loc_batch["attention_mask"])
-        total = total + c_kl * kl
-        metrics["open_web_text_kl_div"] = float(kl.detach())
+    if c_kl != 0 and pre_loc_logits:
+        kls = []
+        for name, loc in loc_sets(loc_batch).items():
+            post = model_logits(base_model, params, loc["input_ids"], loc["attention_mask"])
+            kl = kl_locality(pre_loc_logits[name], post, loc.get("loc_mask", loc["attention_mask"]))
+            metrics[f"{name}_kl_div"] = float(kl.detach())
+            kls.append(kl)
+        total = total + c_kl * sum(kls) / len(kls)
     return total, metrics
 
 
 def _pre_loc_logits(
-    base_model: torch.nn.Module, params: Params, loc_batch: dict[str, torch.Tensor] | None, cfg: Any
-) -> torch.Tensor | None:
-    if loc_batch is None or float(_cfg(cfg, "c_kl", 0.1)) == 0:
+    base_model: torch.nn.Module, params: Params, loc_batch: dict[str, Any] | None, cfg: Any
+) -> dict[str, torch.Tensor] | None:
+    sets = loc_sets(loc_batch)
+    if not sets or float(_cfg(cfg, "c_kl", 0.1)) == 0:
         return None
     base_model.eval()
     with torch.no_grad():
-        return model_logits(base_model, params, loc_batch["input_ids"], loc_batch["attention_mask"]).detach()
+        return {
+            name: model_logits(base_model, params, loc["input_ids"], loc["attention_mask"]).detach()
+            for name, loc in sets.items()
+        }
 
 
 def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:

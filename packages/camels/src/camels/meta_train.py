@@ -20,7 +20,7 @@ from lmlab.training import StepSampler, build_trainer, resume_checkpoint
 from torch.utils.data import DataLoader
 
 from camels.config import MetaTrainConfig
-from camels.data import collate_docs, load_rows, meta_batch, read_loc_texts
+from camels.data import collate_docs, load_rows, meta_batch, qa_loc_batch, read_loc_texts
 from camels.meta import MetaTrainer, base_params
 from camels.models import load_causal_lm, load_tokenizer
 from camels.viz import token_weight_pairs, write_weight_views
@@ -67,8 +67,11 @@ class MetaTrainModule(pl.LightningModule):
         self.rows, self.val_rows, self.loc, self.val_loc = rows, val_rows, loc, val_loc
         self.meta: MetaTrainer | None = None
         self.best_val = math.inf
+        self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._restored: dict[str, Any] | None = None
         random.Random(cfg.seed).shuffle(self.loc)
+        # qa_loc: the meta-train QA pairs, shuffled, as a second (in-domain) locality set; validation: in order
+        self.qa_loc = random.Random(cfg.seed + 1).sample(rows, len(rows)) if cfg.qa_loc else []
 
     # -------------------------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
@@ -101,20 +104,37 @@ class MetaTrainModule(pl.LightningModule):
         return DataLoader(self.rows, batch_size=self.cfg.update_batch_size, sampler=sampler, collate_fn=list)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(
+        optimizer = torch.optim.Adam(
             [p for p in self.weight_model.parameters() if p.requires_grad], lr=self.cfg.outer_lr
         )
+        if self.cfg.reduce_lr_on_plateau:
+            # stepped by hand after each validation; its counters travel in the checkpoint's "camels" entry,
+            # the reduced lr in the optimizer state
+            self.plateau = plateau_scheduler(optimizer)
+            if self._restored is not None and self._restored.get("plateau") is not None:
+                self.plateau.load_state_dict(self._restored["plateau"])
+        return optimizer
 
     def _to(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def _loc_batch(self, texts: list[str], index: int) -> dict[str, torch.Tensor] | None:
-        if not texts or not self.cfg.web_text_loc or self.cfg.c_kl == 0:
+    def _loc_batch(self, texts: list[str], qa_rows: list, index: int) -> dict[str, Any] | None:
+        """The locality sets of batch `index`: `open_web_text` (web_text_loc) and `qa` (qa_loc), each
+        loc_batch_size items, cycling through their lists."""
+        if self.cfg.c_kl == 0:
             return None
-        chosen = [
-            texts[(index * self.cfg.loc_batch_size + j) % len(texts)] for j in range(self.cfg.loc_batch_size)
-        ]
-        return self._to(collate_docs(self.tokenizer, chosen, self.cfg.max_text_len))
+        n = self.cfg.loc_batch_size
+
+        def pick(items: list) -> list:
+            return [items[(index * n + j) % len(items)] for j in range(n)]
+
+        sets = {}
+        if texts and self.cfg.web_text_loc:
+            sets["open_web_text"] = collate_docs(self.tokenizer, pick(texts), self.cfg.max_text_len)
+        if qa_rows and self.cfg.qa_loc:
+            pairs = [(q, a) for _, q, a in pick(qa_rows)]
+            sets["qa"] = qa_loc_batch(self.tokenizer, pairs, self.cfg.max_question_len)
+        return {name: self._to(b) for name, b in sets.items()} or None
 
     # ------------------------------------------------------------------------------------------ the loop
     def training_step(self, rows: list, i: int) -> None:
@@ -126,7 +146,7 @@ class MetaTrainModule(pl.LightningModule):
         if meta.batches_seen % sample_every == 0:
             self.write_samples()
         batch = self._to(meta_batch(self.tokenizer, rows, self.cfg.max_text_len, self.cfg.max_question_len))
-        metrics = meta.train_batch(batch, self._loc_batch(self.loc, meta.batches_seen))
+        metrics = meta.train_batch(batch, self._loc_batch(self.loc, self.qa_loc, meta.batches_seen))
         self.log_dict({f"train/{k}": v for k, v in metrics.items()}, prog_bar=False)
         self.log("total_loss", metrics["total_loss"], prog_bar=True)
 
@@ -139,16 +159,23 @@ class MetaTrainModule(pl.LightningModule):
             self._to(meta_batch(self.tokenizer, c, self.cfg.max_text_len, self.cfg.max_question_len))
             for c in chunks
         ]
-        return batches, [self._loc_batch(self.val_loc, j) for j in range(len(batches))]
+        val_qa = self.val_rows if self.cfg.qa_loc else []
+        return batches, [self._loc_batch(self.val_loc, val_qa, j) for j in range(len(batches))]
 
-    def validate_and_save(self) -> None:
+    def validate_and_save(self, step_scheduler: bool = True) -> None:
+        """Validate, keep the best weighting model, and step the plateau scheduler (not after the last
+        validation at the end of training, so a resumed run steps it exactly as an uninterrupted one)."""
         meta = self._meta_trainer()
         metrics = meta.validate(*self._val_batches())
+        loss = metrics.get("val/total_loss", math.inf)
+        if self.plateau is not None:
+            if step_scheduler:
+                self.plateau.step(loss)
+            metrics["outer_lr"] = self.plateau.optimizer.param_groups[0]["lr"]
         for (
             logger
         ) in self.loggers:  # direct logger calls: this also runs from on_train_end, where self.log is refused
             logger.log_metrics(metrics, step=self.global_step)
-        loss = metrics.get("val/total_loss", math.inf)
         out = Path(self.cfg.output_dir) / "checkpoints"
         if loss < self.best_val and self.trainer.global_rank == 0:
             self.best_val = loss
@@ -175,7 +202,7 @@ class MetaTrainModule(pl.LightningModule):
         )
 
     def on_train_end(self) -> None:
-        self.validate_and_save()
+        self.validate_and_save(step_scheduler=False)
         self.write_samples()
         if self.trainer.global_rank == 0:
             self.weight_model.save(Path(self.cfg.output_dir) / "checkpoints" / "final.pt")
@@ -187,6 +214,7 @@ class MetaTrainModule(pl.LightningModule):
             "batches_seen": meta.batches_seen,
             "params": {n: p.detach().cpu() for n, p in meta.params.items()},
             "best_val": self.best_val,
+            "plateau": self.plateau.state_dict() if self.plateau is not None else None,
         }
         # the frozen base model is rebuilt from base_model; only the weighting model goes in the state dict
         ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("base_model.")}
@@ -197,11 +225,17 @@ class MetaTrainModule(pl.LightningModule):
         ckpt["state_dict"].update({f"base_model.{k}": v for k, v in self.base_model.state_dict().items()})
 
 
+def plateau_scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """The reference's ReduceLROnPlateau on the validation total loss: lr × 0.7071 after 6 validations
+    (patience 5) without a new best."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.7071, patience=5)
+
+
 def run_meta_train(cfg: MetaTrainConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     tok = load_tokenizer(cfg.tokenizer_name or cfg.base_model)
-    rows = load_rows(cfg.dataset, cfg.train_path)
-    val_rows = load_rows(cfg.dataset, cfg.val_path)
+    rows = load_rows(cfg.dataset, cfg.train_path, cfg.full_passage)
+    val_rows = load_rows(cfg.dataset, cfg.val_path, cfg.full_passage)
     loc = read_loc_texts(cfg.loc_train_path) if cfg.loc_train_path and cfg.web_text_loc else []
     val_loc = read_loc_texts(cfg.loc_val_path) if cfg.loc_val_path and cfg.web_text_loc else []
     # the tape needs double backward: eager attention (fused SDPA kernels have none)
@@ -231,4 +265,4 @@ def run_meta_train(cfg: MetaTrainConfig) -> dict[str, Any]:
     return result
 
 
-__all__ = ["MetaTrainModule", "base_params", "build_weight_model", "run_meta_train"]
+__all__ = ["MetaTrainModule", "base_params", "build_weight_model", "plateau_scheduler", "run_meta_train"]

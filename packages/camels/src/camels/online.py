@@ -45,10 +45,12 @@ def adapt(
     tokenizer: Any,
     cfg: Any,
     progress: bool = True,
+    after_document: Callable[[int], None] | None = None,
 ) -> torch.nn.Module:
     """Fine-tune `base_model` in place on the stream's documents in order: one optimizer step per document
     (`grad_acc_steps` documents per step if > 1) on the weighted loss of spec §2, with weights from the frozen
-    `weighting`; the model is in train mode (dropout on)."""
+    `weighting`; the model is in train mode (dropout on). `after_document(n)` is called after the n-th document
+    (counted over all epochs, from 1) and its optimizer step, if one fell due."""
     if not stream.docs:
         raise LmlabError("the document stream is empty; nothing to adapt on")
     device = next(base_model.parameters()).device
@@ -85,12 +87,27 @@ def adapt(
                 )
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+            if after_document is not None:
+                after_document(step)
             bar.update(1)
     if step % acc:
         opt.step()
         opt.zero_grad(set_to_none=True)
     bar.close()
     return base_model
+
+
+def snapshot_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copies of the trainable parameters: everything `adapt` changes (buffers stay as they are)."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def load_params(model: torch.nn.Module, params: dict[str, torch.Tensor]) -> None:
+    """Copy a `snapshot_params` snapshot back into `model` in place."""
+    named = dict(model.named_parameters())
+    for n, v in params.items():
+        named[n].copy_(v)
 
 
 def left_pad_questions(
