@@ -1,6 +1,7 @@
 """CLI, IO and data (spec §6 P11, P12, P14, bad input): train/eval/export end to end on a tiny saved model,
 round trips, exact resume, environment discovery, masking statistics, one-line errors."""
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -101,6 +102,34 @@ def test_interrupted_and_resumed_equals_uninterrupted(workdir):
     assert json.loads((full / "eval_results.json").read_text()) == json.loads(
         (part / "eval_results.json").read_text()
     )
+
+
+@pytest.mark.slow
+def test_cli_fp16_overflows_resume_exactly(workdir, monkeypatch):
+    from invariant_lm.commands import run_train
+    from invariant_lm.config import TrainConfig
+    from lmlab.cli import Command, _field_types, build_config, parse_argv
+
+    # start at a scale the tiny model's fp16 gradients overflow at, so the Lightning path redoes updates
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, init_scale=2.0**24))
+
+    def cfg(out):
+        argv = _train_args(workdir, out, "--fp16", "--no_cuda")[1:]
+        return build_config(
+            Command("train", TrainConfig, run_train), parse_argv(argv, _field_types(TrainConfig), {})
+        )
+
+    full, part = workdir / "fp16_full", workdir / "fp16_part"
+    run_train(cfg(full))
+    log = [json.loads(x) for x in (full / "train_log.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in log] == [1, 2, 3, 4]
+    ckpt = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4 and ckpt["invariant"]["grad_scaler"]["scale"] < 2.0**24
+    assert run_train(cfg(part), _stop_after=2) == {"stopped_at": 2}
+    run_train(cfg(part))
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 def test_save_load_round_trip(tmp_path):

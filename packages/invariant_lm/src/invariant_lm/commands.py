@@ -101,16 +101,13 @@ def evaluate_files(model, tokenizer, files, cfg, max_len: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- train
-def _precision(cfg: TrainConfig) -> str:
-    if cfg.fp16:
-        raise LmlabError(
-            "--fp16 (loss scaling) is not supported by the manual IRM-games update; use --bf16 on a GPU"
-        )
+def _precision(cfg: TrainConfig) -> tuple[str, bool]:
+    """(Lightning precision, fp16): fp16 trains at Lightning's 32-true with the update's own loss scaler."""
+    if cfg.fp16 or cfg.precision.startswith("16"):
+        return "32-true", True
     if cfg.bf16:
-        return "bf16-mixed"
-    if cfg.precision.startswith("16"):
-        raise LmlabError("16-mixed precision is not supported by the manual IRM-games update; use bf16-mixed")
-    return cfg.precision
+        return "bf16-mixed", False
+    return cfg.precision, False
 
 
 def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
@@ -164,16 +161,18 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
             )
         settings = OptimSettings.from_args(cfg)
         sparse = cfg.sparse_heads != "off"
+        precision, fp16 = _precision(cfg)
         module = InvariantLightningModule(
             model, streams, settings, u, cfg.mode, cfg.head_lr_schedule, cfg.gradient_accumulation_steps,
             sparse, cfg.seed, cfg.logging_steps, out, cfg.nb_steps_heads_saving, cfg.nb_steps_model_saving, tokenizer,
+            fp16,
         )  # fmt: skip
         if is_main:
             tokenizer.save_pretrained(out)
         device = "cpu" if (cfg.no_cuda or cfg.use_cpu) else cfg.device
         opts = TrainerOptions(
             output_dir=str(out), device=device, devices=cfg.devices, num_nodes=cfg.num_nodes,
-            strategy="ddp" if world > 1 else "auto", precision=_precision(cfg), max_steps=u,
+            strategy="ddp" if world > 1 else "auto", precision=precision, max_steps=u,
             log_every_n_steps=cfg.logging_steps, checkpoint_every_n_steps=cfg.save_steps, logger=cfg.logger,
             progress_bar=cfg.progress_bar, seed=cfg.seed, resume=cfg.resume_from_checkpoint,
         )  # fmt: skip

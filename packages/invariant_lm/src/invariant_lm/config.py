@@ -77,7 +77,7 @@ class TrainConfig(EvalOptions):
     warmup_steps: int = _h("LR warm-up updates", 0)
     lr_scheduler_type: str = _h("HF scheduler name (linear, cosine, constant, ...)", "linear")
     adafactor: bool = _h("Adafactor instead of AdamW", False)
-    fp16: bool = _h("fp16 mixed precision (GPU)", False)
+    fp16: bool = _h("fp16 mixed precision with dynamic loss scaling (GPU; runs on CPU too, slowly)", False)
     bf16: bool = _h("bf16 mixed precision", False)
     seed: int = _h("seed of initialisation, data order, masks and dropout", 42)
     gradient_accumulation_steps: int = _h("micro-batches (same environment) per update", 1)
@@ -115,7 +115,9 @@ class TrainConfig(EvalOptions):
     )
     num_nodes: int = _h("nodes (data-parallel training over devices x num_nodes processes)", 1)
     strategy: str = _h("auto (ddp when devices x num_nodes > 1) | ddp (also under torchrun)", "auto")
-    precision: str = _h("auto | 32-true | bf16-mixed (overridden by --bf16)", "auto")
+    precision: str = _h(
+        "auto | 32-true | bf16-mixed | 16-mixed (= --fp16); --bf16/--fp16 override it", "auto"
+    )
     logger: str = _h("csv | tensorboard | wandb | none (metrics.jsonl always)", "csv")
     progress_bar: bool = _h("show a progress bar", True)
 

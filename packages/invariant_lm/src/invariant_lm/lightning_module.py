@@ -5,12 +5,15 @@ i div n (times the accumulation steps), masks and dropout seeded by the update i
 ticks; `training_step` reads `global_step` (restored from the checkpoint), so a resumed run continues with
 exactly the batch, masks and dropout it would have seen. Only the body optimizer is stepped through Lightning
 (so `global_step` counts updates); head optimizers are stepped directly, and all their states and scheduler
-states are in the checkpoint.
+states are in the checkpoint. fp16 runs Lightning at 32-true and keeps its own loss scaler (in the checkpoint
+too): Lightning's fp16 plugin unscales and updates per optimizer step, which the joint clipping of body and
+head e cannot use. An overflowing update steps nothing, so `global_step` stays and the same update is redone.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -46,6 +49,7 @@ class InvariantLightningModule(pl.LightningModule):
         heads_saving: int = 0,
         model_saving: int = 0,
         tokenizer=None,
+        fp16: bool = False,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -67,6 +71,8 @@ class InvariantLightningModule(pl.LightningModule):
         self.env_updates = {e: 0 for e in streams.names}
         self.tokens_seen = 0
         self.train_seconds = 0.0
+        self.fp16 = fp16
+        self.scaler: torch.amp.GradScaler | None = None
 
     # -------------------------------------------------------------- Lightning hooks
     def configure_optimizers(self):
@@ -84,6 +90,8 @@ class InvariantLightningModule(pl.LightningModule):
                 f"{world}; build EnvironmentStreams with world_size={world}"
             )
         self.streams.rank = int(self.global_rank)
+        if self.fp16:
+            self.scaler = torch.amp.GradScaler(self.trainer.strategy.root_device.type)
 
     def on_train_start(self) -> None:
         self.model.train()  # from_pretrained leaves HF models in eval mode; dropout must be on while training
@@ -133,8 +141,11 @@ class InvariantLightningModule(pl.LightningModule):
         loss, norm, n_masked = environment_update(
             self.model, env, mbs, opts[0], head_opts, scheds[0], head_scheds, self.mode,
             self.settings.max_grad_norm, backward=self.manual_backward, step=step, sparse=self.sparse,
-            reduce=reduce,
+            reduce=reduce, scaler=self.scaler,
         )  # fmt: skip
+        if not math.isfinite(norm):  # fp16 overflow: nothing stepped; update i runs again at the lower scale
+            self.log("loss_scale", self.scaler.get_scale(), on_step=True)
+            return
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
@@ -174,6 +185,7 @@ class InvariantLightningModule(pl.LightningModule):
             "tokens_seen": self.tokens_seen,
             "train_seconds": self.train_seconds,
             "total_updates": self.total_updates,
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -197,6 +209,8 @@ class InvariantLightningModule(pl.LightningModule):
         self.env_updates = dict(inv["env_updates"])
         self.tokens_seen = inv["tokens_seen"]
         self.train_seconds = inv["train_seconds"]
+        if self.scaler is not None and inv.get("grad_scaler"):
+            self.scaler.load_state_dict(inv["grad_scaler"])
 
     def train_results(self) -> dict:
         return {

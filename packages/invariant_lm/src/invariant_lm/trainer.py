@@ -7,10 +7,16 @@ step the body optimizer and head e's optimizer and their schedulers. Heads that 
 frozen weights, so they compute no weight gradient (their `.grad` stays None) but still pass gradient to the
 body. Fixes to the reference: it clips over all parameters including stale gradients of inactive heads
 (their grads were only cleared on their own turn) and it computes weight gradients for every head.
+
+fp16 (a `torch.amp.GradScaler`): the forward runs under float16 autocast, the loss is scaled before backward,
+the stepped optimizers are unscaled before clipping, and one `update` of the scale follows. An update whose
+gradients overflow steps nothing (no optimizer, no scheduler), so its caller redoes the same update at the
+halved scale; one loss scale serves all n + 1 optimizers, so body and head e always step together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -131,12 +137,15 @@ def environment_update(
     step: Callable[[object, bool], None] | None = None,
     sparse: bool = True,
     reduce: Callable[[list, torch.Tensor, int], tuple[torch.Tensor, int]] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float, int]:
     """One update on `env` (module docstring). Returns (loss, pre-clip grad norm of the stepped parameters,
     number of masked tokens). `backward(loss)` and `step(optimizer, is_body)` let Lightning's manual
     optimisation plug in; defaults are `loss.backward()` and `optimizer.step()`. `reduce(params, loss,
     n_masked) -> (loss, n_masked)` runs after backward and before clipping, on the stepped parameters only
-    (body and the stepped heads): data-parallel training averages their gradients across ranks there."""
+    (body and the stepped heads): data-parallel training averages their gradients across ranks there.
+    With `scaler` (fp16) a non-finite norm means the update overflowed and stepped nothing; without it, a
+    non-finite norm is an error."""
     active = stepped_heads(model, env, mode)
     model.set_trainable_heads(active)
     for p in model.parameters():
@@ -145,13 +154,14 @@ def environment_update(
     total = torch.zeros(())
     n_masked = 0
     for mb in micro_batches:
-        out = model(**mb, sparse=sparse)
+        with fp16_autocast(model, scaler):
+            out = model(**mb, sparse=sparse)
         loss = out.loss / k
         if not torch.isfinite(loss.detach()):
             raise LmlabError(
                 f"non-finite loss on environment {env!r}; lower --learning_rate or check the data"
             )
-        (backward or (lambda t: t.backward()))(loss)
+        (backward or (lambda t: t.backward()))(loss if scaler is None else scaler.scale(loss))
         total = total + loss.detach().float().cpu()
         n_masked += int(out.n_masked or 0)
     params = list(model.body.parameters())
@@ -161,10 +171,24 @@ def environment_update(
     if reduce is not None:
         total, n_masked = reduce(params, total, n_masked)
     params = [p for p in params if p.grad is not None]
+    opts = [body_opt, *(head_opts[e] for e in active)]
+    if scaler is not None:  # the raw optimizer under Lightning's wrapper: its parameters' grads are unscaled
+        for opt in opts:
+            scaler.unscale_(getattr(opt, "optimizer", opt))
     if max_grad_norm and max_grad_norm > 0:
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     else:
         norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
+    if not torch.isfinite(norm):
+        if scaler is None:
+            raise LmlabError(
+                f"non-finite gradient norm on environment {env!r}; lower --learning_rate or check the data"
+            )
+        for p in params:
+            p.grad = None
+        scaler.update()  # overflow: halve the scale, step nothing
+        model.set_trainable_heads(model.env_names)
+        return float(total), float(norm), n_masked
     do_step = step or (lambda opt, is_body: opt.step())
     do_step(body_opt, True)
     for e in active:
@@ -172,8 +196,17 @@ def environment_update(
     body_sched.step()
     for e in active:
         head_scheds[e].step()
+    if scaler is not None:
+        scaler.update()
     model.set_trainable_heads(model.env_names)
     return float(total), float(norm), n_masked
+
+
+def fp16_autocast(model: nn.Module, scaler: torch.amp.GradScaler | None):
+    """float16 autocast on the model's device when training with a loss scaler, else nothing."""
+    if scaler is None:
+        return contextlib.nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=torch.float16)
 
 
 @torch.no_grad()
@@ -248,15 +281,20 @@ class InvariantTrainer:
         self.updates = 0
         self.env_updates = {e: 0 for e in model.env_names}
         self.log: list[dict] = []
+        device = next(model.parameters()).device.type
+        self.scaler = torch.amp.GradScaler(device) if getattr(args, "fp16", False) else None
 
     def update(self, env_name: str, batch: dict | list[dict]) -> float:
-        """Exactly one environment update on an already-collated batch (or list of micro-batches)."""
+        """One environment update on an already-collated batch (or list of micro-batches). Under fp16 an
+        update that overflows steps nothing and is not counted: `train` redoes it at the lower loss scale."""
         mbs = batch if isinstance(batch, list) else [batch]
         lr_body = self.body_sched.get_last_lr()[0]
         loss, norm, _ = environment_update(
             self.model, env_name, mbs, self.body_opt, self.head_opts, self.body_sched, self.head_scheds,
-            self.mode, self.settings.max_grad_norm, sparse=self.sparse,
+            self.mode, self.settings.max_grad_norm, sparse=self.sparse, scaler=self.scaler,
         )  # fmt: skip
+        if not math.isfinite(norm):
+            return loss
         self.updates += 1
         if env_name in self.env_updates:
             self.env_updates[env_name] += 1
@@ -297,6 +335,7 @@ class InvariantTrainer:
             "head_scheds": {e: s.state_dict() for e, s in self.head_scheds.items()},
             "updates": self.updates,
             "env_updates": dict(self.env_updates),
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -309,6 +348,8 @@ class InvariantTrainer:
             s.load_state_dict(state["head_scheds"][e])
         self.updates = state["updates"]
         self.env_updates = dict(state["env_updates"])
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
 
     def save_checkpoint(self, directory: str | Path) -> Path:
         directory = Path(directory)
