@@ -36,11 +36,11 @@ def tiny(tmp_path_factory):
     return {"model": str(root / "model"), "task": str(tasks["tiny-nli"])}
 
 
-def _train_args(tiny, out, *extra):
+def _train_args(tiny, out, *extra, method="adapter"):
     return [
-        "train", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", "adapter", "--adapter_size", "4",
-        "--learning_rate_list", "1e-2", "--bsz_list", "8", "--eval_mode", "rank", "--output_dir", str(out),
-        "--progress_bar", "false", "--logger", "none", *SMALL, *extra,
+        "train", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", method,
+        "--adapter_size", "4", "--num_virtual_tokens", "3", "--learning_rate_list", "1e-2", "--bsz_list", "8",
+        "--eval_mode", "rank", "--output_dir", str(out), "--progress_bar", "false", "--logger", "none", *SMALL, *extra,
     ]  # fmt: skip
 
 
@@ -136,7 +136,8 @@ def test_cartography_process_hand_computed(tmp_path):
     )
 
 
-def test_interrupted_training_resumes_exactly(tiny, tmp_path):
+@pytest.mark.parametrize("method", ["adapter", "prefix"])
+def test_interrupted_training_resumes_exactly(tiny, tmp_path, method):
     common = [
         "--train_iters",
         "4",
@@ -147,15 +148,15 @@ def test_interrupted_training_resumes_exactly(tiny, tmp_path):
         "--checkpoint_every_n_steps",
         "2",
     ]
-    assert main(_train_args(tiny, tmp_path / "full", *common)) == 0
+    assert main(_train_args(tiny, tmp_path / "full", *common, method=method)) == 0
     # an interrupted run: stop after 2 updates, drop the end-of-job markers, start the same command again
     part = tmp_path / "part"
-    assert main(_train_args(tiny, part, *common[:1], "2", *common[2:])) == 0
+    assert main(_train_args(tiny, part, *common[:1], "2", *common[2:], method=method)) == 0
     job = part / "lr_0.01_bsz_8_seed_20"
     shutil.rmtree(job / "checkpoint-last")
     (job / "done.json").unlink()
     assert (job / "checkpoints" / "last.ckpt").is_file()
-    assert main(_train_args(tiny, part, *common)) == 0
+    assert main(_train_args(tiny, part, *common, method=method)) == 0
     a = load_file(str(tmp_path / "full" / "lr_0.01_bsz_8_seed_20" / "checkpoint@4" / "weights.safetensors"))
     b = load_file(str(job / "checkpoint@4" / "weights.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -163,6 +164,6 @@ def test_interrupted_training_resumes_exactly(tiny, tmp_path):
     assert meta["step"] == 4
     # a finished job is skipped on a rerun
     before = (job / "checkpoint-last" / "weights.safetensors").stat().st_mtime_ns
-    assert main(_train_args(tiny, part, *common)) == 0
+    assert main(_train_args(tiny, part, *common, method=method)) == 0
     assert (job / "checkpoint-last" / "weights.safetensors").stat().st_mtime_ns == before
     assert Path(job / "done.json").is_file()

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from mode_connectivity.cli import main
+from mode_connectivity.config import EvaluateConfig
 from mode_connectivity.make_tiny import build_t5, build_tokenizer, synthetic_tasks
-from mode_connectivity.models import load_t5
+from mode_connectivity.models import DELTA_MARKERS, build_for_method, delta_state, load_t5
 from safetensors.torch import load_file
 
 
@@ -20,6 +21,8 @@ def _csv(path):
 
 
 TOL_ARGS = ["--max_input_length", "48", "--max_output_length", "8", "--predict_batch_size", "16"]
+# the delta sizes of every method (each command reads only its --tune_method's)
+DELTA_ARGS = ["--adapter_size", "4", "--lora_r", "2", "--num_virtual_tokens", "3"]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,7 @@ def tiny(tmp_path_factory):
 
 def _train(tiny, out, *extra, method="adapter", steps=4, seed=20):
     args = [
-        "train", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", method, "--adapter_size", "4",
+        "train", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", method, *DELTA_ARGS,
         "--learning_rate_list", "1e-2", "--bsz_list", "8", "--train_iters", str(steps), "--valid_interval", "2",
         "--output_interval", "2", "--eval_mode", "rank", "--output_dir", str(out), "--progress_bar", "false",
         "--logger", "none", "--seed", str(seed), "--device", "cpu", *TOL_ARGS, *extra,
@@ -48,9 +51,22 @@ def _train(tiny, out, *extra, method="adapter", steps=4, seed=20):
 
 
 @pytest.fixture(scope="module")
-def adapter_runs(tiny, tmp_path_factory):
-    out = tmp_path_factory.mktemp("adapter_runs")
-    return {s: _train(tiny, out, seed=s) for s in (20, 30)}
+def runs(tiny, tmp_path_factory):
+    """runs(method): its two 4-update jobs (seeds 20 and 30), trained once per module on first use."""
+    done = {}
+
+    def get(method):
+        if method not in done:
+            out = tmp_path_factory.mktemp(f"{method}_runs")
+            done[method] = {s: _train(tiny, out, method=method, seed=s) for s in (20, 30)}
+        return done[method]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def adapter_runs(runs):
+    return runs("adapter")
 
 
 def test_adapter_training_freezes_backbone_and_saves_only_adapters(tiny, adapter_runs):
@@ -99,19 +115,19 @@ def test_same_seed_identical_different_seed_differs_and_sgd_noise_shares_init(ti
         assert all(torch.equal(loaded[k], init[20][k]) for k in loaded)
 
 
-def _interpolate(tiny, out, p1, p2, *extra, method="adapter"):
+def _interpolate(tiny, out, p1, p2, *extra, method="adapter", eval_mode="rank"):
     args = [
-        "interpolate", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", method,
-        "--adapter_size", "4", "--load_PET_path_1", str(p1), "--load_PET_path_2", str(p2), "--eval_mode", "rank",
+        "interpolate", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", method, *DELTA_ARGS,
+        "--load_PET_path_1", str(p1), "--load_PET_path_2", str(p2), "--eval_mode", eval_mode,
         "--output_dir", str(out), "--device", "cpu", *TOL_ARGS, *extra,
     ]  # fmt: skip
     return main(args)
 
 
-def _evaluate(tiny, out, path, method="adapter"):
+def _evaluate(tiny, out, path, method="adapter", eval_mode="rank"):
     args = [
-        "evaluate", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", method, "--adapter_size", "4",
-        "--load_PET_path", str(path), "--eval_mode", "rank", "--output_dir", str(out), "--device", "cpu", *TOL_ARGS,
+        "evaluate", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", method, *DELTA_ARGS,
+        "--load_PET_path", str(path), "--eval_mode", eval_mode, "--output_dir", str(out), "--device", "cpu", *TOL_ARGS,
     ]  # fmt: skip
     assert main(args) == 0
     return json.loads((Path(out) / "eval.json").read_text())
@@ -245,10 +261,11 @@ def _evaluate_rc(tiny, task, tmp_path):
     )
 
 
-def test_curve_keeps_endpoints_and_writes_best_row(tiny, adapter_runs, tmp_path):
-    p1, p2 = adapter_runs[20] / "checkpoint@4", adapter_runs[30] / "checkpoint@4"
+@pytest.mark.parametrize("method", ["adapter", "prefix"])
+def test_curve_keeps_endpoints_and_writes_best_row(tiny, runs, tmp_path, method):
+    p1, p2 = runs(method)[20] / "checkpoint@4", runs(method)[30] / "checkpoint@4"
     args = [
-        "curve", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", "adapter", "--adapter_size", "4",
+        "curve", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", method, *DELTA_ARGS,
         "--load_stage1_pet_path_list", str(p1), str(p2), "--bend_num", "1", "--bsz_list", "8", "--train_iters", "4",
         "--valid_interval", "2", "--valid_t", "0.5", "--itpl_points", "3", "--eval_mode", "rank", "--learning_rate_list",
         "1e-2", "--output_dir", str(tmp_path / "curve"), "--progress_bar", "false", "--logger", "none",
@@ -263,7 +280,7 @@ def test_curve_keeps_endpoints_and_writes_best_row(tiny, adapter_runs, tmp_path)
         and rows[5][1] == "ACC_best"
     )
     itp = tmp_path / "itp"
-    assert _interpolate(tiny, itp, p1, p2, "--itpl_points", "3") == 0
+    assert _interpolate(tiny, itp, p1, p2, "--itpl_points", "3", method=method) == 0
     curve_summary = json.loads((out / "summary.json").read_text())
     line_summary = json.loads((itp / "summary.json").read_text())
     for idx in (0, -1):  # the curve's ends are the endpoints, exactly
@@ -302,7 +319,8 @@ def test_cuda_sweep_exact_ends_and_bf16_eval(tiny, adapter_runs, tmp_path):
     from mode_connectivity.sweep import InterpolationSweep
 
     cfg = type("C", (), {"model": tiny["model"], "tune_method": "adapter", "adapter_type": "houlsby", "adapter_size": 4,
-                         "r_mean": 0.0, "r_std": 0.02, "lora_r": 10, "lora_alpha": 16})()  # fmt: skip
+                         "r_mean": 0.0, "r_std": 0.02, "lora_r": 10, "lora_alpha": 16, "num_virtual_tokens": 20,
+                         "prefix_projection": False})()  # fmt: skip
     model = build_for_method(cfg, seed=0).cuda()
     t1, t2 = load_checkpoint(p1)[0], load_checkpoint(p2)[0]
     sweep = InterpolationSweep(delta_state(model, "adapter"), t1, t2)
@@ -312,25 +330,47 @@ def test_cuda_sweep_exact_ends_and_bf16_eval(tiny, adapter_runs, tmp_path):
         assert all(torch.equal(live[k].cpu(), ref[k]) for k in ref)
 
 
-def test_lora_train_and_interpolate_only_lora_tensors(tiny, tmp_path):
-    jobs = [
-        _train(tiny, tmp_path / "lora", "--lora_r", "2", method="lora", steps=2, seed=s) for s in (20, 30)
-    ]
-    tensors = load_file(str(jobs[0] / "checkpoint@2" / "weights.safetensors"))
-    assert tensors and all("lora_" in k for k in tensors)
-    p1, p2 = jobs[0] / "checkpoint@2", jobs[1] / "checkpoint@2"
+@pytest.mark.parametrize(
+    ("method", "eval_mode"), [("lora", "rank"), ("prefix", "rank"), ("prefix", "generate")]
+)
+def test_peft_training_interpolation_and_dist(tiny, runs, adapter_runs, tmp_path, capsys, method, eval_mode):
+    jobs = runs(method)
+    p1, p2 = jobs[20] / "checkpoint@4", jobs[30] / "checkpoint@4"
+    tensors = load_file(str(p1 / "weights.safetensors"))
+    assert json.loads((p1 / "meta.json").read_text())["kind"] == method
+    # the trained model (Lightning's last.ckpt) is a fresh one with only the checkpoint's delta tensors moved
+    fresh = build_for_method(
+        EvaluateConfig(model=tiny["model"], tune_method=method, lora_r=2, num_virtual_tokens=3)
+    )
+    delta = set(delta_state(fresh, method))
+    assert delta == set(tensors) and all(DELTA_MARKERS[method] in k for k in delta)
+    ckpt = torch.load(jobs[20] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    trained = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    before = fresh.state_dict()
+    assert set(trained) == set(before)
+    assert all(torch.equal(trained[k], v) for k, v in before.items() if k not in delta)
+    assert any(not torch.equal(trained[k], before[k]) for k in delta)
+    # the path's ends are the endpoints' own evaluations, exactly
     assert (
-        _interpolate(tiny, tmp_path / "itp", p1, p2, "--itpl_points", "3", "--lora_r", "2", method="lora")
+        _interpolate(tiny, tmp_path / "itp", p1, p2, "--itpl_points", "3", method=method, eval_mode=eval_mode)
         == 0
     )
     summary = json.loads((tmp_path / "itp" / "summary.json").read_text())
-    args = [
-        "evaluate", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", "lora", "--lora_r", "2",
-        "--load_PET_path", str(p2), "--eval_mode", "rank", "--output_dir", str(tmp_path / "ev"), "--device", "cpu", *TOL_ARGS,
-    ]  # fmt: skip
-    assert main(args) == 0
-    ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
-    assert summary["dev"]["loss"][-1] == ev["dev_loss"]
+    for idx, path in ((0, p1), (-1, p2)):
+        ev = _evaluate(tiny, tmp_path / f"ev{idx}", path, method=method, eval_mode=eval_mode)
+        for split in ("dev", "test"):
+            assert summary[split]["metric"][idx] == ev[f"{split}_performance"]
+            assert summary[split]["loss"][idx] == ev[f"{split}_loss"]
+    # dist over the delta tensors; a checkpoint of another method is refused (dist and interpolate)
+    dist = ["dist", "--input1", str(p1), "--input2", str(p2), "--type", method, "--path", str(tmp_path / "d")]
+    assert main(dist) == 0
+    d = json.loads((tmp_path / "d" / "distance.json").read_text())
+    assert d["l2"] > 0 and d["n_params"] == sum(v.numel() for v in tensors.values())
+    other = adapter_runs[20] / "checkpoint@4"
+    capsys.readouterr()
+    assert main(["dist", "--input1", str(p1), "--input2", str(other), "--type", method]) == 1
+    assert capsys.readouterr().err.strip().endswith(f"is of kind 'adapter' but --tune_method is '{method}'")
+    assert _interpolate(tiny, tmp_path / "mixed", p1, other, method=method) == 1
 
 
 def test_layer_mix_groups_and_run(tiny, adapter_runs, tmp_path):

@@ -11,7 +11,8 @@ from lmlab.testing import tiny_model
 from mode_connectivity.adapter import Adapter, adapter_state_dict, add_adapters, freeze_backbone
 from mode_connectivity.barriers import barrier_metrics, distances
 from mode_connectivity.curves import Curve, CurveSweep, bernstein_weights, curve_loss, polychain_weights
-from mode_connectivity.models import delta_state, prepare_model, unique_state
+from mode_connectivity.evaluation import CandidateScorer
+from mode_connectivity.models import DELTA_MARKERS, delta_state, prepare_model, unique_state
 from mode_connectivity.sweep import InterpolationSweep, interpolate_state_dicts, interpolation_grid
 from torch import nn
 
@@ -112,37 +113,82 @@ def test_linear_probe_logits_are_linear_in_a():
         torch.testing.assert_close(probe(x).detach(), (1 - a) * l1 + a * l2, atol=1e-5, rtol=0)
 
 
-def test_adapter_sweep_touches_only_delta_tensors():
+@pytest.mark.parametrize("method", ["adapter", "lora", "prefix"])
+def test_delta_sweep_touches_only_delta_tensors(method):
     model, _ = _t5()
     torch.manual_seed(1)
-    add_adapters(model, "houlsby", 4)
-    backbone = {k: v.clone() for k, v in model.state_dict().items() if "adapter_" not in k}
-    theta1 = {k: v.clone() for k, v in adapter_state_dict(model).items()}
+    model = prepare_model(model, method, adapter_size=4, lora_r=2, lora_alpha=4, num_virtual_tokens=3)
+    targets = delta_state(model, method)
+    assert targets and all(DELTA_MARKERS[method] in k for k in targets)
+    if method == "adapter":
+        assert set(targets) == set(adapter_state_dict(model))
+    backbone = {k: v.clone() for k, v in model.state_dict().items() if k not in targets}
+    theta1 = {k: v.clone() for k, v in targets.items()}
     theta2 = {k: torch.randn_like(v) for k, v in theta1.items()}
-    targets = delta_state(model, "adapter")
-    assert set(targets) == set(theta1) and all("adapter_" in k for k in targets)
     sweep = InterpolationSweep(targets, theta1, theta2)
-    for a in (0.5, 1.0, 0.0):
+    for a, end in ((0.5, None), (1.0, theta2), (0.0, theta1)):
         sweep.set(a)
-    state = model.state_dict()
-    for k, v in backbone.items():
-        assert torch.equal(state[k], v), k
-    assert all(torch.equal(state[k], theta1[k]) for k in theta1)
+        state = model.state_dict()
+        for k, v in backbone.items():
+            assert torch.equal(state[k], v), (a, k)
+        if end is not None:
+            assert all(torch.equal(state[k], end[k]) for k in end)
 
 
-def test_lora_delta_tensors_via_peft():
+@pytest.mark.parametrize("method", ["lora", "prefix"])
+def test_peft_delta_tensors_are_the_trainable_ones(method):
     model, _ = _t5()
-    peft_model = prepare_model(model, "lora", lora_r=2, lora_alpha=4)
-    delta = delta_state(peft_model, "lora")
-    assert delta and all("lora_" in k for k in delta)
-    assert {k.split(".")[-3] for k in delta} == {"lora_A", "lora_B"}
+    cfg = model.config
+    peft_model = prepare_model(model, method, lora_r=2, lora_alpha=4, num_virtual_tokens=3)
+    delta = delta_state(peft_model, method)
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
-    assert all("lora_" in n for n in trainable)
-    assert (
-        any(".q." in k for k in delta)
-        and any(".v." in k for k in delta)
-        and not any(".k." in k for k in delta)
-    )
+    assert delta and trainable == set(delta)
+    if method == "lora":
+        assert {k.split(".")[-3] for k in delta} == {"lora_A", "lora_B"}
+        assert (
+            any(".q." in k for k in delta)
+            and any(".v." in k for k in delta)
+            and not any(".k." in k for k in delta)
+        )
+    else:  # one (virtual tokens, keys and values of every decoder layer) table, no projection by default
+        width = 2 * cfg.num_decoder_layers * cfg.num_heads * cfg.d_kv
+        assert {k: tuple(v.shape) for k, v in delta.items()} == {
+            "prompt_encoder.default.embedding.weight": (3, width)
+        }
+    projected = prepare_model(_t5()[0], "prefix", num_virtual_tokens=3, prefix_projection=True)
+    assert len(delta_state(projected, "prefix")) == 5  # the table + the MLP's two weights and two biases
+
+
+def test_prefix_reaches_generation_and_candidate_scoring():
+    model, tok = _t5()
+    plain, _ = _t5()
+    prefixed = prepare_model(model, "prefix", num_virtual_tokens=3).eval()
+    with torch.no_grad():  # a prefix large enough to change every prediction of the tiny model
+        prefixed.prompt_encoder.default.embedding.weight.normal_(
+            0.0, 5.0, generator=torch.Generator().manual_seed(0)
+        )
+    b = _batch(tok)
+    enc = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
+    greedy = {"max_new_tokens": 6, "do_sample": False, "num_beams": 1}
+    with torch.no_grad():
+        for use_cache in (True, False):
+            out = prefixed.generate(
+                **enc, use_cache=use_cache, output_scores=True, return_dict_in_generate=True, **greedy
+            )
+            # each decoding step's logits = the teacher-forced forward (it carries the prefix) on the output
+            forced = prefixed(**enc, decoder_input_ids=out.sequences[:, :-1]).logits
+            torch.testing.assert_close(torch.stack(out.scores, 1), forced, atol=1e-4, rtol=0)
+        assert (plain(**enc, decoder_input_ids=out.sequences[:, :-1]).logits - forced).abs().max() > 1.0
+        # candidate scoring (encoder run once, then teacher forcing per candidate) = full forwards
+        scorer = CandidateScorer(tok, ["entailment", "neutral"])
+        expected = torch.zeros(2, 2)
+        for c, ids in enumerate(scorer.ids):
+            labels = torch.tensor(ids).repeat(2, 1)
+            lp = prefixed(**enc, labels=labels).logits.log_softmax(-1).gather(-1, labels[..., None])[..., 0]
+            expected[:, c] = lp[:, scorer.score_from : scorer.body_len[c]].sum(-1)
+        torch.testing.assert_close(scorer.log_probs(prefixed, b), expected)
+        plain_lp = CandidateScorer(tok, ["entailment", "neutral"]).log_probs(plain, b)
+        assert not torch.allclose(plain_lp, expected)
 
 
 # ------------------------------------------------------------------------------------------------ adapter

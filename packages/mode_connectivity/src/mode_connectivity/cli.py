@@ -30,7 +30,7 @@ COMMANDS = [
         "train",
         TrainConfig,
         f"{PKG}.train:run_train",
-        "fine-tune / adapter-tune / LoRA-tune T5 on a CrossFit task",
+        "fine-tune / adapter-, LoRA- or prefix-tune T5 on a CrossFit task",
         f"{PKG}.configs",
         TRAIN_ALIASES,
     ),

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from lmlab.training import TrainerOptions
 
 EVAL_MODES = ("generate", "rank")
-TUNE_METHODS = ("model", "adapter", "lora")
+TUNE_METHODS = ("model", "adapter", "lora", "prefix")
 
 
 def _h(default, text):
@@ -51,7 +51,8 @@ class TaskOptions:
 @dataclass
 class MethodOptions:
     tune_method: str = _h(
-        "model", "model (full fine-tuning) | adapter (the paper's delta tuning) | lora (peft)"
+        "model",
+        "model (full fine-tuning) | adapter (the paper's delta tuning) | lora (peft) | prefix (peft prefix)",
     )
     apply_adapter: bool = _h(False, "attach adapters (implied by --tune_method adapter)")
     adapter_type: str = _h(
@@ -62,6 +63,10 @@ class MethodOptions:
     r_std: float = _h(0.02, "std of the Normal init of both adapter matrices")
     lora_r: int = _h(10, "LoRA rank (q and v projections)")
     lora_alpha: int = _h(16, "LoRA alpha")
+    num_virtual_tokens: int = _h(
+        20, "prefix tuning: virtual key/value tokens per decoder self-attention layer"
+    )
+    prefix_projection: bool = _h(False, "prefix tuning: produce the prefix with peft's two-layer MLP")
 
     def check_method(self) -> None:
         if self.tune_method not in TUNE_METHODS:
@@ -72,6 +77,8 @@ class MethodOptions:
             raise ValueError(f"--adapter_type must be houlsby or pfeiffer, not {self.adapter_type!r}")
         if self.adapter_size < 1 or self.lora_r < 1:
             raise ValueError("--adapter_size and --lora_r must be at least 1")
+        if self.num_virtual_tokens < 1:
+            raise ValueError(f"--num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}")
         if self.r_std < 0:
             raise ValueError("--r_std must be >= 0")
 
@@ -256,7 +263,7 @@ class LayerMixConfig(TaskOptions, MethodOptions, TrainerOptions):
 class DistConfig:
     input1: str = _h("", "first checkpoint")
     input2: str = _h("", "second checkpoint")
-    type: str = _h("model", "model | adapter | lora (the checkpoints' kind)")
+    type: str = _h("model", "model | adapter | lora | prefix (the checkpoints' kind)")
     path: str = _h("", "also write distance.txt and distance.json into this directory")
 
     def __post_init__(self) -> None:

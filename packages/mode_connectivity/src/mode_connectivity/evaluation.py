@@ -61,9 +61,8 @@ class CandidateScorer:
             out = torch.zeros(bsz, len(self.candidates), device=device)
             for c, ids in enumerate(self.ids):
                 labels = torch.tensor(ids, device=device).unsqueeze(0).repeat(bsz, 1)
-                logits = model(
-                    encoder_outputs=enc, attention_mask=inputs["attention_mask"], labels=labels
-                ).logits
+                # T5 skips its encoder when given encoder_outputs; input_ids only size peft's prefix batch
+                logits = model(**inputs, encoder_outputs=enc, labels=labels).logits
                 lp = torch.log_softmax(logits.float(), dim=-1)
                 tok = lp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
                 out[:, c] = tok[:, self.score_from : self.body_len[c]].sum(-1)

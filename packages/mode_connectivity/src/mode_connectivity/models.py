@@ -1,9 +1,11 @@
-"""Tuned T5 models (full fine-tuning, the paper's adapter, LoRA via peft) and their checkpoints.
+"""Tuned T5 models (full fine-tuning, the paper's adapter, LoRA and prefix tuning via peft) and their
+checkpoints.
 
-A checkpoint is a directory `<name>/` holding `weights.safetensors` (only the tensors of its kind: the full
-state dict with tied copies stored once for `model`, the `adapter_` tensors for `adapter`, the `lora_` tensors
-for `lora`) and `meta.json` (kind, step, epoch, args, model config, tied aliases). Reference-style `.pt` files
-(a dict with a `model` or `adapter` key) are accepted on input, tensors only (`weights_only=True`).
+A checkpoint is a directory `<name>/` holding `weights.safetensors` (only the tensors of its kind: the
+full state dict with tied copies stored once for `model`, the `adapter_` tensors for `adapter`, the `lora_`
+tensors for `lora`, the `prompt_encoder.` tensors for `prefix`) and `meta.json` (kind, step, epoch, args,
+model config, tied aliases). Reference-style `.pt` files (a dict with a `model` or `adapter` key) are accepted
+on input, tensors only (`weights_only=True`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from lmlab.errors import LmlabError
 from torch import nn
 
 from mode_connectivity.adapter import add_adapters, freeze_backbone
+from mode_connectivity.config import TUNE_METHODS
 
-TUNE_METHODS = ("model", "adapter", "lora")
+# the name part that marks the delta tensors of each delta-tuning method in the model's state dict
+DELTA_MARKERS = {"adapter": "adapter_", "lora": "lora_", "prefix": "prompt_encoder."}
 WEIGHTS = "weights.safetensors"
 META = "meta.json"
 
@@ -51,6 +55,8 @@ def prepare_model(
     r_std: float = 0.02,
     lora_r: int = 10,
     lora_alpha: int = 16,
+    num_virtual_tokens: int = 20,
+    prefix_projection: bool = False,
 ) -> nn.Module:
     """Attach the delta modules of `tune_method` and set requires_grad. Seed before calling (adapter init)."""
     if tune_method == "model":
@@ -66,7 +72,39 @@ def prepare_model(
 
         cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=["q", "v"], lora_dropout=0.0)
         return get_peft_model(model, cfg)
+    if tune_method == "prefix":
+        return prefix_model(model, num_virtual_tokens, prefix_projection)
     raise LmlabError(f"--tune_method must be one of {', '.join(TUNE_METHODS)}, not {tune_method!r}")
+
+
+def prefix_model(model: nn.Module, num_virtual_tokens: int, projection: bool) -> nn.Module:
+    """peft prefix tuning (SEQ_2_SEQ_LM): `num_virtual_tokens` trainable keys/values prepended in every
+    decoder self-attention layer (peft's seq2seq prefix; the encoder and cross-attention get none), optionally
+    produced by peft's two-layer MLP (`projection`). Sized from the decoder: its layer count, heads x d_kv."""
+    from peft import PeftModelForSeq2SeqLM, PrefixTuningConfig, TaskType
+
+    class PrefixT5(PeftModelForSeq2SeqLM):
+        """peft 0.21 hands the prefix to `generate` as `past_key_values`, which transformers 5 drops in
+        favour of its own `cache`, and re-sends it at every step (generation ran without the prefix or without
+        the earlier tokens). Here the prefix becomes the `cache` at the first step (each step without one)."""
+
+        def prepare_inputs_for_generation(self, *args, **kwargs):
+            inputs = self.base_model_prepare_inputs_for_generation(*args, **kwargs)
+            cache = inputs.get("cache")
+            if not inputs.get("use_cache", True) or cache is None or cache.get_seq_length() == 0:
+                inputs["cache"] = self.get_prompt(inputs["decoder_input_ids"].shape[0])
+            return inputs
+
+    c = model.config
+    cfg = PrefixTuningConfig(
+        task_type=TaskType.SEQ_2_SEQ_LM,
+        num_virtual_tokens=num_virtual_tokens,
+        prefix_projection=projection,
+        num_layers=c.num_decoder_layers,
+        num_attention_heads=c.num_heads,
+        token_dim=c.num_heads * c.d_kv,
+    )
+    return PrefixT5(model, cfg)
 
 
 def unique_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -90,7 +128,7 @@ def delta_state(model: nn.Module, tune_method: str) -> dict[str, torch.Tensor]:
     state, _ = unique_state(model)
     if tune_method == "model":
         return {k: v for k, v in state.items() if v.is_floating_point()}
-    marker = "adapter_" if tune_method == "adapter" else "lora_"
+    marker = DELTA_MARKERS[tune_method]
     out = {k: v for k, v in state.items() if marker in k}
     if not out:
         raise LmlabError(f"the model has no {marker} tensors for --tune_method {tune_method}")
@@ -192,4 +230,6 @@ def build_for_method(cfg, seed: int | None = None) -> nn.Module:
         r_std=cfg.r_std,
         lora_r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
+        num_virtual_tokens=cfg.num_virtual_tokens,
+        prefix_projection=cfg.prefix_projection,
     )

@@ -1,4 +1,4 @@
-"""`train` (reference `tune_singletask.py`) on Lightning: full fine-tuning, the paper's adapter, LoRA.
+"""`train` (reference `tune_singletask.py`) on Lightning: full fine-tuning, the paper's adapter, LoRA, prefix.
 
 One job per (lr, bsz) in `<output_dir>/lr_<lr>_bsz_<bsz>_seed_<seed>/` with `checkpoint@<N>` every
 `--output_interval` updates, `checkpoint-best` (dev metric >= best so far, every `--valid_interval` updates),
