@@ -156,7 +156,10 @@ def test_interrupted_training_resumes_exactly(tiny, tmp_path, method):
     shutil.rmtree(job / "checkpoint-last")
     (job / "done.json").unlink()
     assert (job / "checkpoints" / "last.ckpt").is_file()
+    step2 = (job / "checkpoint@2" / "weights.safetensors").stat().st_mtime_ns
     assert main(_train_args(tiny, part, *common, method=method)) == 0
+    # it continued from last.ckpt: updates 1-2 were not run again (their checkpoint was not rewritten)
+    assert (job / "checkpoint@2" / "weights.safetensors").stat().st_mtime_ns == step2
     a = load_file(str(tmp_path / "full" / "lr_0.01_bsz_8_seed_20" / "checkpoint@4" / "weights.safetensors"))
     b = load_file(str(job / "checkpoint@4" / "weights.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
