@@ -1,10 +1,15 @@
 """lmlab.testing: the tiny tokenizers and models every package's tests stand on."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 from lmlab.testing import (
     HEADS,
     MODEL_TOKENIZER_STYLE,
+    TOKENIZER_STYLES,
     save_tiny_model,
     tiny_model,
     tiny_texts,
@@ -128,3 +133,25 @@ def test_run_traced_records_every_batch_per_rank_and_reports_failures(tmp_path, 
     assert traces == {"rank0": [[0, 1, 2], [3, 4, 5], [6]]}
     with pytest.raises(AssertionError, match="exited 1:\nbad input"):
         run_traced("traced_pkg:Module", "traced_pkg:main", ["fail"], tmp_path / "trace2")
+
+
+VOCABS = """
+import json, sys
+from lmlab.testing import tiny_tokenizer
+json.dump({s: tiny_tokenizer(s).get_vocab() for s in sys.argv[1:]}, sys.stdout)
+"""
+
+
+def test_tokenizers_are_the_same_in_every_process():
+    # the tokenizers trainers break ties in hash order (WordPiece's ## pieces, Unigram's scores): two fresh
+    # processes must still build identical vocabularies, so runs and reproductions are repeatable
+    def vocabs():
+        out = subprocess.run(
+            [sys.executable, "-c", VOCABS, *TOKENIZER_STYLES], capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout)
+
+    first, second = vocabs(), vocabs()
+    assert first == second
+    assert all(len(v) > 500 for v in first.values())

@@ -21,7 +21,7 @@ def _losses(job):
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process_and_resumes(tmp_path):
     tok = build_tokenizer(tmp_path / "model")
-    build_t5(tmp_path / "model", tok, d_model=32, num_layers=1, num_heads=2, d_ff=32, seed=0)
+    build_t5(tmp_path / "model", tok, d_model=32, num_layers=1, num_heads=2, d_ff=32, seed=0, dropout=0.0)
     task = synthetic_tasks(tmp_path / "data", n_train=48, n_eval=6, seed=0)["tiny-nli"]
 
     def run(name, steps, *extra, trace_name=None):
@@ -55,8 +55,9 @@ def test_two_process_ddp_matches_one_process_and_resumes(tmp_path):
     s2 = torch.load(two / "checkpoints" / "last.ckpt", weights_only=True)
     assert s1["global_step"] == s2["global_step"] == 8
     assert s1["samples_seen"] == 64 and s2["samples_seen"] == 32  # per rank
+    # dropout is off; per-rank token means differ slightly from the global one (measured: <= 0.9% per tensor)
     for key, w in s1["state_dict"].items():
-        torch.testing.assert_close(s2["state_dict"][key], w, atol=0.05, rtol=0.05)
+        assert (s2["state_dict"][key] - w).float().norm() <= 0.03 * w.float().norm() + 1e-6, key
     assert (one / "checkpoint-last").is_dir() and (two / "checkpoint-last").is_dir()
     assert (tmp_path / "two" / "result.csv").is_file()
     # resume the two-process run to 10 steps: it continues at exactly the next global batch of the stream

@@ -8,6 +8,7 @@ Three styles cover every model family the packages test: WordPiece (BERT, Distil
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Iterable
 from functools import cache
@@ -36,14 +37,26 @@ def _wrap(tok: Tokenizer, model_max_length: int, **special: str) -> PreTrainedTo
 def train_wordpiece_tokenizer(
     texts: Iterable[str] | None = None, vocab_size: int = 1000, model_max_length: int = 128
 ) -> PreTrainedTokenizerFast:
-    """BERT-style uncased WordPiece: `[CLS] a [SEP] b [SEP]`, with `[PAD]`, `[UNK]`, `[MASK]`."""
+    """BERT-style uncased WordPiece: `[CLS] a [SEP] b [SEP]`, with `[PAD]`, `[UNK]`, `[MASK]`.
+
+    The same in every process: the `tokenizers` WordPiece trainer numbers its `##` pieces in hash order, so its
+    vocabulary changes from one process to the next. Here a BPE vocabulary of (vocab_size - 5) / 2 pieces is
+    learned (deterministic), and each piece enters the WordPiece vocabulary twice: as a word start and as a
+    `##` continuation."""
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
+    bpe.normalizer, bpe.pre_tokenizer = normalizer, pre_tokenizer
+    n_pieces = (vocab_size - len(specials)) // 2
+    trainer = trainers.BpeTrainer(vocab_size=len(specials) + n_pieces, special_tokens=specials)
+    bpe.train_from_iterator(list(texts or default_texts()), trainer=trainer)
+    by_id = sorted(bpe.get_vocab().items(), key=lambda item: item[1])
+    pieces = [piece for piece, _ in by_id if piece not in specials]
+    words = specials + pieces + [f"##{piece}" for piece in pieces]
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
-    tok.train_from_iterator(list(texts or default_texts()), trainer=trainer)
+    tok.add_special_tokens(specials)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -115,15 +128,22 @@ def train_unigram_tokenizer(
     extra_ids: int = 100,
     model_max_length: int = 128,
 ) -> PreTrainedTokenizerFast:
-    """T5-style Unigram: `<pad>`=0, `</s>`=1, `<unk>`=2, `</s>` appended, `<extra_id_0..N-1>` sentinels last."""
+    """T5-style Unigram: `<pad>`=0, `</s>`=1, `<unk>`=2, `</s>` appended, `<extra_id_0..N-1>` sentinels last.
+
+    The trainer's scores vary in their last digits between processes (parallel sums), and the single characters
+    it adds at the end get scores 1e-4 apart in hash order: scores are rounded to 2 decimals and the pieces
+    renumbered by (score, piece), so that the vocabulary and the segmentation are the same in every process."""
+    specials = ["<pad>", "</s>", "<unk>"]
     tok = Tokenizer(models.Unigram())
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
-    )
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
     tok.train_from_iterator(list(texts or default_texts()), trainer=trainer)
+    scored = json.loads(tok.to_str())["model"]["vocab"]  # [[piece, score], ...], the specials first
+    head = [(piece, round(score, 2)) for piece, score in scored if piece in specials]
+    rest = sorted(((p, round(s, 2)) for p, s in scored if p not in specials), key=lambda v: (-v[1], v[0]))
+    tok.model = models.Unigram(head + rest, unk_id=specials.index("<unk>"), byte_fallback=False)
     sentinels = [f"<extra_id_{i}>" for i in range(extra_ids)]
     tok.add_special_tokens(sentinels)
     eos = tok.token_to_id("</s>")
