@@ -3,14 +3,13 @@ optionally light-tune on QA, generate answers and score them. Nothing is written
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
 import torch
 from lmlab.config import save_config
 from lmlab.device import torch_device
-from lmlab.io import atomic_write, mark_done, prepare_run_dir, write_json
+from lmlab.io import mark_done, prepare_run_dir, write_json, write_results
 from lmlab.plots import plot_curves
 from lmlab.seed import seed_everything
 
@@ -199,8 +198,9 @@ def _forgetting(scores: dict[str, dict[str, float]]) -> dict[str, float]:
 def write_adaptation_curve(
     out_dir: Path, scores: dict[str, dict[str, float]], total_docs: int, title: str
 ) -> list[dict[str, Any]]:
-    """`adaptation_curve.csv` (documents seen vs the stream's metrics: init at 0 if evaluated, every snapshot,
-    final; the QA-val metrics beside when evaluated) and `adaptation_curve.png` (F1, or NLL for eval=ppl)."""
+    """`adaptation_curve.csv`/`.json` (documents seen vs the stream's metrics: init at 0 if evaluated, every
+    snapshot, final; the QA-val metrics beside when evaluated) and `adaptation_curve.png` (F1, or NLL for
+    eval=ppl)."""
     points = [("init", 0)] if "init" in scores else []
     points += sorted(
         ((t, int(t[4:])) for t in scores if t.startswith("step") and t[4:].isdigit()), key=lambda p: p[1]
@@ -213,10 +213,7 @@ def write_adaptation_curve(
         if f"{tag}_qa_val" in scores:
             row.update({f"qa_val_{k}": scores[f"{tag}_qa_val"][k] for k in keys})
         rows.append(row)
-    with atomic_write(out_dir / "adaptation_curve.csv") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_results(rows, out_dir, name="adaptation_curve")
     shown = ["nll"] if "nll" in keys else ["avg_f1", "em"]
     plot_curves(
         [r["docs_seen"] for r in rows],
