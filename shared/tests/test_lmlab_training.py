@@ -14,7 +14,7 @@ from lmlab.device import (
 )
 from lmlab.errors import LmlabError
 from lmlab.logging import read_jsonl
-from lmlab.training import StepSampler, TrainerOptions, build_trainer, resume_checkpoint
+from lmlab.training import StepSampler, TrainerOptions, build_trainer, rank_and_world_size, resume_checkpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 
@@ -31,6 +31,17 @@ def test_sampler_covers_each_epoch_and_resumes_mid_stream():
     for start in (0, 3, 5, 7, 12):
         assert take(StepSampler(5, seed=1, start=start), 15 - start) == stream[start:]
     assert take(StepSampler(4, shuffle=False), 6) == [0, 1, 2, 3, 0, 1]
+
+
+def test_rank_and_world_size_follow_torch_distributed(tmp_path):
+    assert rank_and_world_size() == (0, 1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/rdv", rank=0, world_size=1)
+    try:
+        assert rank_and_world_size() == (0, 1)
+        sampler = StepSampler(4, rank=None, world_size=None)
+        assert (sampler.rank, sampler.world_size) == (0, 1)
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def test_sampler_shards_by_rank_and_resumes_per_rank():

@@ -12,10 +12,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 from headless_lm.config import GptConfig, MlmConfig
-from headless_lm.losses import cwt_loss, world
+from headless_lm.losses import cwt_loss
 from headless_lm.masking import MaskedBatch
 from headless_lm.objectives import causal_lm_loss, masked_lm_loss
 from headless_lm.train import HeadlessLMModule, _arch_dict, _task_dict
+from lmlab.training import rank_and_world_size
 
 WORKER = Path(__file__).with_name("gather_worker.py")
 _spec = importlib.util.spec_from_file_location("gather_worker", WORKER)
@@ -112,7 +113,7 @@ def test_objectives_under_ddp_equal_union_batch(ranks, kind, counts):
 
 
 def test_flag_is_a_no_op_on_one_process():
-    assert world() == (0, 1)
+    assert rank_and_world_size() == (0, 1)
     data = gw.gather_data()
     args = (data["hidden"] @ data["proj"], data["emb"][data["ids"]])
     for negatives in ("all", "unique"):

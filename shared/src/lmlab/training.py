@@ -187,6 +187,15 @@ def resume_checkpoint(opts: TrainerOptions, output_dir: str | os.PathLike | None
     return opts.resume
 
 
+def rank_and_world_size() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed; (0, 1) when it is not initialised."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 class StepSampler:
     """An endless, deterministic shuffled stream of dataset indices that can start mid-stream.
 
@@ -205,18 +214,12 @@ class StepSampler:
         rank: int | None = None,
         world_size: int | None = None,
     ):
-        import torch
-
         if n < 1:
             raise LmlabError("cannot sample from an empty data set")
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.n, self.seed, self.start, self.shuffle = n, seed, start, shuffle
-        self.rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
-        self.world_size = (
-            world_size
-            if world_size is not None
-            else (torch.distributed.get_world_size() if distributed else 1)
-        )
+        dist_rank, dist_world_size = rank_and_world_size()
+        self.rank = rank if rank is not None else dist_rank
+        self.world_size = world_size if world_size is not None else dist_world_size
 
     def _epoch(self, epoch: int) -> list[int]:
         import torch

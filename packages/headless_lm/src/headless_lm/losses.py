@@ -12,16 +12,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from lmlab.training import rank_and_world_size
 from torch import Tensor
 
 NEGATIVES = ("all", "unique")
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of torch.distributed; (0, 1) when it is not initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class _AllGather(torch.autograd.Function):
@@ -47,7 +41,7 @@ def gather_rows(rows: Tensor, ids: Tensor | None = None) -> tuple[Tensor, Tensor
     of every rank's gradient on them), the matching `ids` (K_r,) when given (no gradient), and the offset of
     this rank's first row. Ranks may hold different K_r: the sizes are gathered first, rows are padded to the
     largest K_r and the padding dropped (never a column of the softmax)."""
-    rank, size = world()
+    rank, size = rank_and_world_size()
     count = torch.tensor([rows.shape[0]], device=rows.device)
     counts = [torch.empty_like(count) for _ in range(size)]
     dist.all_gather(counts, count)
@@ -105,7 +99,7 @@ def cwt_loss(
     if negatives == "unique" and target_ids is None:
         raise ValueError('negatives="unique" needs target_ids (the token id of every target row)')
     rows = torch.arange(pred.shape[0], device=pred.device)
-    _, size = world() if gather_negatives else (0, 1)
+    _, size = rank_and_world_size() if gather_negatives else (0, 1)
     gathered = size > 1
     if gathered:
         target, target_ids, offset = gather_rows(target, target_ids if negatives == "unique" else None)
