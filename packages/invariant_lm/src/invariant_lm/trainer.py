@@ -171,9 +171,8 @@ def environment_update(
     if reduce is not None:
         total, n_masked = reduce(params, total, n_masked)
     params = [p for p in params if p.grad is not None]
-    opts = [body_opt, *(head_opts[e] for e in active)]
     if scaler is not None:  # the raw optimizer under Lightning's wrapper: its parameters' grads are unscaled
-        for opt in opts:
+        for opt in (body_opt, *(head_opts[e] for e in active)):
             scaler.unscale_(getattr(opt, "optimizer", opt))
     if max_grad_norm and max_grad_norm > 0:
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
