@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from diito.config import TrainConfig
+from diito.data.dataset import GroupedBatchSampler, batches_per_epoch
 from diito.distill import LossWeights, distill_losses
 
 
@@ -150,8 +151,6 @@ class DiitoModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def train_dataloader(self):
-        from diito.data.dataset import GroupedBatchSampler
-
         sampler = GroupedBatchSampler(
             self.dataset.lengths,
             self.cfg.batch_size,
@@ -176,7 +175,7 @@ class DiitoModule(pl.LightningModule):
         """Data epochs (passes over the dataset, all ranks together) whose micro-batches are all inside finished
         optimiser steps: rank r reads global batch r + j * world_size, so g steps consumed batches
         0 .. g * accumulation * world_size - 1 of the stream."""
-        per_epoch = -(-len(self.dataset) // self.cfg.batch_size)
+        per_epoch = batches_per_epoch(len(self.dataset), self.cfg.batch_size)
         consumed = self.trainer.global_step * self.trainer.accumulate_grad_batches * self.trainer.world_size
         return consumed // per_epoch
 
@@ -326,11 +325,11 @@ def build(cfg: TrainConfig):
         weights=weights,
     )
     world = _world_size(cfg)
-    batches_per_epoch = math.ceil(len(dataset) / cfg.batch_size) / world
+    per_rank = batches_per_epoch(len(dataset), cfg.batch_size) / world
     total = (
         cfg.max_steps
         if cfg.max_steps != -1
-        else int(batches_per_epoch / cfg.accumulate_grad_batches * cfg.n_epoch) + 1
+        else int(per_rank / cfg.accumulate_grad_batches * cfg.n_epoch) + 1
     )
     module = DiitoModule(cfg, student, teacher, dataset, collator, entries, total)
     module.dataset_max_len = max_len

@@ -91,6 +91,11 @@ class PairedSeqDataset(Dataset):
         return batch_no, self.seqs[i], self.seqs[j]
 
 
+def batches_per_epoch(n_sequences: int, batch_size: int) -> int:
+    """Batches in one pass over the data set (the last one may be partial)."""
+    return -(-n_sequences // batch_size)
+
+
 class GroupedBatchSampler(Sampler[list]):
     """An endless stream of batches of `(batch_number, epoch, index)`: epoch e shuffles with seed + e and
     groups indices into length buckets (boundaries 3, 7, 11, ... on the base length) as the reference's grouped
@@ -132,7 +137,7 @@ class GroupedBatchSampler(Sampler[list]):
         return batches
 
     def batches_per_epoch(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        return batches_per_epoch(len(self.lengths), self.batch_size)
 
     def __iter__(self) -> Iterator[list]:
         global_no = self.rank + self.start * self.world_size
