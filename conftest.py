@@ -29,3 +29,31 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the marker file (a stand-in for what an attacker would run)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+@pytest.fixture
+def malicious_pickle(tmp_path):
+    """A factory: `malicious_pickle(path, wrap=None)` writes a torch checkpoint at `path` holding an object whose
+    unpickling creates a marker file, and returns the marker's path. `wrap(payload)` places the payload inside
+    a real-looking checkpoint dict. A loading path is safe when it refuses the file and the marker never appears.
+    """
+
+    def make(path, wrap=None):
+        marker = tmp_path / f"pwned-{abs(hash(str(path)))}"
+        payload = _Payload(str(marker))
+        torch.save(wrap(payload) if wrap else {"state_dict": payload}, path)
+        return marker
+
+    return make

@@ -18,7 +18,8 @@ class Mode(enum.Enum):
 
 @dataclasses.dataclass
 class Cfg:
-    lr: float = dataclasses.field(default=1e-3, metadata={"help": "learning rate"})
+    lr: float = dataclasses.field(default=1e-3, metadata={"help": "learning rate", "gt": 0})
+    prob: float = dataclasses.field(default=0.15, metadata={"help": "a probability", "ge": 0, "le": 1})
     steps: int = 10
     name: str = "x"
     flag: bool = False
@@ -253,3 +254,34 @@ def test_bad_data_through_the_cli_is_one_line_exit_1(tmp_path, setup, extra, mes
     code = run_cli("prog", [Command("train", DataCfg, _load)], ["train", "--train_dir", str(folder), *extra])
     err = capsys.readouterr().err
     assert code == 1 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--lr", "-0.5"], "--lr must be > 0, got -0.5"),
+        (["--lr", "0"], "--lr must be > 0, got 0.0"),
+        (["--prob", "1.5"], "--prob must be >= 0, <= 1, got 1.5"),
+        (["--learning_rate", "-1"], "--lr must be > 0, got -1.0"),
+    ],
+)
+def test_declared_ranges_are_usage_errors(argv, message, capsys):
+    calls = []
+    assert run_cli("prog", make(calls), ["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"prog train: error: {message}" and calls == []
+    assert run_cli("prog", make(calls), ["train", "--prob", "1", "--lr", "2"]) == 0 and calls[0].prob == 1.0
+
+
+def test_help_shows_declared_ranges(capsys):
+    run_cli("prog", make([]), ["train", "--help"])
+    assert "a probability (>= 0, <= 1)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content", [b"\x80\x81\xfe binary \x00", b"\xff\xd8\xff\xe0 jpeg"])
+def test_binary_config_file_is_one_line_usage_error(tmp_path, content, capsys):
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes(content)
+    assert run_cli("prog", make([]), ["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "not UTF-8" in err and "Traceback" not in err

@@ -148,3 +148,43 @@ def test_split_is_deterministic_and_disjoint():
         train_valid_split(ds, 1.0)
     with pytest.raises(LmlabError, match="cannot split"):
         train_valid_split(Dataset.from_dict({"i": [1]}), 0.5)
+
+
+# ------------------------------------------------------------------ strict tables (lmlab.data.read_table)
+
+
+def test_read_table_refuses_a_row_with_an_extra_field(tmp_path):
+    from lmlab.data import read_table
+
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\nhello,1,extra\nworld,0\n")
+    with pytest.raises(LmlabError, match=r"t\.csv, line 2: 3 fields where the header has 2"):
+        read_table(path)
+    path.write_text("text,label\nhello,1\nworld\n")
+    with pytest.raises(LmlabError, match=r"line 3: 1 fields where the header has 2"):
+        read_table(path)
+
+
+def test_read_table_keeps_strings_and_checks_empty_cells(tmp_path):
+    from lmlab.data import read_table
+
+    path = tmp_path / "t.tsv"
+    path.write_text('question\tanswer\nwho "is" it\tnan\nwhat\tNA\nwhere\t\n')
+    frame = read_table(path)
+    assert frame["answer"].tolist() == ["nan", "NA", ""] and frame["question"][0] == 'who "is" it'
+    with pytest.raises(LmlabError, match=r"line 4: column 'answer' is empty \(1 such row"):
+        read_table(path, non_empty=("answer",))
+    with pytest.raises(LmlabError, match="no column 'context'"):
+        read_table(path, required_columns=("context",))
+    (tmp_path / "bin.csv").write_bytes(b"a,b\n\xff\xfe,1\n")
+    with pytest.raises(LmlabError, match="not UTF-8"):
+        read_table(tmp_path / "bin.csv")
+
+
+def test_load_corpus_reads_tables_strictly(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text('text\n"a, quoted"\nb\n')
+    assert load_corpus(path)["text"] == ["a, quoted", "b"]
+    path.write_text("text\na,b\n")
+    with pytest.raises(LmlabError, match="line 2"):
+        load_corpus(path)

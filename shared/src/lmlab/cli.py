@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from lmlab.config import CONFIG_SUFFIXES, config_to_dict, load_config_file
+from lmlab.config import CONFIG_SUFFIXES, check_bounds, config_to_dict, describe_bounds, load_config_file
 from lmlab.errors import LmlabError
 
 TRUE = {"true", "1", "yes", "y", "on"}
@@ -324,9 +324,11 @@ def build_config(command: Command, parsed: ParsedArgs, extra: dict[str, Any] | N
     values.update(extra or {})
     kwargs = {key: coerce(value, fields[key], f"--{key}") for key, value in values.items()}
     try:
-        return command.config_cls(**kwargs)
+        cfg = command.config_cls(**kwargs)
+        check_bounds(cfg)
     except (ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
+    return cfg
 
 
 def expand_sweep(sweep: dict[str, list[str]]) -> list[dict[str, str]]:
@@ -356,6 +358,8 @@ def command_help(prog: str, command: Command) -> str:
         )
         tp = _field_types(command.config_cls)[f.name]
         text = f.metadata.get("help", "")
+        if describe_bounds(f.metadata):
+            text = f"{text} ({describe_bounds(f.metadata)})".lstrip()
         lines.append(f"  --{f.name} {_type_name(tp)} [{default}]  {text}".rstrip())
     return "\n".join(lines)
 

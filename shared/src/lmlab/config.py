@@ -20,7 +20,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise LmlabError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise LmlabError(
+            f"config file {path} is not UTF-8 text (byte {err.start}); give a YAML or JSON file"
+        ) from None
+    except OSError as err:
+        raise LmlabError(f"cannot read config file {path}: {err.strerror or err}") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
@@ -32,6 +39,34 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             f"config file {path} must hold a mapping of keys to values, not {type(data).__name__}"
         )
     return data
+
+
+BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def describe_bounds(metadata: Any) -> str:
+    """A field's declared range as text, e.g. "> 0, <= 1" ("" when it declares none)."""
+    return ", ".join(f"{op} {metadata[key]}" for key, op in BOUNDS.items() if key in metadata)
+
+
+def check_bounds(cfg: Any) -> None:
+    """Check every field of a dataclass config against the range declared beside it in its metadata
+    (`gt`, `ge`, `lt`, `le`; e.g. `field(default=1e-4, metadata={"help": "...", "gt": 0})`). None passes (an
+    unset optional value). Raises ValueError naming the flag, the range and the value."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        bounds = describe_bounds(f.metadata)
+        if not bounds or value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        m = f.metadata
+        ok = (
+            ("gt" not in m or value > m["gt"])
+            and ("ge" not in m or value >= m["ge"])
+            and ("lt" not in m or value < m["lt"])
+            and ("le" not in m or value <= m["le"])
+        )
+        if not ok:
+            raise ValueError(f"--{f.name} must be {bounds}, got {value}")
 
 
 def _plain(value: Any) -> Any:

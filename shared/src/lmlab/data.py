@@ -31,6 +31,71 @@ def sample_path(relative: str) -> Path:
     return path
 
 
+def read_table(
+    path: str | os.PathLike,
+    required_columns: tuple[str, ...] = (),
+    non_empty: tuple[str, ...] = (),
+    sep: str | None = None,
+    header: bool = True,
+):
+    """Read a CSV (standard quoting) or TSV (no quoting, as GLUE ships it) strictly into a DataFrame of strings.
+
+    Every row must have as many fields as the header: a row with one extra or one missing field is an error
+    naming the file and its line (pandas would shift the columns or pad with NaN instead). Cells stay strings
+    (an empty cell is "", never NaN or "nan"); the `non_empty` columns must have text in every row. With
+    `header=False` the columns are numbered 0, 1, ... and every row must have the first row's width.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if sep is None:
+        sep = TABLE_SUFFIXES.get(path.suffix.lower(), ",")
+    quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh, delimiter=sep, quoting=quoting, strict=True)
+            rows, lines = [], []
+            for row in reader:
+                if row:
+                    rows.append(row)
+                    lines.append(reader.line_num)
+    except OSError as err:
+        raise LmlabError(f"cannot read {path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise LmlabError(
+            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+        ) from err
+    except csv.Error as err:
+        raise LmlabError(f"cannot parse {path}: {err}") from err
+    if not rows:
+        raise LmlabError(f"{path} is empty; give a table with a header and at least one row")
+    columns = rows[0] if header else list(range(len(rows[0])))
+    body, body_lines = (rows[1:], lines[1:]) if header else (rows, lines)
+    if header and len(set(columns)) != len(columns):
+        duplicated = sorted({c for c in columns if columns.count(c) > 1})
+        raise LmlabError(
+            f"{path}: the header names column {duplicated[0]!r} twice; give each column one name"
+        )
+    for row, line in zip(body, body_lines, strict=True):
+        if len(row) != len(columns):
+            raise LmlabError(
+                f"{path}, line {line}: {len(row)} fields where the header has {len(columns)}; "
+                f"fix or remove that row (a stray {'tab' if sep == chr(9) else 'comma or quote'} is the usual cause)"
+            )
+    missing = [c for c in (*required_columns, *non_empty) if c not in columns]
+    if missing:
+        raise LmlabError(f"{path} has no column {missing[0]!r}; its columns are {columns}")
+    frame = pd.DataFrame(body, columns=columns, dtype=str)
+    for column in non_empty:
+        empty = frame.index[frame[column].str.strip() == ""]
+        if len(empty):
+            raise LmlabError(
+                f"{path}, line {body_lines[empty[0]]}: column {column!r} is empty ({len(empty)} such row(s)); "
+                "fill or remove them"
+            )
+    return frame
+
+
 def _read_text_file(path: Path, documents: str) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -55,15 +120,7 @@ def _load_file(path: Path, text_column: str, documents: str) -> Dataset:
             raise LmlabError(f"{path} holds no non-empty line; give a file with at least one document")
         return Dataset.from_dict({text_column: docs})
     if suffix in TABLE_SUFFIXES:
-        import pandas as pd
-
-        try:
-            sep = TABLE_SUFFIXES[suffix]  # TSV (GLUE, CrossFit) has literal quotes; CSV may quote fields
-            quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
-            frame = pd.read_csv(path, sep=sep, quoting=quoting, keep_default_na=False, dtype=str)
-        except (OSError, ValueError, pd.errors.ParserError) as err:
-            raise LmlabError(f"cannot parse {path}: {err}") from err
-        return Dataset.from_pandas(frame, preserve_index=False)
+        return Dataset.from_pandas(read_table(path), preserve_index=False)
     if suffix in JSON_SUFFIXES:
         was_enabled = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()  # a bar per small file is noise; long steps (map) keep theirs

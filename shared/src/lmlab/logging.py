@@ -67,6 +67,20 @@ class JsonlLogger(Logger):
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
 
+    @rank_zero_only
+    def drop_steps_after(self, step: int) -> None:
+        """Remove the rows logged after the checkpoint of global step `step` (Lightning logs the work of step
+        `step + 1` under `step`): a run resumed from that checkpoint logs them again."""
+        if not self.path.is_file():
+            return
+        rows = read_jsonl(self.path)
+        kept = [row for row in rows if row.get("step") is None or row["step"] < step]
+        if len(kept) != len(rows):
+            from lmlab.io import atomic_write
+
+            with atomic_write(self.path) as fh:
+                fh.writelines(json.dumps(row) + "\n" for row in kept)
+
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read a metrics.jsonl file back as a list of dicts."""

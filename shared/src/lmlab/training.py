@@ -45,7 +45,7 @@ class TrainerOptions:
     devices: int | str = dataclasses.field(
         default="auto", metadata={"help": "devices per node (int, list or auto)"}
     )
-    num_nodes: int = dataclasses.field(default=1, metadata={"help": "number of nodes"})
+    num_nodes: int = dataclasses.field(default=1, metadata={"help": "number of nodes", "ge": 1})
     strategy: str = dataclasses.field(
         default="auto", metadata={"help": "auto | ddp | ddp_spawn | fsdp | deepspeed"}
     )
@@ -53,16 +53,20 @@ class TrainerOptions:
         default="auto",
         metadata={"help": "auto (bf16-mixed on a bf16 GPU, else 32-true) | 32-true | bf16-mixed | 16-mixed"},
     )
-    max_steps: int = dataclasses.field(default=1000, metadata={"help": "optimizer steps to train for"})
-    accumulate_grad_batches: int = dataclasses.field(
-        default=1, metadata={"help": "micro-batches per optimizer step"}
+    max_steps: int = dataclasses.field(
+        default=1000, metadata={"help": "optimizer steps to train for", "ge": 1}
     )
-    log_every_n_steps: int = dataclasses.field(default=10, metadata={"help": "log metrics every N steps"})
+    accumulate_grad_batches: int = dataclasses.field(
+        default=1, metadata={"help": "micro-batches per optimizer step", "ge": 1}
+    )
+    log_every_n_steps: int = dataclasses.field(
+        default=10, metadata={"help": "log metrics every N steps", "ge": 1}
+    )
     val_check_interval: int | None = dataclasses.field(
-        default=None, metadata={"help": "validate every N batches (None: never)"}
+        default=None, metadata={"help": "validate every N batches (None: never)", "ge": 1}
     )
     checkpoint_every_n_steps: int = dataclasses.field(
-        default=500, metadata={"help": "save a resumable checkpoint every N steps"}
+        default=500, metadata={"help": "save a resumable checkpoint every N steps", "ge": 1}
     )
     logger: str = dataclasses.field(
         default="csv", metadata={"help": "csv | tensorboard | wandb | none (metrics.jsonl is always written)"}
@@ -75,22 +79,13 @@ class TrainerOptions:
     )
 
     def __post_init__(self) -> None:
-        positive = (
-            "max_steps",
-            "accumulate_grad_batches",
-            "log_every_n_steps",
-            "checkpoint_every_n_steps",
-            "num_nodes",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        from lmlab.config import check_bounds
+
+        check_bounds(self)
         if self.logger not in LOGGERS:
             raise ValueError(f"--logger must be one of {', '.join(LOGGERS)}, got {self.logger!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        if self.val_check_interval is not None and self.val_check_interval < 1:
-            raise ValueError(f"--val_check_interval must be at least 1, got {self.val_check_interval}")
 
 
 def _loggers(opts: TrainerOptions, output_dir: Path) -> list[Any]:
@@ -126,6 +121,8 @@ def build_trainer(
     """A Lightning Trainer configured from `opts`: accelerator, devices, nodes, strategy, precision, step
     budget, accumulation, loggers (metrics.jsonl always), a progress bar, and a resumable checkpoint
     (`<output_dir>/checkpoints/last.ckpt`) every `checkpoint_every_n_steps` steps and at the last step.
+    `ExactResume` keys every micro-batch's randomness on its number (bit-exact resume with dropout on, each
+    step once in metrics.jsonl); `FiniteGuard` stops on a non-finite loss or gradient before it is saved.
 
     `trainer_kwargs` override any Trainer argument (e.g. `accumulate_grad_batches=1` for manual optimisation,
     `use_distributed_sampler=False` with `StepSampler`).
@@ -133,7 +130,7 @@ def build_trainer(
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import TQDMProgressBar
 
-    from lmlab.callbacks import LastStepCheckpoint
+    from lmlab.callbacks import ExactResume, FiniteGuard, LastStepCheckpoint
     from lmlab.device import resolve_accelerator, resolve_precision
 
     output_dir = Path(output_dir if output_dir is not None else opts.output_dir)
@@ -148,7 +145,7 @@ def build_trainer(
         save_top_k=1,
         save_on_train_epoch_end=True,
     )
-    all_callbacks = [checkpoint, *callbacks]
+    all_callbacks = [ExactResume(opts.seed), FiniteGuard(output_dir / "checkpoints"), checkpoint, *callbacks]
     if opts.progress_bar:
         all_callbacks.append(TQDMProgressBar(refresh_rate=max(1, opts.log_every_n_steps // 2)))
     kwargs: dict[str, Any] = {
