@@ -1,13 +1,14 @@
 """Exact resume with dropout on, each step once in metrics.jsonl, and the non-finite guard (lmlab.callbacks)."""
 
+import contextlib
+
 import pytest
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
-
 from lmlab.callbacks import NonFiniteLossError, check_finite, seed_micro_batch
 from lmlab.logging import read_jsonl
 from lmlab.training import StepSampler, TrainerOptions, build_trainer, resume_checkpoint
+from torch.utils.data import DataLoader, TensorDataset
 
 
 class Killed(Exception):
@@ -67,10 +68,8 @@ def _fit(out, kill_after=None, lr=0.05, max_steps=9, accumulate=1, poison_at=Non
     )  # fmt: skip
     module = DropoutToy(DATA, kill_after, lr, poison_at)
     trainer = build_trainer(opts, use_distributed_sampler=False)
-    try:
+    with contextlib.suppress(Killed):
         trainer.fit(module, ckpt_path=resume_checkpoint(opts), weights_only=True)
-    except Killed:
-        pass
     return module, trainer
 
 
