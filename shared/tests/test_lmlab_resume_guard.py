@@ -127,3 +127,26 @@ def test_check_finite_names_the_term():
         check_finite(7, {"ce": torch.tensor(1.0), "kl": torch.tensor([0.1, float("nan")])})
     with pytest.raises(NonFiniteLossError, match="'ce' is inf"):
         check_finite(1, {"ce": float("inf")})
+
+
+def test_short_run_still_writes_its_final_metrics_and_no_noise(tmp_path, capfd, caplog, recwarn):
+    torch.manual_seed(0)
+    opts = TrainerOptions(
+        output_dir=str(tmp_path),
+        device="cpu",
+        max_steps=3,
+        log_every_n_steps=50,
+        progress_bar=False,
+        logger="none",
+    )
+    trainer = build_trainer(opts, use_distributed_sampler=False)
+    trainer.fit(DropoutToy(DATA), weights_only=True)
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [2] and "loss" in rows[0]
+    out = capfd.readouterr()
+    assert "Tip" not in out.out + out.err + caplog.text
+    assert not [w for w in recwarn if "LeafSpec" in str(w.message)]
+    # a second call after the run finished adds nothing
+    trainer = build_trainer(opts, use_distributed_sampler=False)
+    trainer.fit(DropoutToy(DATA), ckpt_path=resume_checkpoint(opts), weights_only=True)
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [2]

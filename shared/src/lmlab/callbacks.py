@@ -4,6 +4,7 @@
 - `ExactResume`: randomness keyed on the micro-batch, so an interrupted run resumes bit-exactly with dropout on,
   and `metrics.jsonl` keeps each step once.
 - `FiniteGuard`: a non-finite loss or gradient stops the run with one line, before it can be checkpointed.
+- `FinalMetricsRow`: the last step's metrics reach metrics.jsonl even between logging intervals.
 """
 
 from __future__ import annotations
@@ -79,6 +80,26 @@ class ExactResume(pl.Callback):
                 drop = getattr(logger, "drop_steps_after", None)
                 if drop is not None:
                     drop(int(checkpoint.get("global_step", 0)))
+
+
+class FinalMetricsRow(pl.Callback):
+    """Writes the last step's metrics to metrics.jsonl when Lightning's logging interval skipped it, so a run
+    shorter than `log_every_n_steps` still has its metrics, and every run ends with its final step."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = trainer.global_step - 1  # Lightning logs the work of step k under k - 1
+        metrics = {}
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith("val"):
+                continue
+            value = torch.as_tensor(value)
+            if value.numel() == 1:
+                metrics[key] = float(value)
+        for logger in trainer.loggers:
+            last = getattr(logger, "last_step", "absent")
+            if last != "absent" and metrics and step >= 0 and (last is None or last < step):
+                logger.log_metrics(metrics, step=step)
+                logger.save()
 
 
 def _first_nonfinite(terms: dict[str, Any]) -> tuple[str, float] | None:

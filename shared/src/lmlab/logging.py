@@ -36,6 +36,7 @@ class JsonlLogger(Logger):
         super().__init__()
         self._save_dir = Path(save_dir)
         self.path = self._save_dir / filename
+        self.last_step: int | None = None  # the last step this process wrote
 
     @property
     def name(self) -> str:
@@ -64,6 +65,8 @@ class JsonlLogger(Logger):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self._save_dir.mkdir(parents=True, exist_ok=True)
         row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        if step is not None:
+            self.last_step = step if self.last_step is None else max(self.last_step, step)
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
 

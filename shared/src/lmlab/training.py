@@ -130,10 +130,11 @@ def build_trainer(
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import TQDMProgressBar
 
-    from lmlab.callbacks import ExactResume, FiniteGuard, LastStepCheckpoint
+    from lmlab.callbacks import ExactResume, FinalMetricsRow, FiniteGuard, LastStepCheckpoint
     from lmlab.device import resolve_accelerator, resolve_precision
 
     output_dir = Path(output_dir if output_dir is not None else opts.output_dir)
+    quiet_lightning()
     accelerator = resolve_accelerator(opts.device)
     if opts.strategy == "fsdp" and accelerator == "cpu":
         raise LmlabError("--strategy fsdp needs GPUs; use --strategy ddp on the CPU")
@@ -145,7 +146,13 @@ def build_trainer(
         save_top_k=1,
         save_on_train_epoch_end=True,
     )
-    all_callbacks = [ExactResume(opts.seed), FiniteGuard(output_dir / "checkpoints"), checkpoint, *callbacks]
+    all_callbacks = [
+        ExactResume(opts.seed),
+        FiniteGuard(output_dir / "checkpoints"),
+        FinalMetricsRow(),
+        checkpoint,
+        *callbacks,
+    ]
     if opts.progress_bar:
         all_callbacks.append(TQDMProgressBar(refresh_rate=max(1, opts.log_every_n_steps // 2)))
     kwargs: dict[str, Any] = {
@@ -169,6 +176,23 @@ def build_trainer(
     }
     kwargs.update(trainer_kwargs)
     return pl.Trainer(**kwargs)
+
+
+def _no_tip(record: Any) -> bool:
+    return not str(record.getMessage()).startswith("💡 Tip")
+
+
+def quiet_lightning() -> None:
+    """Silence two messages that say nothing about the run: Lightning's advertisement for its cloud logger, and
+    the deprecation of `LeafSpec` that Lightning's own pytree helper triggers on every step in torch >= 2.10.
+    Real warnings stay."""
+    import logging
+    import warnings
+
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if _no_tip not in rank_zero.filters:
+        rank_zero.addFilter(_no_tip)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def resume_checkpoint(opts: TrainerOptions, output_dir: str | os.PathLike | None = None) -> str | None:
