@@ -14,5 +14,5 @@ $(CAMELS_RESULTS)/bench.json: $(INSTALL_STAMP)
 	$(VENV_BIN)/camels bench --output_dir $(CAMELS_RESULTS)
 
 # on a CUDA machine: DistilGPT-2-shaped meta-step at 6 x 1024 tokens, GPT-2 XL-shaped adaptation/generation in bf16
-bench-camels-gpu: $(INSTALL_STAMP)
+bench-camels-gpu: $(INSTALL_STAMP) ## on a CUDA machine: the meta-step, adaptation and generation at the spec sizes
 	$(VENV_BIN)/camels bench --device cuda --dtype bfloat16 --output_dir $(CAMELS_RESULTS)/gpu

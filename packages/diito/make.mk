@@ -2,12 +2,12 @@
 DIITO_RESULTS := results/diito
 
 .PHONY: reproduce-diito bench-diito
-reproduce-diito: $(DIITO_RESULTS)/report.md
+reproduce-diito: $(DIITO_RESULTS)/report.md ## DIITO vs standard distillation: causal KL, intervention accuracy, MLM perplexity (tiny, CPU)
 
 $(DIITO_RESULTS)/report.md: $(INSTALL_STAMP)
 	$(VENV_BIN)/diito reproduce --output_dir $(DIITO_RESULTS)
 
-bench-diito: $(DIITO_RESULTS)/bench.json
+bench-diito: $(DIITO_RESULTS)/bench.json ## DIITO step vs standard distillation step (time, memory)
 
 $(DIITO_RESULTS)/bench.json: $(INSTALL_STAMP)
 	$(VENV_BIN)/diito bench --output_dir $(DIITO_RESULTS)

@@ -12,5 +12,5 @@ results/headless_lm/bench.json: $(INSTALL_STAMP)
 	$(VENV_BIN)/headless-lm bench --task all --output_dir results/headless_lm
 
 # on a CUDA machine (spec §9 sizes, bf16 autocast): Pythia-70m 8x2048, BERT-base 64x128, K 16376 x V 50304
-bench-headless_lm-gpu: $(INSTALL_STAMP)
+bench-headless_lm-gpu: $(INSTALL_STAMP) ## on a CUDA machine: CWT vs head+CE at the spec sizes (bf16)
 	$(VENV_BIN)/headless-lm bench --task all --device cuda --preset gpu --precision bf16 --output_dir results/headless_lm/gpu

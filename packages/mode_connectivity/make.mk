@@ -19,5 +19,5 @@ $(MC_OUT)/bench.json: $(INSTALL_STAMP)
 	rm -rf $(MC_OUT)/bench-tiny-adapter-tmp
 
 # on a CUDA machine (the lead's run): T5-base-shaped full model, bf16 autocast with fp32 master weights
-bench-mode_connectivity-gpu: $(INSTALL_STAMP)
+bench-mode_connectivity-gpu: $(INSTALL_STAMP) ## on a CUDA machine: sweep vs reload, T5-base shape (bf16)
 	$(VENV_BIN)/mode-connectivity bench-sweep --config t5-base-shaped --n_eval 256 --points 26 --mode both --tune_method model --device cuda --bf16 --output_dir $(MC_OUT)/bench-gpu
