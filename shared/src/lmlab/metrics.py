@@ -1,4 +1,4 @@
-"""Metrics with the official definitions: classification/regression (GLUE), SQuAD answer matching, perplexity."""
+"""Metrics with the official definitions, computed by the reference libraries where one exists (scikit-learn for\nclassification, SciPy for correlations, `rouge-score` for ROUGE-L); the official SQuAD normalisation and\nanswer matching; perplexity."""
 
 from __future__ import annotations
 
@@ -24,43 +24,31 @@ def _arrays(predictions: Sequence, labels: Sequence) -> tuple[np.ndarray, np.nda
 
 
 def accuracy(predictions: Sequence, labels: Sequence) -> float:
-    """Fraction of predictions equal to their label."""
+    """Fraction of predictions equal to their label (scikit-learn)."""
+    from sklearn.metrics import accuracy_score
+
     p, y = _arrays(predictions, labels)
-    return float((p == y).mean())
-
-
-def _binary_f1(p: np.ndarray, y: np.ndarray, positive) -> float:
-    tp = float(np.sum((p == positive) & (y == positive)))
-    fp = float(np.sum((p == positive) & (y != positive)))
-    fn = float(np.sum((p != positive) & (y == positive)))
-    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+    return float(accuracy_score(y, p))
 
 
 def f1(predictions: Sequence, labels: Sequence, average: str = "binary", positive_label=1) -> float:
-    """F1: `binary` (of `positive_label`, as GLUE's MRPC/QQP) or `macro` (unweighted mean over the labels
-    present in either predictions or labels). A class never predicted nor present scores 0, as in sklearn."""
+    """F1 (scikit-learn): `binary` (of `positive_label`, as GLUE's MRPC/QQP) or `macro` (unweighted mean over the
+    labels present in either predictions or labels); 0.0 where it is undefined."""
+    from sklearn.metrics import f1_score
+
+    if average not in ("binary", "macro"):
+        raise ValueError(f"average must be 'binary' or 'macro', got {average!r}")
     p, y = _arrays(predictions, labels)
-    if average == "binary":
-        return _binary_f1(p, y, positive_label)
-    if average == "macro":
-        classes = np.union1d(np.unique(p), np.unique(y))
-        return float(np.mean([_binary_f1(p, y, c) for c in classes]))
-    raise ValueError(f"average must be 'binary' or 'macro', got {average!r}")
+    return float(f1_score(y, p, average=average, pos_label=positive_label, zero_division=0))
 
 
 def matthews_corrcoef(predictions: Sequence, labels: Sequence) -> float:
-    """Matthews correlation (multi-class form of Gorodkin 2004, equal to the binary one for two classes);
-    0.0 when undefined (a constant prediction or label)."""
+    """Matthews correlation (scikit-learn; the multi-class form for more than two classes); 0.0 when undefined
+    (a constant prediction or label)."""
+    from sklearn.metrics import matthews_corrcoef as mcc
+
     p, y = _arrays(predictions, labels)
-    classes = np.union1d(np.unique(p), np.unique(y))
-    index = {c: i for i, c in enumerate(classes)}
-    conf = np.zeros((len(classes), len(classes)))
-    for yi, pi in zip(y, p, strict=True):
-        conf[index[yi], index[pi]] += 1
-    t_k, p_k = conf.sum(axis=1), conf.sum(axis=0)
-    c, s = np.trace(conf), conf.sum()
-    denom = math.sqrt((s**2 - np.dot(p_k, p_k)) * (s**2 - np.dot(t_k, t_k)))
-    return 0.0 if denom == 0 else float((c * s - np.dot(t_k, p_k)) / denom)
+    return float(mcc(y, p))
 
 
 def pearson(predictions: Sequence[float], labels: Sequence[float]) -> float:
@@ -124,6 +112,13 @@ def squad_f1(prediction: str, ground_truth: str) -> float:
         return 0.0
     precision, recall = same / len(pred), same / len(gold)
     return 2 * precision * recall / (precision + recall)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure with the `rouge-score` package's tokenisation (lower-cased, alphanumeric tokens)."""
+    from rouge_score import rouge_scorer
+
+    return float(rouge_scorer.RougeScorer(["rougeL"]).score(reference, prediction)["rougeL"].fmeasure)
 
 
 def max_over_ground_truths(
