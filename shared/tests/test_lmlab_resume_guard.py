@@ -150,3 +150,31 @@ def test_short_run_still_writes_its_final_metrics_and_no_noise(tmp_path, capfd, 
     trainer = build_trainer(opts, use_distributed_sampler=False)
     trainer.fit(DropoutToy(DATA), ckpt_path=resume_checkpoint(opts), weights_only=True)
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [2]
+
+
+class Distil(DropoutToy):
+    """A student trained against a frozen teacher that must stay in eval mode; both start in eval mode, as
+    `from_pretrained` leaves them."""
+
+    eval_modules = ("teacher",)
+
+    def __init__(self, data):
+        super().__init__(data)
+        self.teacher = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Dropout(0.5))
+        self.eval()
+        self.modes = None
+
+    def on_train_batch_start(self, batch, idx):
+        if self.modes is None:
+            self.modes = {name: m.training for name, m in self.named_modules()}
+
+
+def test_modules_train_in_train_mode_except_the_declared_frozen_ones(tmp_path, recwarn):
+    opts = TrainerOptions(
+        output_dir=str(tmp_path), device="cpu", max_steps=2, progress_bar=False, logger="none"
+    )
+    module = Distil(DATA)
+    build_trainer(opts, use_distributed_sampler=False).fit(module, weights_only=True)
+    assert module.modes[""] and module.modes["net"] and module.modes["net.1"]
+    assert not module.modes["teacher"] and not module.modes["teacher.1"]
+    assert not [w for w in recwarn if "eval mode" in str(w.message)]

@@ -223,3 +223,26 @@ def test_threads():
 def test_gpu_choices():
     assert resolve_accelerator("cuda") == "gpu"
     assert resolve_precision("auto", "gpu") in ("bf16-mixed", "32-true")
+
+
+def test_param_groups_skip_decay_on_biases_and_norms_and_leave_out_frozen():
+    from lmlab.training import param_groups
+
+    class RMSNorm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(4))
+
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), RMSNorm(), torch.nn.Linear(4, 4)
+    )
+    model[3].weight.requires_grad_(False)
+    model.append(torch.nn.Linear(4, 4, bias=False))
+    model[4].weight = model[0].weight  # tied
+    decay, skip = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and skip["weight_decay"] == 0.0
+    assert [id(p) for p in decay["params"]] == [id(model[0].weight)]
+    expected = [model[0].bias, model[1].weight, model[1].bias, model[2].weight, model[3].bias]
+    assert [id(p) for p in skip["params"]] == [id(p) for p in expected]
+    (only,) = param_groups(model, 0.1, params=[model[3].bias])
+    assert only["weight_decay"] == 0.0 and only["params"] == [model[3].bias]

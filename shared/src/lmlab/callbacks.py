@@ -5,6 +5,8 @@
   and `metrics.jsonl` keeps each step once.
 - `FiniteGuard`: a non-finite loss or gradient stops the run with one line, before it can be checkpointed.
 - `FinalMetricsRow`: the last step's metrics reach metrics.jsonl even between logging intervals.
+- `TrainMode`: every module in train mode when training starts, except those the LightningModule names as
+  meant to stay in eval mode (a frozen teacher or base model).
 """
 
 from __future__ import annotations
@@ -80,6 +82,18 @@ class ExactResume(pl.Callback):
                 drop = getattr(logger, "drop_steps_after", None)
                 if drop is not None:
                     drop(int(checkpoint.get("global_step", 0)))
+
+
+class TrainMode(pl.Callback):
+    """Puts the LightningModule in train mode when fitting starts (`from_pretrained` returns models in eval mode
+    and Lightning 2 keeps modes as it finds them, so dropout would silently stay off), then puts back in eval
+    mode the submodules listed in the module's `eval_modules` attribute (names for `get_submodule`): the ones
+    meant to stay frozen. Lightning restores these modes itself after each validation."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.train()
+        for name in getattr(pl_module, "eval_modules", ()):
+            pl_module.get_submodule(name).eval()
 
 
 class FinalMetricsRow(pl.Callback):

@@ -121,6 +121,7 @@ def build_trainer(
     """A Lightning Trainer configured from `opts`: accelerator, devices, nodes, strategy, precision, step
     budget, accumulation, loggers (metrics.jsonl always), a progress bar, and a resumable checkpoint
     (`<output_dir>/checkpoints/last.ckpt`) every `checkpoint_every_n_steps` steps and at the last step.
+    `TrainMode` trains every module in train mode except the module's declared `eval_modules`;
     `ExactResume` keys every micro-batch's randomness on its number (bit-exact resume with dropout on, each
     step once in metrics.jsonl); `FiniteGuard` stops on a non-finite loss or gradient before it is saved.
 
@@ -130,7 +131,7 @@ def build_trainer(
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import TQDMProgressBar
 
-    from lmlab.callbacks import ExactResume, FinalMetricsRow, FiniteGuard, LastStepCheckpoint
+    from lmlab.callbacks import ExactResume, FinalMetricsRow, FiniteGuard, LastStepCheckpoint, TrainMode
     from lmlab.device import resolve_accelerator, resolve_precision
 
     output_dir = Path(output_dir if output_dir is not None else opts.output_dir)
@@ -147,6 +148,7 @@ def build_trainer(
         save_on_train_epoch_end=True,
     )
     all_callbacks = [
+        TrainMode(),
         ExactResume(opts.seed),
         FiniteGuard(output_dir / "checkpoints"),
         FinalMetricsRow(),
@@ -185,7 +187,8 @@ def _no_tip(record: Any) -> bool:
 def quiet_lightning() -> None:
     """Silence two messages that say nothing about the run: Lightning's advertisement for its cloud logger, and
     the deprecation of `LeafSpec` that Lightning's own pytree helper triggers on every step in torch >= 2.10.
-    Real warnings stay."""
+    Lightning's warning about modules in eval mode at the start of training is silenced too: `TrainMode` sets
+    every mode explicitly, and the ones left in eval are declared. Real warnings stay."""
     import logging
     import warnings
 
@@ -193,6 +196,7 @@ def quiet_lightning() -> None:
     if _no_tip not in rank_zero.filters:
         rank_zero.addFilter(_no_tip)
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 def resume_checkpoint(opts: TrainerOptions, output_dir: str | os.PathLike | None = None) -> str | None:
@@ -206,6 +210,24 @@ def resume_checkpoint(opts: TrainerOptions, output_dir: str | os.PathLike | None
     if not Path(opts.resume).is_file():
         raise LmlabError(f"--resume {opts.resume}: no such checkpoint file")
     return opts.resume
+
+
+def param_groups(model: Any, weight_decay: float, params: Any = None) -> list[dict[str, Any]]:
+    """AdamW parameter groups: weight decay on the rest, none on biases, other 1-D parameters and every
+    parameter of a normalisation module (LayerNorm, RMSNorm, T5LayerNorm: any class whose name has "norm").
+    Frozen parameters are left out, tied tensors appear once, empty groups are dropped. `params` restricts the
+    groups to those parameters (e.g. a head's), still classified by their place in `model`."""
+    keep = None if params is None else {id(p) for p in params}
+    decay, skip, seen = [], [], set()
+    for module in model.modules():
+        is_norm = "norm" in type(module).__name__.lower()
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) in seen or not param.requires_grad or (keep is not None and id(param) not in keep):
+                continue
+            seen.add(id(param))
+            (skip if is_norm or name.endswith("bias") or param.ndim < 2 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": skip, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 def rank_and_world_size() -> tuple[int, int]:
