@@ -28,6 +28,7 @@ class Cfg:
     layers: list[int] = dataclasses.field(default_factory=lambda: [1, 2])
     limit: int | None = None
     output_dir: str = "out"
+    seed: int = 0
 
     def __post_init__(self):
         if self.steps < 1:
@@ -162,7 +163,17 @@ def test_sweep_is_a_cartesian_product_with_numbered_run_dirs(tmp_path):
     assert all(c.steps == 2 for c in calls)
     rows = json.loads((tmp_path / "sweep.json").read_text())
     assert [r["score"] for r in rows] == pytest.approx([1.0, 1.0, 2.0, 2.0])
+    assert [(r["lr"], r["kind"], r["seed"]) for r in rows] == [
+        ("0.1", "a", 0),
+        ("0.1", "b", 0),
+        ("0.2", "a", 0),
+        ("0.2", "b", 0),
+    ]
     assert expand_sweep({}) == [{}]
+    # seeds are a swept value like any other: one row (and one folder) per seed, none overwritten
+    assert run_cli("prog", make([]), ["train", "--output_dir", str(tmp_path / "s"), "-m", "seed=1,2"]) == 0
+    rows = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert [(r["seed"], Path(r["output_dir"]).name) for r in rows] == [("1", "0"), ("2", "1")]
 
 
 def test_print_config_and_help(capsys):
@@ -285,3 +296,14 @@ def test_binary_config_file_is_one_line_usage_error(tmp_path, content, capsys):
     assert run_cli("prog", make([]), ["train", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "not UTF-8" in err and "Traceback" not in err
+
+
+def test_an_alias_and_its_flag_must_agree(capsys):
+    calls = []
+    assert run_cli("prog", make(calls), ["train", "--learning_rate", "0.1", "--lr", "0.2"]) == 2
+    assert "--lr 0.2 and --learning_rate 0.1 set the same option (lr); give one" in capsys.readouterr().err
+    assert (
+        run_cli("prog", make(calls), ["train", "--learning_rate", "0.1", "lr=0.1"]) == 0
+        and calls[0].lr == 0.1
+    )
+    assert run_cli("prog", make(calls), ["train", "--lr", "0.1", "--lr", "0.3"]) == 0 and calls[1].lr == 0.3

@@ -214,6 +214,18 @@ def parse_argv(argv: Sequence[str], fields: dict[str, Any], aliases: dict[str, s
     out = ParsedArgs(overrides={})
     args = list(argv)
     i = 0
+    spelled: dict[str, str] = {}  # key -> how the command line spelled it (the flag or an alias)
+
+    def put(raw: str, value: Any) -> None:
+        raw = raw.replace("-", "_")
+        key = _canonical(raw, fields, aliases)
+        before = spelled.get(key)
+        if before is not None and before != raw and str(out.overrides[key]) != str(value):
+            raise UsageError(
+                f"--{raw} {value} and --{before} {out.overrides[key]} set the same option ({key}); give one"
+            )
+        spelled[key] = raw
+        out.overrides[key] = value
 
     def is_option(tok: str) -> bool:
         return tok.startswith("-") and not _looks_numeric(tok)
@@ -246,12 +258,12 @@ def parse_argv(argv: Sequence[str], fields: dict[str, Any], aliases: dict[str, s
                 out.sweep[_canonical(key, fields, aliases)] = values.split(",")
                 i += 1
         elif tok.startswith("--"):
-            key, eq, inline = tok[2:].partition("=")
-            key = _canonical(key, fields, aliases)
+            raw, eq, inline = tok[2:].partition("=")
+            key = _canonical(raw, fields, aliases)
             tp = fields[key]
             i += 1
             if eq:
-                out.overrides[key] = inline
+                put(raw, inline)
             elif _takes_list(tp):
                 values = []
                 while i < len(args) and not is_option(args[i]) and "=" not in args[i]:
@@ -259,21 +271,21 @@ def parse_argv(argv: Sequence[str], fields: dict[str, Any], aliases: dict[str, s
                     i += 1
                 if not values:
                     raise UsageError(f"--{key} needs a value ({_type_name(tp)})")
-                out.overrides[key] = values[0] if len(values) == 1 else values
+                put(raw, values[0] if len(values) == 1 else values)
             elif _is_bool(tp):
                 if i < len(args) and args[i].lower() in TRUE | FALSE | NONE:
-                    out.overrides[key] = args[i]
+                    put(raw, args[i])
                     i += 1
                 else:
-                    out.overrides[key] = True
+                    put(raw, True)
             else:
                 if i >= len(args):
                     raise UsageError(f"--{key} needs a value ({_type_name(tp)})")
-                out.overrides[key] = args[i]
+                put(raw, args[i])
                 i += 1
         elif "=" in tok and not tok.startswith("-"):
-            key, _, value = tok.partition("=")
-            out.overrides[_canonical(key, fields, aliases)] = value
+            raw, _, value = tok.partition("=")
+            put(raw, value)
             i += 1
         else:
             raise UsageError(f"unexpected argument {tok!r}; give options as --key value or key=value")
@@ -454,6 +466,8 @@ def _write_sweep_summary(configs: list[Any], runs: list[dict[str, str]], results
     rows = []
     for cfg, extra, result in zip(configs, runs, results, strict=True):
         row = {"output_dir": cfg.output_dir, **extra}
+        if hasattr(cfg, "seed"):
+            row.setdefault("seed", cfg.seed)
         if isinstance(result, dict):
             row.update({k: v for k, v in result.items() if isinstance(v, int | float | str | bool)})
         rows.append(row)
