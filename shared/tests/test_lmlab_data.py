@@ -188,3 +188,10 @@ def test_load_corpus_reads_tables_strictly(tmp_path):
     path.write_text("text\na,b\n")
     with pytest.raises(LmlabError, match="line 2"):
         load_corpus(path)
+
+
+def test_the_shipped_brown_corpus_loads_whole():
+    brown = load_corpus(sample_path("brown/brown.jsonl.gz"))
+    assert len(brown) == 15667 and set(brown.column_names) == {"doc", "genre", "para", "text"}
+    assert len(set(brown["genre"])) == 15
+    assert sum(len(t.split()) for t in brown["text"]) > 1_000_000

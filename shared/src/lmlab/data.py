@@ -112,6 +112,8 @@ def _read_text_file(path: Path, documents: str) -> list[str]:
 
 def _load_file(path: Path, text_column: str, documents: str) -> Dataset:
     suffix = path.suffix.lower()
+    if suffix == ".gz" and Path(path.stem).suffix.lower() in JSON_SUFFIXES:
+        suffix = Path(path.stem).suffix.lower()  # datasets reads gzipped JSON lines as they are
     if path.stat().st_size == 0:
         raise LmlabError(f"{path} is empty; give a file with at least one document")
     if suffix in TEXT_SUFFIXES:
@@ -144,7 +146,7 @@ def load_corpus(
     """Load a corpus into a `Dataset`.
 
     `source` is a file (`.txt`: one document per line, or blank-line separated with `documents="paragraph"`;
-    `.jsonl`/`.json`; `.csv` with standard quoting, `.tsv` read without quoting), a folder of such files (concatenated in name order),
+    `.jsonl`/`.json` (also gzipped); `.csv` with standard quoting, `.tsv` read without quoting), a folder of such files (concatenated in name order),
     a folder written by `save_to_disk` (a `DatasetDict` gives its `split`), or a hub name (needs network).
     `required_columns` (default: `text_column`) must be present.
     """
