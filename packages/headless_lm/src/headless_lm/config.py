@@ -30,8 +30,9 @@ PRETRAIN_ALIASES = {
 }
 
 
-def _h(text: str) -> dict:
-    return {"help": text}
+def _h(text: str, **bounds: float) -> dict:
+    """Field metadata: the help text and the declared range (gt, ge, lt, le), checked by lmlab.cli."""
+    return {"help": text, **bounds}
 
 
 @dataclass
@@ -44,7 +45,9 @@ class _PretrainBase(TrainerOptions):
     hf_path: str = field(
         default="pythia-70m", metadata=_h("architecture: shipped name, config.json or model folder")
     )
-    model_max_seq_len: int = field(default=2048, metadata=_h("model positions (max_position_embeddings)"))
+    model_max_seq_len: int = field(
+        default=2048, metadata=_h("model positions (max_position_embeddings)", ge=1)
+    )
     accelerator: str = field(
         default="sdpa", metadata=_h("attention backend: hf | sdpa | flash_attention | xformers")
     )
@@ -54,26 +57,36 @@ class _PretrainBase(TrainerOptions):
     saved_ckpt_path: str | None = field(
         default=None, metadata=_h("if set, output_dir = saved_ckpt_path/run_name")
     )
-    ckpt_every: int = field(default=10000, metadata=_h("keep a checkpoint forever every N steps (periodic/)"))
-    num_workers: int = field(default=0, metadata=_h("data-loader workers"))
-    global_bs: int | None = field(default=None, metadata=_h("global batch in sequences (sets accumulation)"))
-    gpu_bs: int = field(default=8, metadata=_h("micro-batch per device in sequences: the in-batch negatives"))
+    ckpt_every: int = field(
+        default=10000, metadata=_h("keep a checkpoint forever every N steps (periodic/)", ge=1)
+    )
+    num_workers: int = field(default=0, metadata=_h("data-loader workers", ge=0))
+    global_bs: int | None = field(
+        default=None, metadata=_h("global batch in sequences (sets accumulation)", ge=1)
+    )
+    gpu_bs: int = field(
+        default=8, metadata=_h("micro-batch per device in sequences: the in-batch negatives", ge=1)
+    )
     # --- reference task-config keys
     text_key: str = field(
         default="packed", metadata=_h("column with the token ids (or text if not tokenized)")
     )
     tokenized: bool = field(default=True, metadata=_h("the dataset column holds token ids"))
-    emb_loss_weight: float = field(default=1.0, metadata=_h("weight of the CWT loss (0: vanilla)"))
+    emb_loss_weight: float = field(default=1.0, metadata=_h("weight of the CWT loss (0: vanilla)", ge=0))
     loss_name: str = field(default="cwt", metadata=_h("contrastive loss (only cwt)"))
-    learning_rate: float = field(default=1e-3, metadata=_h("peak learning rate"))
+    learning_rate: float = field(default=1e-3, metadata=_h("peak learning rate", gt=0))
     schedule_type: str = field(default="cosine", metadata=_h("cosine | constant | triangular (linear decay)"))
-    contrastive_temperature: float = field(default=1.0, metadata=_h("CWT temperature tau"))
-    warmup_steps: int = field(default=1430, metadata=_h("linear warm-up steps from 0"))
-    min_lr_ratio: float = field(default=0.0, metadata=_h("final LR / peak LR (reference 0; Pythia 0.1)"))
-    weight_decay: float = field(default=0.1, metadata=_h("AdamW weight decay (never on biases and norms)"))
+    contrastive_temperature: float = field(default=1.0, metadata=_h("CWT temperature tau", gt=0))
+    warmup_steps: int = field(default=1430, metadata=_h("linear warm-up steps from 0", ge=0))
+    min_lr_ratio: float = field(
+        default=0.0, metadata=_h("final LR / peak LR (reference 0; Pythia 0.1)", ge=0, le=1)
+    )
+    weight_decay: float = field(
+        default=0.1, metadata=_h("AdamW weight decay (never on biases and norms)", ge=0)
+    )
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95], metadata=_h("AdamW betas"))
-    adam_eps: float = field(default=1e-8, metadata=_h("AdamW epsilon"))
-    gradient_clip: float = field(default=1.0, metadata=_h("gradient norm clipping"))
+    adam_eps: float = field(default=1e-8, metadata=_h("AdamW epsilon", gt=0))
+    gradient_clip: float = field(default=1.0, metadata=_h("gradient norm clipping", ge=0))
     negatives: str = field(default="all", metadata=_h("all (paper: duplicates kept) | unique (ablation)"))
     gather_negatives: bool = field(
         default=False,
@@ -83,11 +96,11 @@ class _PretrainBase(TrainerOptions):
         default="identity", metadata=_h("emb_predictor: identity | linear (D x D, ablation)")
     )
     val_every: int | None = field(
-        default=None, metadata=_h("validate every N optimizer steps (default 10% of the run)")
+        default=None, metadata=_h("validate every N optimizer steps (default 10% of the run)", ge=1)
     )
-    val_batches: int = field(default=10, metadata=_h("validation batches per validation"))
+    val_batches: int = field(default=10, metadata=_h("validation batches per validation", ge=1))
     valid_fraction: float = field(
-        default=0.0001, metadata=_h("validation share when the dataset has no validation split")
+        default=0.0001, metadata=_h("validation share when the dataset has no validation split", ge=0, lt=1)
     )
 
     def __post_init__(self) -> None:
@@ -108,17 +121,10 @@ class _PretrainBase(TrainerOptions):
             )
         if self.predictor not in ("identity", "linear"):
             raise ValueError(f"--predictor must be identity or linear, got {self.predictor!r}")
-        if self.contrastive_temperature <= 0:
-            raise ValueError("--contrastive_temperature must be positive")
         if len(self.adam_betas) != 2:
             raise ValueError("--adam_betas must be two numbers")
-        for name in ("gpu_bs", "model_max_seq_len", "ckpt_every", "val_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1")
         if self.global_bs is not None and self.global_bs < self.gpu_bs:
             raise ValueError("--global_bs must be at least --gpu_bs")
-        if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError("--warmup_steps must be >= 0 and --min_lr_ratio in [0, 1]")
 
     @property
     def ce_weight(self) -> float:
@@ -130,15 +136,17 @@ class GptConfig(_PretrainBase):
     """Causal (decoder) pre-training; defaults = the reference task defaults (Pythia-70m, 143k steps)."""
 
     max_steps: int = field(
-        default=143000, metadata=_h("total optimizer steps (reference key total_nb_steps)")
+        default=143000, metadata=_h("total optimizer steps (reference key total_nb_steps)", ge=1)
     )
     checkpoint_every_n_steps: int = field(
-        default=1000, metadata=_h("rolling last.ckpt every N steps (--last_every)")
+        default=1000, metadata=_h("rolling last.ckpt every N steps (--last_every)", ge=1)
     )
-    global_bs: int | None = field(default=1024, metadata=_h("global batch in sequences (sets accumulation)"))
+    global_bs: int | None = field(
+        default=1024, metadata=_h("global batch in sequences (sets accumulation)", ge=1)
+    )
     logger: str = field(default="tensorboard", metadata=_h("tensorboard | csv | wandb | none"))
     lm_loss_weight: float = field(
-        default=1.0, metadata=_h("weight of the next-token CE (0: headless, head removed)")
+        default=1.0, metadata=_h("weight of the next-token CE (0: headless, head removed)", ge=0)
     )
 
     @property
@@ -153,38 +161,48 @@ class MlmConfig(_PretrainBase):
     hf_path: str = field(
         default="bert-base", metadata=_h("architecture: shipped name, config.json or model folder")
     )
-    model_max_seq_len: int = field(default=128, metadata=_h("model positions (max_position_embeddings)"))
-    max_seq_len: int = field(default=128, metadata=_h("MLM sequence length; longer packed rows are split"))
+    model_max_seq_len: int = field(
+        default=128, metadata=_h("model positions (max_position_embeddings)", ge=1)
+    )
+    max_seq_len: int = field(
+        default=128, metadata=_h("MLM sequence length; longer packed rows are split", ge=1)
+    )
     max_steps: int = field(
-        default=1_000_000, metadata=_h("total optimizer steps (reference key total_nb_steps)")
+        default=1_000_000, metadata=_h("total optimizer steps (reference key total_nb_steps)", ge=1)
     )
     checkpoint_every_n_steps: int = field(
-        default=1000, metadata=_h("rolling last.ckpt every N steps (--last_every)")
+        default=1000, metadata=_h("rolling last.ckpt every N steps (--last_every)", ge=1)
     )
-    global_bs: int | None = field(default=256, metadata=_h("global batch in sequences of max_seq_len"))
-    gpu_bs: int = field(default=32, metadata=_h("micro-batch per device in sequences of max_seq_len"))
+    global_bs: int | None = field(default=256, metadata=_h("global batch in sequences of max_seq_len", ge=1))
+    gpu_bs: int = field(default=32, metadata=_h("micro-batch per device in sequences of max_seq_len", ge=1))
     logger: str = field(default="tensorboard", metadata=_h("tensorboard | csv | wandb | none"))
-    learning_rate: float = field(default=1e-4, metadata=_h("peak learning rate"))
+    learning_rate: float = field(default=1e-4, metadata=_h("peak learning rate", gt=0))
     schedule_type: str = field(
         default="triangular", metadata=_h("cosine | constant | triangular (linear decay)")
     )
-    warmup_steps: int = field(default=10000, metadata=_h("linear warm-up steps from 0"))
-    weight_decay: float = field(default=0.01, metadata=_h("AdamW weight decay (never on biases and norms)"))
+    warmup_steps: int = field(default=10000, metadata=_h("linear warm-up steps from 0", ge=0))
+    weight_decay: float = field(
+        default=0.01, metadata=_h("AdamW weight decay (never on biases and norms)", ge=0)
+    )
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata=_h("AdamW betas"))
     mlm_loss_weight: float = field(
-        default=1.0, metadata=_h("weight of the MLM CE (0: headless, head removed)")
+        default=1.0, metadata=_h("weight of the MLM CE (0: headless, head removed)", ge=0)
     )
-    mask_prob: float = field(default=0.15, metadata=_h("share of maskable positions selected per row"))
-    replace_prob: float = field(default=0.8, metadata=_h("selected positions replaced by the mask token"))
+    mask_prob: float = field(
+        default=0.15, metadata=_h("share of maskable positions selected per row", ge=0, le=1)
+    )
+    replace_prob: float = field(
+        default=0.8, metadata=_h("selected positions replaced by the mask token", ge=0, le=1)
+    )
     random_token_prob: float = field(
-        default=0.1, metadata=_h("selected positions replaced by a random token")
+        default=0.1, metadata=_h("selected positions replaced by a random token", ge=0, le=1)
     )
     mask_scheme: str = field(default="bert", metadata=_h("bert (fixed) | reference (context noise, §1.4)"))
     reference_label_bug: bool = field(
         default=False, metadata=_h("reference scheme: labels from randomised input")
     )
     mask_token_id: int | None = field(
-        default=None, metadata=_h("mask id when the tokenizer has none (reference: 1)")
+        default=None, metadata=_h("mask id when the tokenizer has none (reference: 1)", ge=0)
     )
     mlm_vanilla_head: str = field(default="full", metadata=_h("full (HF: logits at all positions) | sparse"))
 
@@ -198,9 +216,6 @@ class MlmConfig(_PretrainBase):
             raise ValueError(
                 f"--max_seq_len {self.max_seq_len} is longer than --model_max_seq_len {self.model_max_seq_len}"
             )
-        for name in ("mask_prob", "replace_prob", "random_token_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"--{name} must be in [0, 1]")
 
     @property
     def ce_weight(self) -> float:
@@ -213,12 +228,14 @@ class FtGptConfig(GptConfig):
 
     ckpt_path: str | None = field(default=None, metadata=_h("headless checkpoint to start from (required)"))
     mode: str = field(default="ft", metadata=_h("ft (train everything) | probe (train the head only)"))
-    emb_loss_weight: float = field(default=0.0, metadata=_h("must stay 0: fine-tuning is CE only"))
-    max_steps: int = field(default=10000, metadata=_h("total optimizer steps (reference key total_nb_steps)"))
-    learning_rate: float = field(default=1e-4, metadata=_h("peak learning rate"))
-    ckpt_every: int = field(default=2500, metadata=_h("keep a checkpoint forever every N steps"))
-    val_every: int | None = field(default=2500, metadata=_h("validate every N optimizer steps"))
-    global_bs: int | None = field(default=1024, metadata=_h("global batch in sequences"))
+    emb_loss_weight: float = field(default=0.0, metadata=_h("must stay 0: fine-tuning is CE only", ge=0))
+    max_steps: int = field(
+        default=10000, metadata=_h("total optimizer steps (reference key total_nb_steps)", ge=1)
+    )
+    learning_rate: float = field(default=1e-4, metadata=_h("peak learning rate", gt=0))
+    ckpt_every: int = field(default=2500, metadata=_h("keep a checkpoint forever every N steps", ge=1))
+    val_every: int | None = field(default=2500, metadata=_h("validate every N optimizer steps", ge=1))
+    global_bs: int | None = field(default=1024, metadata=_h("global batch in sequences", ge=1))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -247,19 +264,15 @@ class PreprocessConfig:
     output: str = field(
         default="./dataset_storage/owt2_pythia.hf", metadata=_h("output folder (save_to_disk)")
     )
-    max_seq_len: int = field(default=2048, metadata=_h("row length"))
+    max_seq_len: int = field(default=2048, metadata=_h("row length", ge=2))
     append_eos: bool = field(default=True, metadata=_h("EOS between documents (false = reference)"))
     seed: int = field(default=0, metadata=_h("shuffle seed"))
-    val_fraction: float = field(default=0.0, metadata=_h("share of rows in a validation split"))
+    val_fraction: float = field(default=0.0, metadata=_h("share of rows in a validation split", ge=0, lt=1))
     documents: str = field(default="paragraph", metadata=_h("txt files: one document per line or paragraph"))
-    batch_docs: int = field(default=100_000, metadata=_h("documents tokenised per batch"))
-    num_proc: int | None = field(default=None, metadata=_h("processes for save_to_disk"))
+    batch_docs: int = field(default=100_000, metadata=_h("documents tokenised per batch", ge=1))
+    num_proc: int | None = field(default=None, metadata=_h("processes for save_to_disk", ge=1))
 
     def __post_init__(self) -> None:
-        if self.max_seq_len < 2:
-            raise ValueError("--max_seq_len must be at least 2")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError("--val_fraction must be in [0, 1)")
         if self.documents not in ("line", "paragraph"):
             raise ValueError("--documents must be line or paragraph")
 
@@ -285,17 +298,21 @@ class BenchConfig:
     preset: str = field(default="auto", metadata={"help": "auto (gpu sizes on CUDA, else cpu) | gpu | cpu"})
     clm_arch: str = field(default="pythia-70m", metadata={"help": "decoder architecture"})
     mlm_arch: str = field(default="bert-base", metadata={"help": "encoder architecture"})
-    vocab_size: int = field(default=50304, metadata={"help": "vocabulary of the models"})
-    batch_size: int | None = field(default=None, metadata={"help": "micro-batch (default from the preset)"})
-    seq_len: int | None = field(default=None, metadata={"help": "sequence length (default from the preset)"})
+    vocab_size: int = field(default=50304, metadata={"help": "vocabulary of the models", "ge": 1})
+    batch_size: int | None = field(
+        default=None, metadata={"help": "micro-batch (default from the preset)", "ge": 1}
+    )
+    seq_len: int | None = field(
+        default=None, metadata={"help": "sequence length (default from the preset)", "ge": 2}
+    )
     mlm_vanilla: str = field(
         default="both", metadata={"help": "full | sparse | both (vanilla MLM baselines)"}
     )
-    loss_k: int | None = field(default=None, metadata={"help": "loss-only: predicted positions K"})
-    loss_v: int | None = field(default=None, metadata={"help": "loss-only: vocabulary V"})
-    loss_d: int | None = field(default=None, metadata={"help": "loss-only: hidden size D"})
-    warmup_steps: int = field(default=3, metadata={"help": "untimed steps"})
-    steps: int = field(default=20, metadata={"help": "timed steps"})
+    loss_k: int | None = field(default=None, metadata={"help": "loss-only: predicted positions K", "ge": 1})
+    loss_v: int | None = field(default=None, metadata={"help": "loss-only: vocabulary V", "ge": 1})
+    loss_d: int | None = field(default=None, metadata={"help": "loss-only: hidden size D", "ge": 1})
+    warmup_steps: int = field(default=3, metadata={"help": "untimed steps", "ge": 3})
+    steps: int = field(default=20, metadata={"help": "timed steps", "ge": 1})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     precision: str = field(
         default="auto", metadata={"help": "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16"}
@@ -315,8 +332,6 @@ class BenchConfig:
             raise ValueError("--preset must be auto, gpu or cpu")
         if self.mlm_vanilla not in ("full", "sparse", "both"):
             raise ValueError("--mlm_vanilla must be full, sparse or both")
-        if self.warmup_steps < 3 or self.steps < 1:
-            raise ValueError("--warmup_steps must be at least 3 and --steps at least 1")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError("--precision must be auto, fp32 or bf16")
 
@@ -324,35 +339,30 @@ class BenchConfig:
 @dataclass
 class DemoConfig:
     output_dir: str = field(default="results/demo/headless_lm", metadata={"help": "where the demo writes"})
-    steps: int = field(default=40, metadata={"help": "pre-training steps per model"})
-    ft_steps: int = field(default=10, metadata={"help": "fine-tuning steps of the headless decoder"})
-    vocab_size: int = field(default=1000, metadata={"help": "BPE vocabulary trained on the sample"})
-    seq_len: int = field(default=64, metadata={"help": "packed row length"})
-    batch_size: int = field(default=8, metadata={"help": "micro-batch (= in-batch negatives)"})
-    hidden: int = field(default=64, metadata={"help": "model width"})
-    layers: int = field(default=2, metadata={"help": "model depth"})
+    steps: int = field(default=40, metadata={"help": "pre-training steps per model", "ge": 1})
+    ft_steps: int = field(default=10, metadata={"help": "fine-tuning steps of the headless decoder", "ge": 1})
+    vocab_size: int = field(default=1000, metadata={"help": "BPE vocabulary trained on the sample", "ge": 1})
+    seq_len: int = field(default=64, metadata={"help": "packed row length", "ge": 1})
+    batch_size: int = field(default=8, metadata={"help": "micro-batch (= in-batch negatives)", "ge": 1})
+    hidden: int = field(default=64, metadata={"help": "model width", "ge": 1})
+    layers: int = field(default=2, metadata={"help": "model depth", "ge": 1})
     mlm: bool = field(
         default=False, metadata={"help": "also pre-train vanilla and headless encoders + GLUE sample"}
     )
     bench: bool = field(default=False, metadata={"help": "also run the CPU benchmark"})
     seed: int = field(default=0, metadata={"help": "seed"})
 
-    def __post_init__(self) -> None:
-        for name in ("steps", "ft_steps", "vocab_size", "seq_len", "batch_size", "hidden", "layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1")
-
 
 @dataclass
 class ReproduceConfig(DemoConfig):
     output_dir: str = field(default="results/headless_lm", metadata={"help": "where the reproduction writes"})
-    steps: int = field(default=150, metadata={"help": "pre-training steps per model"})
-    ft_steps: int = field(default=40, metadata={"help": "fine-tuning steps of the headless decoder"})
-    vocab_size: int = field(default=2000, metadata={"help": "BPE vocabulary trained on the sample"})
-    seq_len: int = field(default=64, metadata={"help": "packed row length"})
-    batch_size: int = field(default=16, metadata={"help": "micro-batch (= in-batch negatives)"})
-    hidden: int = field(default=64, metadata={"help": "model width"})
-    layers: int = field(default=2, metadata={"help": "model depth"})
+    steps: int = field(default=150, metadata={"help": "pre-training steps per model", "ge": 1})
+    ft_steps: int = field(default=40, metadata={"help": "fine-tuning steps of the headless decoder", "ge": 1})
+    vocab_size: int = field(default=2000, metadata={"help": "BPE vocabulary trained on the sample", "ge": 1})
+    seq_len: int = field(default=64, metadata={"help": "packed row length", "ge": 1})
+    batch_size: int = field(default=16, metadata={"help": "micro-batch (= in-batch negatives)", "ge": 1})
+    hidden: int = field(default=64, metadata={"help": "model width", "ge": 1})
+    layers: int = field(default=2, metadata={"help": "model depth", "ge": 1})
     mlm: bool = field(default=True, metadata={"help": "also pre-train encoders + GLUE sample"})
     bench: bool = field(default=True, metadata={"help": "also run the CPU benchmark"})
 
@@ -365,17 +375,21 @@ class GlueConfig:
     tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS), metadata={"help": "GLUE tasks"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "fine-tuning seeds"})
     learning_rate: float = field(
-        default=1e-5, metadata={"help": "AdamW learning rate (regular-CE protocol: 5e-6)"}
+        default=1e-5, metadata={"help": "AdamW learning rate (regular-CE protocol: 5e-6)", "gt": 0}
     )
-    batch_size: int = field(default=32, metadata={"help": "batch size"})
-    epochs: int = field(default=10, metadata={"help": "epochs; the best dev epoch is kept"})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "linear warm-up share, then constant"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (paper text/code: 0.01)"})
+    batch_size: int = field(default=32, metadata={"help": "batch size", "ge": 1})
+    epochs: int = field(default=10, metadata={"help": "epochs; the best dev epoch is kept", "ge": 1})
+    warmup_ratio: float = field(
+        default=0.1, metadata={"help": "linear warm-up share, then constant", "ge": 0, "le": 1}
+    )
+    weight_decay: float = field(
+        default=0.0, metadata={"help": "AdamW weight decay (paper text/code: 0.01)", "ge": 0}
+    )
     loss: str = field(default="balanced", metadata={"help": "balanced | ce"})
-    max_seq_len: int = field(default=128, metadata={"help": "max tokens per example"})
+    max_seq_len: int = field(default=128, metadata={"help": "max tokens per example", "ge": 1})
     data_dir: str = field(default="glue_data", metadata={"help": "folder with <TASK>/train.tsv, dev.tsv"})
     max_train_samples: int | None = field(
-        default=None, metadata={"help": "cap on training rows (smoke tests)"}
+        default=None, metadata={"help": "cap on training rows (smoke tests)", "ge": 1}
     )
     output: str = field(default="glue_results.json", metadata={"help": "results JSON"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
@@ -385,9 +399,6 @@ class GlueConfig:
             raise ValueError("--model is required")
         if self.loss not in ("balanced", "ce"):
             raise ValueError("--loss must be balanced or ce")
-        for name in ("batch_size", "epochs", "max_seq_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1")
 
 
 @dataclass
@@ -398,12 +409,10 @@ class LambadaConfig:
     data_file: str = field(
         default="", metadata={"help": "jsonl with a text field, or a txt file (one passage a line)"}
     )
-    batch_size: int = field(default=8, metadata={"help": "passages per forward pass"})
+    batch_size: int = field(default=8, metadata={"help": "passages per forward pass", "ge": 1})
     output: str | None = field(default=None, metadata={"help": "results JSON path"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
 
     def __post_init__(self) -> None:
         if not self.model or not self.data_file:
             raise ValueError("--model and --data_file are required")
-        if self.batch_size < 1:
-            raise ValueError("--batch_size must be at least 1")
