@@ -18,7 +18,7 @@ mapping name → such batch for several locality sets (web text and in-domain QA
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -462,12 +462,19 @@ class MetaTrainer:
             self.params = new_params
 
     def train_batch(
-        self, batch: dict[str, torch.Tensor], loc_batch: dict[str, torch.Tensor] | None
+        self,
+        batch: dict[str, torch.Tensor],
+        loc_batch: dict[str, torch.Tensor] | None,
+        check: Callable[[dict[str, float]], None] | None = None,
     ) -> dict[str, float]:
+        """One meta-step; the weighting model steps every grad_acc_steps batches. `check(metrics)` runs
+        before the carried base parameters or the weighting model change (e.g. to stop on a non-finite loss)."""
         self.weight_model.train()
         _, metrics, new = meta_step(
             self.weight_model, self.base_model, self.params, batch, loc_batch, self.cfg
         )
+        if check is not None:
+            check(metrics)
         self.advance(new)
         if self.batches_seen % int(_cfg(self.cfg, "grad_acc_steps", 1)) == 0:
             metrics.update(self.optimizer_step())

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lmlab.callbacks import check_finite
 from lmlab.config import save_config
 from lmlab.io import write_json
 from lmlab.seed import seed_everything
@@ -25,6 +26,8 @@ from camels.meta import MetaTrainer, base_params
 from camels.models import load_causal_lm, load_tokenizer
 from camels.viz import token_weight_pairs, write_weight_views
 from camels.weighting import CaMeLSWeightModel
+
+LOSS_TERMS = ("qa_loss", "total_loss")
 
 
 def build_weight_model(cfg: MetaTrainConfig, base: Any) -> CaMeLSWeightModel:
@@ -69,6 +72,7 @@ class MetaTrainModule(pl.LightningModule):
         self.best_val = math.inf
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._restored: dict[str, Any] | None = None
+        self._update_metrics: dict[str, tuple[float, int]] = {}  # name -> (sum, count) within an update
         random.Random(cfg.seed).shuffle(self.loc)
         # qa_loc: the meta-train QA pairs, shuffled, as a second (in-domain) locality set; validation: in order
         self.qa_loc = random.Random(cfg.seed + 1).sample(rows, len(rows)) if cfg.qa_loc else []
@@ -146,9 +150,31 @@ class MetaTrainModule(pl.LightningModule):
         if meta.batches_seen % sample_every == 0:
             self.write_samples()
         batch = self._to(meta_batch(self.tokenizer, rows, self.cfg.max_text_len, self.cfg.max_question_len))
-        metrics = meta.train_batch(batch, self._loc_batch(self.loc, self.qa_loc, meta.batches_seen))
-        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, prog_bar=False)
-        self.log("total_loss", metrics["total_loss"], prog_bar=True)
+        metrics = meta.train_batch(
+            batch, self._loc_batch(self.loc, self.qa_loc, meta.batches_seen), self._check_finite
+        )
+        self.log("total_loss", metrics["total_loss"], prog_bar=True, logger=False)
+        for k, v in metrics.items():
+            total, count = self._update_metrics.get(k, (0.0, 0))
+            self._update_metrics[k] = (total + v, count + 1)
+        if "grad_norm" in metrics:  # this batch ended a weighting-model update
+            self._log_update()
+
+    def _check_finite(self, metrics: dict[str, float]) -> None:
+        """Stop on a non-finite meta-loss term before the weighting model steps on it (nothing is saved)."""
+        terms = {k: v for k, v in metrics.items() if k in LOSS_TERMS or k.endswith("_kl_div")}
+        check_finite(self.global_step + 1, terms, Path(self.cfg.output_dir) / "checkpoints")
+
+    def _log_update(self) -> None:
+        """One metrics row per weighting-model update (the mean over its grad_acc_steps meta-steps), logged
+        under the update's global step - 1 like Lightning's automatic rows and the validation rows, so the
+        rows of a resumed run replace exactly those the interrupted run wrote after its checkpoint."""
+        step = self.global_step
+        if step % self.cfg.log_every_n_steps == 0 or step >= self.trainer.max_steps:
+            row = {f"train/{k}": total / count for k, (total, count) in self._update_metrics.items()}
+            for logger in self.loggers:
+                logger.log_metrics(row, step=step - 1)
+        self._update_metrics = {}
 
     def _val_batches(self) -> tuple[list, list]:
         k = self.cfg.update_batch_size

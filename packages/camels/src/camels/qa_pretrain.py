@@ -51,15 +51,16 @@ class QaPretrainModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, i: int) -> None:
-        acc = self.cfg.accumulate_grad_batches
-        if (i + 1) % acc == 0 and (self.global_step % self.cfg.val_steps == 0):
+    def on_train_batch_start(self, batch: Any, i: int) -> int | None:
+        """Validation due after update k runs before the first micro-batch of update k + 1, not at the end of
+        update k: Lightning writes update k's checkpoint before the module's on_train_batch_end, so a run
+        resumed from it would skip that validation (its history entry, its best_* folders)."""
+        due = self.global_step % self.cfg.val_steps == 0
+        if due and (not self.history or self.history[-1]["step"] != self.global_step):
             self.run_validation()
-
-    def on_train_start(self) -> None:
-        self.model.train()
-        if self.global_step == 0:
-            self.run_validation()
+            if self.trainer.should_stop:
+                return -1  # early stop: skip the update this batch would start
+        return None
 
     def run_validation(self, log: bool = True) -> None:
         if self.trainer.global_rank != 0:

@@ -1,0 +1,129 @@
+"""Exact resume with dropout on (issue 12): every training command (qa-pretrain, meta-train, eval's online
+adaptation) is stopped after a checkpoint, run again with the same command, and compared with an uninterrupted
+run: every weight, optimizer-state and carried tensor with torch.equal, and metrics.jsonl row for row."""
+
+import json
+
+import pytest
+import torch
+from camels import meta_train, qa_pretrain
+from camels.cli import main
+from camels.data import make_synthetic
+from lmlab.logging import read_jsonl
+from lmlab.testing import save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("camels_resume")
+    data = make_synthetic(root / "data", seed=0, n_qa=24, n_meta=8, n_test=6, n_loc=4)
+    base = save_tiny_model(root / "base", "gpt2", "clm", hidden=32, layers=1, heads=2, positions=128)
+    assert json.loads((base / "config.json").read_text())["resid_pdrop"] > 0  # dropout on
+    return root, data, base
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def _kill_at_step(monkeypatch, module, step):
+    """Make `module`'s Trainer die when it is about to train optimizer step `step` + 1."""
+    import pytorch_lightning as pl
+
+    class Kill(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, i):
+            if trainer.global_step == step:
+                raise Killed(f"killed before step {step + 1}")
+
+    build = module.build_trainer
+    monkeypatch.setattr(
+        module,
+        "build_trainer",
+        lambda *a, callbacks=(), **kw: build(*a, callbacks=[*callbacks, Kill()], **kw),
+    )
+
+
+def assert_same_tensors(a, b, where="ckpt"):
+    """Equal nested containers; tensors compared with torch.equal."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_tensors(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def _compare_runs(resumed, straight, keys):
+    a = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"]
+    for key in keys:
+        assert_same_tensors(a[key], b[key], key)
+    rows = read_jsonl(resumed / "metrics.jsonl")
+    assert rows == read_jsonl(straight / "metrics.jsonl")
+    train_steps = [r["step"] for r in rows if any(k.startswith("train/") for k in r)]
+    assert train_steps == sorted(set(train_steps))  # each step once
+
+
+def test_qa_pretrain_resumes_exactly_with_dropout(setup, monkeypatch, tmp_path):
+    root, data, base = setup
+    args = ["qa-pretrain", "--dataset", "synthetic", "--model", str(base)]
+    args += ["--train_path", str(data / "qa_train.csv"), "--val_path", str(data / "qa_val.csv")]
+    args += ["--max_steps", "5", "--lt_batch_size", "4", "--accumulate_grad_batches", "2", "--val_steps", "2"]
+    args += ["--val_max_pairs", "4", "--lr", "3e-3", "--logger", "none", "--progress_bar", "false"]
+    args += ["--checkpoint_every_n_steps", "2", "--log_every_n_steps", "1"]
+    with monkeypatch.context() as m:
+        _kill_at_step(m, qa_pretrain, 3)
+        assert main([*args, "--output_dir", str(tmp_path / "resumed")]) == 1
+    assert (
+        torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    )
+    assert main([*args, "--output_dir", str(tmp_path / "resumed")]) == 0
+    assert main([*args, "--output_dir", str(tmp_path / "straight")]) == 0
+    _compare_runs(tmp_path / "resumed", tmp_path / "straight", ["state_dict", "optimizer_states", "camels"])
+
+
+@pytest.mark.parametrize("mode", ["unroll", "adjoint"])
+def test_meta_train_resumes_exactly_with_dropout(setup, monkeypatch, tmp_path, mode):
+    root, data, base = setup
+    args = [
+        "meta-train",
+        "--dataset",
+        "synthetic",
+        "--base_model",
+        str(base),
+        "--pretrained_model",
+        str(base),
+    ]
+    args += ["--train_path", str(data / "train.csv"), "--val_path", str(data / "val.csv")]
+    args += ["--loc_train_path", str(data / "owt_train.csv"), "--loc_val_path", str(data / "owt_val.csv")]
+    opts = {
+        "update_batch_size": 2,
+        "reset_base_freq": 4,
+        "grad_acc_steps": 2,
+        "max_text_len": 48,
+        "inner_lr": 0.05,
+        "outer_lr": 1e-3,
+        "val_steps": 2,
+        "val_max_batches": 1,
+        "inner_dropout": "true",
+        "meta_grad_mode": mode,
+        "logger": "none",
+        "checkpoint_every_n_steps": 2,
+        "log_every_n_steps": 1,
+        "max_steps": 4,
+        "progress_bar": "false",
+    }
+    args += [x for k, v in opts.items() for x in (f"--{k}", str(v))]
+    with monkeypatch.context() as m:
+        _kill_at_step(m, meta_train, 3)
+        assert main([*args, "--output_dir", str(tmp_path / "resumed")]) == 1
+    assert main([*args, "--output_dir", str(tmp_path / "resumed")]) == 0
+    assert main([*args, "--output_dir", str(tmp_path / "straight")]) == 0
+    _compare_runs(tmp_path / "resumed", tmp_path / "straight", ["state_dict", "optimizer_states", "camels"])
