@@ -447,3 +447,156 @@ def test_student_from_reference_style_config(assets, tmp_path):
         student.distilbert.embeddings.position_embeddings.weight,
         fresh.distilbert.embeddings.position_embeddings.weight,
     )
+
+
+@pytest.fixture(scope="module")
+def dropout_student(assets):
+    """The extracted student with dropout on (the fixture's own has it off for the loss-comparison tests)."""
+    import shutil
+
+    folder = assets / "student_dropout"
+    if not folder.exists():
+        shutil.copytree(assets / "student", folder)
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg.update(dropout=0.1, attention_dropout=0.1)
+        (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def _tensors(obj, prefix=""):
+    """Every tensor (and number) inside a checkpoint's nested dicts/lists, by path."""
+    if isinstance(obj, dict):
+        return {k: v for key, val in obj.items() for k, v in _tensors(val, f"{prefix}/{key}").items()}
+    if isinstance(obj, list | tuple):
+        return {k: v for i, val in enumerate(obj) for k, v in _tensors(val, f"{prefix}/{i}").items()}
+    return {prefix: obj} if isinstance(obj, torch.Tensor | int | float) else {}
+
+
+def assert_same_training_state(a: Path, b: Path) -> None:
+    """Weights, optimiser and scheduler state of two last.ckpt files are bit-identical."""
+    ca, cb = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
+    assert ca["global_step"] == cb["global_step"]
+    for key in ("state_dict", "optimizer_states", "lr_schedulers"):
+        ta, tb = _tensors(ca[key]), _tensors(cb[key])
+        assert ta.keys() == tb.keys() and ta, key
+        for k in ta:
+            if isinstance(ta[k], torch.Tensor):
+                assert torch.equal(ta[k], tb[k]), f"{key}{k}"
+            else:
+                assert ta[k] == tb[k], f"{key}{k}"
+
+
+def _kill_at_step(monkeypatch, step):
+    """Make training die (as a SIGKILL would: no checkpoint on the way out) when optimiser step `step` starts."""
+    from diito.trainer import DiitoModule
+
+    original = DiitoModule.training_step
+
+    def dying(self, batch, batch_idx):
+        if self.trainer.global_step == step - 1:
+            raise RuntimeError("killed")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(DiitoModule, "training_step", dying)
+
+
+def test_killed_run_resumes_bit_exactly_with_dropout(assets, dropout_student, tmp_path, monkeypatch):
+    def args(out):
+        a = _args(assets, str(tmp_path / out), 6, "--checkpoint_every_n_steps", "2")
+        a[a.index("--student_pretrained_weights") + 1] = str(dropout_student)
+        a[a.index("--gradient_accumulation_steps") + 1] = "2"
+        return a
+
+    assert main(args("straight")) == 0
+    with monkeypatch.context() as m:
+        _kill_at_step(m, 6)  # steps 1-5 done, last.ckpt at step 4, step 4's metrics row already written
+        assert main(args("killed")) == 1
+    killed = tmp_path / "killed"
+    assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert not (killed / "student").exists() and not (killed / "DONE").exists()
+    assert main(args("killed")) == 0  # the same command again resumes
+    assert_same_training_state(
+        tmp_path / "straight" / "checkpoints" / "last.ckpt", killed / "checkpoints" / "last.ckpt"
+    )
+    _assert_equal_states(_state(tmp_path / "straight" / "student"), _state(killed / "student"))
+    steps = [r["step"] for r in read_jsonl(killed / "metrics.jsonl") if "train/loss" in r]
+    assert steps == list(range(6))
+    straight = [
+        r["train/loss"] for r in read_jsonl(tmp_path / "straight" / "metrics.jsonl") if "train/loss" in r
+    ]
+    assert straight == [r["train/loss"] for r in read_jsonl(killed / "metrics.jsonl") if "train/loss" in r]
+
+
+def _assert_equal_states(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(assets, tmp_path, capsys):
+    run = tmp_path / "nan"
+    args = _args(assets, str(run), 6, "--checkpoint_every_n_steps", "1", "--warmup_prop", "0")
+    args[args.index("--learning_rate") + 1] = "1e30"
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("diito train: error: step "), last
+    assert "step 2: loss term 'loss_" in last, last
+    assert (
+        not (run / "DONE").exists() and not (run / "student").exists() and not (run / "results.json").exists()
+    )
+    assert not list(run.glob("epoch_*"))
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 1  # the last good step, the resume point
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def _one_line_failure(capsys, code, argv):
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "flag,value",
+    [("--learning_rate", "-1"), ("--mlm_mask_prop", "1.5"), ("--warmup_prop", "5"), ("--batch_size", "0"),
+     ("--temperature", "0"), ("--alpha_ce", "-0.5"), ("--checkpoint_every_n_steps", "0")],
+)  # fmt: skip
+def test_out_of_range_values_are_usage_errors_before_anything_is_written(
+    assets, tmp_path, capsys, flag, value
+):
+    args = _args(assets, str(tmp_path / "run"), 2)
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    line = _one_line_failure(capsys, 2, args)
+    assert line.startswith(f"diito train: error: {flag} must be "), line
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_files_fail_before_the_run_folder_is_written(assets, tmp_path, capsys, malicious_pickle):
+    run = tmp_path / "run"
+    (tmp_path / "latin1.yaml").write_bytes("learning_rate: 1e-3 # caf\xe9\n".encode("latin-1"))
+    line = _one_line_failure(
+        capsys, 2, [*_args(assets, str(run), 2), "--config", str(tmp_path / "latin1.yaml")]
+    )
+    assert "UTF-8" in line and not run.exists()
+    args = _args(assets, str(run), 2)
+    args[args.index("--data_file") + 1] = str(tmp_path / "missing.npz")
+    assert "does not exist" in _one_line_failure(capsys, 1, args) and not run.exists()
+    # a crafted resume checkpoint, given as a path or found as last.ckpt, is refused and never unpickled
+    marker = malicious_pickle(tmp_path / "evil.ckpt")
+    line = _one_line_failure(
+        capsys, 1, [*_args(assets, str(run), 2), "--resume", str(tmp_path / "evil.ckpt")]
+    )
+    assert "cannot resume from" in line and not marker.exists() and not run.exists()
+    (run / "checkpoints").mkdir(parents=True)
+    marker = malicious_pickle(
+        run / "checkpoints" / "last.ckpt", wrap=lambda p: {"state_dict": {}, "loops": p}
+    )
+    assert "cannot resume from" in _one_line_failure(capsys, 1, _args(assets, str(run), 2))
+    assert (
+        not marker.exists() and not (run / "config.yaml").exists() and not (run / "parameters.json").exists()
+    )

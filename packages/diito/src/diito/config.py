@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from lmlab.training import TrainerOptions
 
 
-def h(text: str, default=None, **kw):
-    return field(default=default, metadata={"help": text}, **kw)
+def h(text: str, default=None, **bounds):
+    """A config field with its help text and its declared range (`gt`, `ge`, `lt`, `le`), which lmlab checks
+    after parsing (exit 2, one line naming the flag) and `--help` shows."""
+    return field(default=default, metadata={"help": text, **bounds})
 
 
 @dataclass
@@ -24,17 +26,15 @@ class BinarizeConfig:
     )
     split: str = h("split of a DatasetDict / hub dataset", "train")
     field_name: str = h("text column", "text")
-    max_parsing_example: int = h("stop after this many lines (-1: all)", -1)
-    preprocessing_num_workers: int = h("tokenisation processes", 1)
+    max_parsing_example: int = h("stop after this many lines (-1: all)", -1, ge=-1)
+    preprocessing_num_workers: int = h("tokenisation processes", 1, ge=1)
     seed: int = h("shuffle seed", 56)
     import_legacy_pickle: str = h("convert a reference .pickle (restricted loader) instead of tokenising", "")
-    vocab_size: int = h("vocab size for --import_legacy_pickle", 30522)
+    vocab_size: int = h("vocab size for --import_legacy_pickle", 30522, ge=1)
 
     def __post_init__(self):
         if not self.import_legacy_pickle and (not self.input or not self.tokenizer_name):
             raise ValueError("--input and --tokenizer_name are required (or --import_legacy_pickle PATH)")
-        if self.preprocessing_num_workers < 1:
-            raise ValueError("--preprocessing_num_workers must be at least 1")
 
 
 @dataclass
@@ -55,18 +55,22 @@ class CombineConfig:
 class TokenCountsConfig:
     data_file: str = h("binarized .npz", "")
     token_counts_dump: str = h("output .npy", "data/token_counts.npy")
-    vocab_size: int = h("length of the counts array (-1: the file's vocabulary)", -1)
+    vocab_size: int = h("length of the counts array (-1: the file's vocabulary)", -1, ge=-1)
 
     def __post_init__(self):
         if not self.data_file:
             raise ValueError("--data_file is required")
+        if self.vocab_size == 0:
+            raise ValueError("--vocab_size must be -1 (the file's vocabulary) or at least 1")
 
 
 @dataclass
 class ExtractConfig:
     teacher_name: str = h("teacher folder (BertForMaskedLM, RoBERTa, GPT-2)", "")
     dump_checkpoint: str = h("output folder of the initialised student", "serialization_dir/student_init")
-    num_layers: int = h("student layers (3, 6 or 9 use the reference's choices for a 12-layer teacher)", 6)
+    num_layers: int = h(
+        "student layers (3, 6 or 9 use the reference's choices for a 12-layer teacher)", 6, ge=1
+    )
     layers: list[int] | None = h("explicit teacher layers to copy", None)
     student_type: str = h("distilbert (from BERT) | same (the teacher's architecture)", "distilbert")
     vocab_transform: bool = h("also copy the MLM head transform (the reference's default was off)", True)
@@ -92,23 +96,23 @@ class TrainConfig(TrainerOptions):
     neuron_mapping: str = h(
         "neuron mapping .nm file (a shipped name like single_middle_layer_6.nm works)", ""
     )
-    temperature: float = h("softmax temperature", 2.0)
-    alpha_ce: float = h("distillation KL weight", 0.5)
-    alpha_mlm: float = h("MLM weight", 0.0)
-    alpha_clm: float = h("CLM weight", 0.5)
-    alpha_mse: float = h("logit MSE weight", 0.0)
-    alpha_cos: float = h("last hidden-state cosine weight", 0.0)
-    alpha_causal_ce: float = h("interchange (causal) KL weight", 0.0)
-    alpha_causal_cos: float = h("interchange (causal) cosine weight", 0.0)
+    temperature: float = h("softmax temperature", 2.0, gt=0)
+    alpha_ce: float = h("distillation KL weight", 0.5, ge=0)
+    alpha_mlm: float = h("MLM weight", 0.0, ge=0)
+    alpha_clm: float = h("CLM weight", 0.5, ge=0)
+    alpha_mse: float = h("logit MSE weight", 0.0, ge=0)
+    alpha_cos: float = h("last hidden-state cosine weight", 0.0, ge=0)
+    alpha_causal_ce: float = h("interchange (causal) KL weight", 0.0, ge=0)
+    alpha_causal_cos: float = h("interchange (causal) cosine weight", 0.0, ge=0)
     mlm: bool = h("masked LM (else causal LM)", False)
-    mlm_mask_prop: float = h("fraction of real tokens selected", 0.15)
-    word_mask: float = h("selected -> [MASK]", 0.8)
-    word_keep: float = h("selected -> kept", 0.1)
-    word_rand: float = h("selected -> random id", 0.1)
-    mlm_smoothing: float = h("selection weight count ** -smoothing", 0.7)
+    mlm_mask_prop: float = h("fraction of real tokens selected", 0.15, gt=0, le=1)
+    word_mask: float = h("selected -> [MASK]", 0.8, ge=0, le=1)
+    word_keep: float = h("selected -> kept", 0.1, ge=0, le=1)
+    word_rand: float = h("selected -> random id", 0.1, ge=0, le=1)
+    mlm_smoothing: float = h("selection weight count ** -smoothing", 0.7, ge=0)
     restrict_ce_to_mask: bool = h("KL terms only on MLM-selected positions", False)
-    interchange_prop: float = h("fraction of min(len, len') swapped per row", 0.3)
-    interchange_max_token: int = h("cap on swapped positions per row (-1: none)", -1)
+    interchange_prop: float = h("fraction of min(len, len') swapped per row", 0.3, ge=0, le=1)
+    interchange_max_token: int = h("cap on swapped positions per row (-1: none)", -1, ge=-1)
     interchange_consecutive_only: bool = h("swap one contiguous span per row", False)
     interchange_masked_token_only: bool = h("swap at the MLM-selected base positions", False)
     site_convention: str = h(
@@ -118,8 +122,8 @@ class TrainConfig(TrainerOptions):
     fused: bool = h("one batched pass over base+source per model (else three separate passes)", True)
     freeze_pos_embs: bool = h("freeze the student's position embeddings", False)
     freeze_token_type_embds: bool = h("freeze token-type embeddings (RoBERTa students)", False)
-    n_epoch: float = h("epochs (sets the step budget when --max_steps is -1)", 3.0)
-    batch_size: int = h("sequences per micro-batch (per device)", 5)
+    n_epoch: float = h("epochs (sets the step budget when --max_steps is -1)", 3.0, gt=0)
+    batch_size: int = h("sequences per micro-batch (per device)", 5, ge=1)
     group_by_size: bool = h("length-grouped batches (the reference's flag was inverted)", True)
     repair_each_epoch: bool = h(
         "redraw the base/partner pairing every epoch (from seed and epoch; else one pairing for the run)",
@@ -128,19 +132,19 @@ class TrainConfig(TrainerOptions):
     save_each_epoch: bool = h(
         "export the student (stock HF folder) to <output_dir>/epoch_<k>/ at the end of each data epoch", True
     )
-    warmup_prop: float = h("linear warm-up fraction of the optimiser steps", 0.05)
-    learning_rate: float = h("peak learning rate", 5e-4)
-    weight_decay: float = h("AdamW weight decay (never on biases and LayerNorms)", 0.0)
-    adam_epsilon: float = h("AdamW epsilon", 1e-6)
-    max_grad_norm: float = h("global gradient-norm clip", 5.0)
-    max_model_input_size: int = h("split longer sequences (-1: the teacher's max positions)", -1)
-    num_workers: int = h("data-loader workers", 0)
+    warmup_prop: float = h("linear warm-up fraction of the optimiser steps", 0.05, ge=0, le=1)
+    learning_rate: float = h("peak learning rate", 5e-4, gt=0)
+    weight_decay: float = h("AdamW weight decay (never on biases and LayerNorms)", 0.0, ge=0)
+    adam_epsilon: float = h("AdamW epsilon", 1e-6, gt=0)
+    max_grad_norm: float = h("global gradient-norm clip", 5.0, ge=0)
+    max_model_input_size: int = h("split longer sequences (-1: the teacher's max positions)", -1, ge=-1)
+    num_workers: int = h("data-loader workers", 0, ge=0)
     force: bool = h("overwrite a finished run in --output_dir", False)
-    max_steps: int = h("optimizer steps (-1: from --n_epoch as the reference computes it)", -1)
-    accumulate_grad_batches: int = h("micro-batches per optimizer step", 50)
+    max_steps: int = h("optimizer steps (-1: from --n_epoch as the reference computes it)", -1, ge=-1)
+    accumulate_grad_batches: int = h("micro-batches per optimizer step", 50, ge=1)
     seed: int = h("seed of everything (python, numpy, torch, pairing, masks, positions)", 56)
-    log_every_n_steps: int = h("log every N optimizer steps", 10)
-    checkpoint_every_n_steps: int = h("resumable checkpoint every N optimizer steps", 4000)
+    log_every_n_steps: int = h("log every N optimizer steps", 10, ge=1)
+    checkpoint_every_n_steps: int = h("resumable checkpoint every N optimizer steps", 4000, ge=1)
     attn_implementation: str = h("sdpa | eager | flash_attention_2", "sdpa")
 
     def __post_init__(self):
@@ -162,18 +166,14 @@ class TrainConfig(TrainerOptions):
             self.alpha_causal_ce,
             self.alpha_causal_cos,
         ]
-        if min(alphas) < 0 or sum(alphas) <= 0:
-            raise ValueError("--alpha_* must be >= 0 with a positive sum")
+        if sum(alphas) <= 0:
+            raise ValueError("--alpha_* must have a positive sum; give at least one loss a weight > 0")
         if self.mlm and (self.alpha_mlm <= 0 or self.alpha_clm != 0):
             raise ValueError("--mlm needs --alpha_mlm > 0 and --alpha_clm 0")
         if not self.mlm and self.alpha_mlm > 0:
             raise ValueError("--alpha_mlm > 0 needs --mlm")
         if abs(self.word_mask + self.word_keep + self.word_rand - 1) > 1e-6:
             raise ValueError("--word_mask + --word_keep + --word_rand must be 1")
-        if not 0 <= self.interchange_prop <= 1:
-            raise ValueError("--interchange_prop must be in [0, 1]")
-        if self.interchange_max_token < -1:
-            raise ValueError("--interchange_max_token must be -1 or >= 0")
         if self.interchange_consecutive_only and self.interchange_masked_token_only:
             raise ValueError(
                 "--interchange_consecutive_only and --interchange_masked_token_only exclude each other"
@@ -182,10 +182,8 @@ class TrainConfig(TrainerOptions):
             raise ValueError("--interchange_masked_token_only needs --mlm")
         if self.site_convention not in ("consistent", "reference"):
             raise ValueError("--site_convention must be consistent or reference")
-        if self.temperature <= 0:
-            raise ValueError("--temperature must be > 0")
-        if self.batch_size < 1:
-            raise ValueError("--batch_size must be at least 1")
+        if 0 <= self.max_model_input_size < 3:
+            raise ValueError("--max_model_input_size must be -1 or at least 3 (room for [CLS] x [SEP])")
         if (self.alpha_causal_ce > 0 or self.alpha_causal_cos > 0) and not self.neuron_mapping:
             raise ValueError("--alpha_causal_ce/--alpha_causal_cos need --neuron_mapping")
 
@@ -205,15 +203,15 @@ class BenchConfig:
     size: str = h(
         "auto (base on CUDA, small on CPU) | base (BERT-base shapes, vocab 30522) | small | tiny", "auto"
     )
-    batch_size: int = h("sequences per step (-1: 40 on CUDA, 8 on CPU)", -1)
-    seq_len: int = h("tokens per sequence (fixed)", 128)
-    warmup: int = h("untimed steps", 5)
-    steps: int = h("timed steps (-1: 20 on CUDA, 5 on CPU)", -1)
+    batch_size: int = h("sequences per step (-1: 40 on CUDA, 8 on CPU)", -1, ge=-1)
+    seq_len: int = h("tokens per sequence (fixed)", 128, ge=2)
+    warmup: int = h("untimed steps", 5, ge=0)
+    steps: int = h("timed steps (-1: 20 on CUDA, 5 on CPU)", -1, ge=-1)
     modes: list[str] = h("modes to run", None)
     compile: bool = h("also time torch.compile'd models", False)
-    teacher_site: int = h("teacher site (-1: n_layers // 2, i.e. 6 as in single_middle_layer_6)", -1)
-    student_site: int = h("student site (-1: n_layers // 2, i.e. 3)", -1)
-    threads: int = h("CPU threads (-1: leave)", -1)
+    teacher_site: int = h("teacher site (-1: n_layers // 2, i.e. 6 as in single_middle_layer_6)", -1, ge=-1)
+    student_site: int = h("student site (-1: n_layers // 2, i.e. 3)", -1, ge=-1)
+    threads: int = h("CPU threads (-1: leave)", -1, ge=-1)
     seed: int = h("seed", 0)
 
 
@@ -222,10 +220,10 @@ class EvalMlmConfig:
     model_name_or_path: str = h("masked-LM folder", "")
     validation_file: str = h("text/jsonl/save_to_disk validation data", "")
     text_column: str = h("text column", "text")
-    max_seq_length: int = h("block length (-1: tokenizer/model maximum, capped at 512)", -1)
-    batch_size: int = h("blocks per batch", 8)
-    mlm_probability: float = h("masked fraction", 0.15)
-    max_eval_samples: int = h("blocks to evaluate (-1: all)", -1)
+    max_seq_length: int = h("block length (-1: tokenizer/model maximum, capped at 512)", -1, ge=-1)
+    batch_size: int = h("blocks per batch", 8, ge=1)
+    mlm_probability: float = h("masked fraction", 0.15, gt=0, le=1)
+    max_eval_samples: int = h("blocks to evaluate (-1: all)", -1, ge=-1)
     device: str = h("auto | cpu | cuda", "auto")
     output_dir: str = h("results folder", "runs/eval_mlm")
     seed: int = h("masking seed", 42)
@@ -235,16 +233,22 @@ class EvalMlmConfig:
 class FinetuneOptions:
     model_name_or_path: str = h("student (or any encoder) folder", "")
     output_dir: str = h("results folder", "runs/eval")
-    learning_rate: float = h("AdamW learning rate", 2e-5)
-    num_train_epochs: float = h("epochs", 3.0)
-    per_device_train_batch_size: int = h("train batch", 32)
-    per_device_eval_batch_size: int = h("eval batch", 64)
-    weight_decay: float = h("AdamW weight decay", 0.0)
-    warmup_ratio: float = h("linear warm-up fraction", 0.0)
-    max_train_samples: int = h("cap on training examples (-1: all)", -1)
-    max_eval_samples: int = h("cap on evaluation examples (-1: all)", -1)
+    learning_rate: float = h("AdamW learning rate", 2e-5, gt=0)
+    num_train_epochs: float = h("epochs", 3.0, gt=0)
+    per_device_train_batch_size: int = h("train batch", 32, ge=1)
+    per_device_eval_batch_size: int = h("eval batch", 64, ge=1)
+    weight_decay: float = h("AdamW weight decay", 0.0, ge=0)
+    warmup_ratio: float = h("linear warm-up fraction", 0.0, ge=0, le=1)
+    max_train_samples: int = h("cap on training examples (-1: all)", -1, ge=-1)
+    max_eval_samples: int = h("cap on evaluation examples (-1: all)", -1, ge=-1)
     device: str = h("auto | cpu | cuda", "auto")
     seed: int = h("fine-tuning seed", 42)
+    checkpoint_every_n_steps: int = h(
+        "resumable checkpoint every N steps in <output_dir>/checkpoints (removed once results are written)",
+        200,
+        ge=1,
+    )
+    resume: str = h("auto (from <output_dir>/checkpoints/last.ckpt if there) | never | PATH", "auto")
 
 
 @dataclass
@@ -252,48 +256,48 @@ class EvalGlueConfig(FinetuneOptions):
     task_name: str = h("cola sst2 mrpc qqp stsb mnli qnli rte wnli", "mrpc")
     train_file: str = h("GLUE train .tsv/.csv/.jsonl", "")
     validation_file: str = h("GLUE dev file", "")
-    max_seq_length: int = h("tokens per example (padding to max length)", 128)
+    max_seq_length: int = h("tokens per example (padding to max length)", 128, ge=8)
 
 
 @dataclass
 class EvalNerConfig(FinetuneOptions):
     train_file: str = h("json/jsonl with tokens and ner_tags (CoNLL style)", "")
     validation_file: str = h("evaluation file (default: the train file)", "")
-    max_seq_length: int = h("truncation", 512)
-    learning_rate: float = h("AdamW learning rate", 5e-5)
-    per_device_train_batch_size: int = h("train batch", 8)
+    max_seq_length: int = h("truncation", 512, ge=8)
+    learning_rate: float = h("AdamW learning rate", 5e-5, gt=0)
+    per_device_train_batch_size: int = h("train batch", 8, ge=1)
 
 
 @dataclass
 class EvalQaConfig(FinetuneOptions):
     train_file: str = h("SQuAD json (flat HF layout or the official nested one)", "")
     validation_file: str = h("evaluation file (default: the train file)", "")
-    max_seq_length: int = h("window length", 384)
-    doc_stride: int = h("window overlap", 128)
-    n_best_size: int = h("start/end candidates", 20)
-    max_answer_length: int = h("longest answer in tokens", 30)
-    learning_rate: float = h("AdamW learning rate", 3e-5)
-    num_train_epochs: float = h("epochs", 2.0)
-    per_device_train_batch_size: int = h("train batch", 12)
+    max_seq_length: int = h("window length", 384, ge=8)
+    doc_stride: int = h("window overlap", 128, ge=0)
+    n_best_size: int = h("start/end candidates", 20, ge=1)
+    max_answer_length: int = h("longest answer in tokens", 30, ge=1)
+    learning_rate: float = h("AdamW learning rate", 3e-5, gt=0)
+    num_train_epochs: float = h("epochs", 2.0, gt=0)
+    per_device_train_batch_size: int = h("train batch", 12, ge=1)
 
 
 @dataclass
 class DemoConfig:
     output_dir: str = h("results folder", "results/demo/diito")
-    steps: int = h("optimizer steps per distillation run (the teacher gets twice as many)", 20)
+    steps: int = h("optimizer steps per distillation run (the teacher gets twice as many)", 20, ge=1)
     seed: int = h("seed", 56)
-    threads: int = h("CPU threads (1 is fastest on a shared machine)", 1)
+    threads: int = h("CPU threads (1 is fastest on a shared machine)", 1, ge=1)
 
 
 @dataclass
 class ReproduceConfig:
     output_dir: str = h("results folder", "results/diito")
-    teacher_steps: int = h("teacher MLM pre-training steps", 800)
-    student_steps: int = h("distillation steps per student", 300)
+    teacher_steps: int = h("teacher MLM pre-training steps", 800, ge=1)
+    student_steps: int = h("distillation steps per student", 300, ge=1)
     glue_tasks: list[str] = h("GLUE sample tasks (mrpc, stsb)", None)
     seeds: list[int] = h("distillation seeds (default 42 66)", None)
     corpus: str = h(
         "wikitext (tokenizer trained here, GLUE possible) | wikipedia-bert-ids (no GLUE)", "wikitext"
     )
     device: str = h("auto | cpu | cuda", "cpu")
-    threads: int = h("CPU threads (-1: torch's default; 1 is fastest on a busy shared machine)", 1)
+    threads: int = h("CPU threads (-1: torch's default; 1 is fastest on a busy shared machine)", 1, ge=-1)

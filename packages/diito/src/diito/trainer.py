@@ -129,6 +129,10 @@ class DiitoModule(pl.LightningModule):
             restrict_ce_to_mask=self.cfg.restrict_ce_to_mask,
             fused=self.cfg.fused,
         )
+        from lmlab.callbacks import check_finite
+
+        # one sync for all terms: a non-finite term stops the run, naming it, before backward and any save
+        check_finite(self.trainer.global_step + 1, out, Path(self.cfg.output_dir) / "checkpoints")
         self.batches_seen += 1
         bs = batch["base_ids"].shape[0]
         for name, value in out.items():
@@ -188,7 +192,9 @@ class DiitoModule(pl.LightningModule):
         done = self.epochs_done()
         if self.trainer.is_global_zero:
             for k in range(self.epochs_exported, done):
-                export_student(self.cfg, self.student, Path(self.cfg.output_dir) / f"epoch_{k}")
+                export_student(
+                    self.cfg, self.student, Path(self.cfg.output_dir) / f"epoch_{k}", self.trainer.global_step
+                )
         self.epochs_exported = done
 
     def on_save_checkpoint(self, checkpoint):
@@ -367,25 +373,48 @@ def make_trainer(cfg: TrainConfig, output_dir, max_steps: int):
     )
 
 
+def checked_checkpoint(path: str | None) -> str | None:
+    """`path` after checking that it loads as plain tensors and containers (`weights_only`, memory-mapped so a
+    large file is not read twice): a crafted pickle is refused with one line before the run writes anything."""
+    if path is None:
+        return None
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # UnpicklingError for a crafted file, RuntimeError/EOFError for a damaged one
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LmlabError(
+            f"cannot resume from {path}: it does not load as a plain checkpoint ({reason}); "
+            "delete it or pass --resume never"
+        ) from err
+    return path
+
+
 def run_train(cfg: TrainConfig) -> dict:
+    """Every input (models, data, mapping, counts, resume checkpoint) is loaded and checked before anything is
+    written, so a failed start leaves no half-made run folder that would later look resumable."""
     from lmlab.config import save_config
-    from lmlab.io import mark_done, prepare_run_dir, write_json
+    from lmlab.io import is_done, mark_done, prepare_run_dir, write_json
     from lmlab.seed import seed_everything
     from lmlab.training import resume_checkpoint
 
-    out = prepare_run_dir(cfg.output_dir, overwrite=cfg.force)
+    if is_done(cfg.output_dir) and not cfg.force:
+        raise LmlabError(
+            f"{cfg.output_dir} holds a finished run; pass --force or choose another --output_dir"
+        )
     seed_everything(cfg.seed)
     module, total = build(cfg)
+    ckpt = checked_checkpoint(resume_checkpoint(cfg, cfg.output_dir))
+    out = prepare_run_dir(cfg.output_dir, overwrite=cfg.force)
     save_config(cfg, out / "config.yaml")
     write_json(
         out / "parameters.json", {**{k: v for k, v in vars(cfg).items()}, "total_optimizer_steps": total}
     )
     trainer = make_trainer(cfg, out, total)
-    trainer.fit(module, ckpt_path=resume_checkpoint(cfg, out), weights_only=True)
+    trainer.fit(module, ckpt_path=ckpt, weights_only=True)
     result = {"optimizer_steps": int(trainer.global_step), "micro_batches": module.batches_seen}
     if trainer.is_global_zero:
         student_dir = out / "student"
-        export_student(cfg, module.student, student_dir)
+        export_student(cfg, module.student, student_dir, trainer.global_step)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         result.update(metrics)
         write_json(out / "results.json", result)
@@ -394,10 +423,18 @@ def run_train(cfg: TrainConfig) -> dict:
     return result
 
 
-def export_student(cfg: TrainConfig, student: nn.Module, folder: Path) -> None:
-    """The student as a stock `save_pretrained` folder (config.json + safetensors) plus the tokenizer."""
+def export_student(cfg: TrainConfig, student: nn.Module, folder: Path, step: int) -> None:
+    """The student as a stock `save_pretrained` folder (config.json + safetensors) plus the tokenizer; refused
+    when an optimiser step (`step`) left a non-finite weight (finite gradients can still overflow an update)."""
     from transformers import AutoTokenizer
 
+    if not bool(
+        torch.isfinite(torch.stack([p.detach().float().abs().max() for p in student.parameters()])).all()
+    ):
+        raise LmlabError(
+            f"step {step}: a student weight is not finite after the optimiser step; nothing exported. Lower "
+            "--learning_rate and run again with --resume never (the latest checkpoint may hold these weights)"
+        )
     student.save_pretrained(folder)
     name = cfg.tokenizer_name or cfg.teacher_name
     with contextlib.suppress(OSError, ValueError, TypeError):
