@@ -243,6 +243,8 @@ class FtGptConfig(GptConfig):
             raise ValueError(f"--mode must be ft or probe, got {self.mode!r}")
         if self.lm_loss_weight == 0:
             raise ValueError("--lm_loss_weight must be non-zero for ft-gpt")
+        if self.emb_loss_weight != 0:
+            raise ValueError("ft-gpt trains with CE only: --emb_loss_weight must be 0")
 
 
 FT_ALIASES = {"total_nb_steps": "max_steps", "last_every": "checkpoint_every_n_steps"}

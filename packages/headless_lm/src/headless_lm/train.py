@@ -20,6 +20,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lmlab.callbacks import check_finite
 from lmlab.errors import LmlabError
 from lmlab.logging import get_logger
 from torch import nn
@@ -106,6 +107,7 @@ class HeadlessLMModule(pl.LightningModule):
             head.weight.requires_grad_(True)
         self.samples_seen = 0
         self.elapsed = 0.0
+        self.checkpoint_dir: Path | None = None  # named by a non-finite loss error as the resume point
         self._t0: float | None = None
         self.train_rows: PackedRows | None = None
         self.valid_rows: PackedRows | None = None
@@ -179,10 +181,10 @@ class HeadlessLMModule(pl.LightningModule):
         # negatives gathered across ranks in training only: validation keeps the local, comparable loss
         gather = bool(self.task.get("gather_negatives", False))
         out = self.compute_loss(batch, self._generator(self.samples_seen), batch_idx % every == 0, gather)
-        if not torch.isfinite(out.total_loss):
-            raise LmlabError(
-                f"non-finite loss at step {self.global_step}; lower --learning_rate or check the data"
-            )
+        terms = {"emb_loss": out.emb_loss, "lm_loss": out.lm_loss, "loss": out.total_loss}
+        check_finite(
+            self.global_step + 1, {k: v for k, v in terms.items() if v is not None}, self.checkpoint_dir
+        )
         self._log_out("train", out, batch.shape[0])
         now = time.perf_counter()
         if self._t0 is not None:
@@ -366,6 +368,9 @@ def _fit(cfg, module: HeadlessLMModule, out_dir: Path, extra_callbacks=()) -> di
 
     seed_everything(cfg.seed)
     accum = accumulation(cfg)
+    ckpt = resume_checkpoint(cfg, out_dir)
+    if ckpt is not None:
+        check_resumable(ckpt, module)
     val_every = cfg.val_every or max(1, cfg.max_steps // 10)
     periodic = ModelCheckpoint(
         dirpath=out_dir / "periodic",
@@ -387,10 +392,11 @@ def _fit(cfg, module: HeadlessLMModule, out_dir: Path, extra_callbacks=()) -> di
         check_val_every_n_epoch=None,
         limit_val_batches=cfg.val_batches,
     )
+    # every input is checked above: only now is the run folder written
     out_dir.mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:
         save_config(cfg, out_dir / "config.yaml")
-    ckpt = resume_checkpoint(cfg, out_dir)
+    module.checkpoint_dir = out_dir / "checkpoints"
     trainer.fit(module, ckpt_path=ckpt, weights_only=True)
     metrics = {
         k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
@@ -434,18 +440,32 @@ def run_mlm(cfg) -> dict:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """A Lightning checkpoint of this package, loaded with weights_only=True (an LmlabError otherwise)."""
+    """A Lightning checkpoint of this package, loaded with weights_only=True (an LmlabError otherwise: a
+    checkpoint holding anything but plain data is refused, never unpickled). Tensors are memory-mapped."""
     path = Path(path)
     if not path.is_file():
         raise LmlabError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
         raise LmlabError(f"cannot load checkpoint {path} ({type(err).__name__})") from None
     hp = ckpt.get("hyper_parameters") or {}
     if not {"kind", "arch", "task"} <= set(hp):
         raise LmlabError(f"{path} is not a headless-lm checkpoint (no kind/arch/task hyper-parameters)")
     return ckpt
+
+
+def check_resumable(path: str | Path, module: HeadlessLMModule) -> None:
+    """Refuse, before anything is written, a resume checkpoint that does not hold this run's model: another
+    objective's head, another architecture or width (Lightning would fail half-way into `fit`)."""
+    ckpt = load_checkpoint(path)
+    theirs, ours = ckpt["state_dict"], module.state_dict()
+    differ = sorted(set(theirs) ^ set(ours)) or [k for k in ours if theirs[k].shape != ours[k].shape]
+    if ckpt["hyper_parameters"]["kind"] != module.kind or differ:
+        raise LmlabError(
+            f"cannot resume from {path}: it holds another model ({ckpt['hyper_parameters']['kind']}; first "
+            f"difference {differ[0] if differ else 'the objective'}); give a new --output_dir or --resume never"
+        )
 
 
 def model_from_checkpoint(ckpt: dict) -> HeadlessLMModule:
@@ -462,8 +482,6 @@ def run_ft_gpt(cfg) -> dict:
 
     if not cfg.ckpt_path:
         raise LmlabError("--ckpt_path (the headless checkpoint to fine-tune) is required")
-    if cfg.emb_loss_weight != 0:
-        raise LmlabError("ft-gpt trains with CE only; --emb_loss_weight must be 0")
     source = load_checkpoint(cfg.ckpt_path)
     hp = source["hyper_parameters"]
     if hp["kind"] != "clm":
