@@ -5,8 +5,10 @@ Each update draws t ~ U(0,1) from a seeded generator (1 sample per batch for del
 accumulated for the full model), computes the task loss at phi(t) with `functional_call` and updates only the
 control points (Adafactor, constant lr, no clipping). Every `--valid_interval` updates the mean dev metric at
 `--valid_t` picks `checkpoint-best` (control points). Afterwards dev/test are evaluated on the t grid with the
-best control points written in place. Resumable: the t generator state and the sampler position are in the
-Lightning checkpoint.
+best control points written in place. Resumes bit-exactly: the t generator state and the sampler position are in
+the Lightning checkpoint, answer picks are keyed on the stream position and dropout on the micro-batch (lmlab's
+ExactResume). A non-finite loss at any sampled t stops the run naming the step and the t. Every input is read
+and checked before anything is written.
 
 Fixes relative to the reference: the curve trainers imported modules that did not exist and the full-model
 script lacked --do_train; flattening by insertion order with hard-coded tensor counts is replaced by names.
@@ -20,15 +22,15 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lmlab.callbacks import check_finite
 from lmlab.config import config_to_dict, save_config
 from lmlab.errors import LmlabError
 from lmlab.logging import get_logger
 from lmlab.seed import seed_everything
-from lmlab.training import StepSampler, build_trainer, resume_checkpoint
-from torch.utils.data import DataLoader
+from lmlab.training import build_trainer, resume_checkpoint
 
 from mode_connectivity.curves import Curve, CurveSweep, curve_loss
-from mode_connectivity.data import EncodedSplit, TextTaskOptions, TrainDataset, load_split, make_train_collate
+from mode_connectivity.data import EncodedSplit, TextTaskOptions, load_split, train_loader
 from mode_connectivity.interpolate import EvalContext, load_endpoint, write_path_outputs
 from mode_connectivity.models import build_for_method, check_same_keys, delta_state
 from mode_connectivity.sweep import interpolation_grid
@@ -37,8 +39,11 @@ log = get_logger("mode-connectivity")
 
 
 class CurveModule(pl.LightningModule):
-    def __init__(self, cfg, model, curve: Curve, train_split: EncodedSplit, pad_id: int):
+    def __init__(
+        self, cfg, model, curve: Curve, train_split: EncodedSplit, pad_id: int, checkpoint_dir: Path
+    ):
         super().__init__()
+        self.checkpoint_dir = checkpoint_dir
         self.cfg, self.model, self.curve = cfg, model, curve
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -50,11 +55,13 @@ class CurveModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         self.samples_seen += batch["input_ids"].shape[0]
-        total = 0.0
+        total, terms = 0.0, {}
         for _ in range(self.n_t):
             t = float(torch.rand(1, generator=self.t_gen))
             loss = curve_loss(self.model, self.curve, t, batch) / self.n_t
+            terms[f"loss at t={t:.4f}"] = loss
             total = total + loss
+        check_finite(self.global_step + 1, terms, self.checkpoint_dir)
         self.log("train_loss", total, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return total
 
@@ -70,10 +77,8 @@ class CurveModule(pl.LightningModule):
         )
 
     def train_dataloader(self):
-        ds = TrainDataset(self.train_split, seed=self.cfg.seed + self.samples_seen)
-        sampler = StepSampler(len(ds), seed=self.cfg.seed, start=self.samples_seen)
-        return DataLoader(
-            ds, batch_size=self.cfg.bsz_list[0], sampler=sampler, collate_fn=make_train_collate(self.pad_id)
+        return train_loader(
+            self.train_split, self.cfg.seed, self.samples_seen, self.cfg.bsz_list[0], self.pad_id
         )
 
     def on_save_checkpoint(self, checkpoint):
@@ -136,8 +141,6 @@ class CurveValidation(pl.Callback):
 
 def run_curve(cfg) -> dict[str, Any]:
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     p1, p2 = cfg.load_stage1_pet_path_list
     theta1, _ = load_endpoint(p1, cfg.tune_method)
     theta2, _ = load_endpoint(p2, cfg.tune_method)
@@ -150,16 +153,18 @@ def run_curve(cfg) -> dict[str, Any]:
     curve = Curve(theta1, theta2, cfg.bend_num, cfg.curve, cfg.curve_init, cfg.curve_init_std, gen)
     ctx = EvalContext.build(cfg, splits=("dev",), model=model)
     sweep = CurveSweep(curve, targets)
+    opts = TextTaskOptions(
+        cfg.max_input_length, cfg.max_output_length, cfg.do_lowercase, cfg.append_another_bos
+    )
+    train = EncodedSplit(load_split(cfg.task_dir, "train"), ctx.tokenizer, ctx.task_name, opts)
+    if cfg.do_predict:
+        load_split(cfg.task_dir, "test")  # a missing or malformed test split fails now, not after training
+    if not cfg.do_train and not (out / "checkpoint-best").is_dir():
+        raise LmlabError(f"{out} has no checkpoint-best; run `curve` with --do_train")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
     if cfg.do_train and not (out / "done.json").is_file():
-        train = EncodedSplit(
-            load_split(cfg.task_dir, "train"),
-            ctx.tokenizer,
-            ctx.task_name,
-            TextTaskOptions(
-                cfg.max_input_length, cfg.max_output_length, cfg.do_lowercase, cfg.append_another_bos
-            ),
-        )
-        module = CurveModule(cfg, model, curve, train, ctx.tokenizer.pad_token_id)
+        module = CurveModule(cfg, model, curve, train, ctx.tokenizer.pad_token_id, out / "checkpoints")
         callback = CurveValidation(cfg, ctx, sweep, out)
         trainer = build_trainer(cfg, out, callbacks=[callback], use_distributed_sampler=False)
         model.train()
@@ -170,8 +175,6 @@ def run_curve(cfg) -> dict[str, Any]:
             out / "checkpoint-last", curve, {"step": trainer.global_step, "args": config_to_dict(cfg)}
         )
         (out / "done.json").write_text(json.dumps({"step": trainer.global_step}))
-    if not (out / "checkpoint-best").is_dir():
-        raise LmlabError(f"{out} has no checkpoint-best; run `curve` with --do_train")
     device = next(model.parameters()).device
     load_control_points(out / "checkpoint-best", curve)
     curve.to(device)

@@ -185,19 +185,36 @@ def eval_batches(split: EncodedSplit, batch_size: int) -> list[tuple[list[int], 
 
 
 class TrainDataset(torch.utils.data.Dataset):
-    """Training items: a multi-answer example picks one answer uniformly at random each time it is drawn."""
+    """Training items, indexed by (position in the sample stream, example index) as `PositionedSampler` yields
+    them: a multi-answer example picks one answer uniformly at random with a generator seeded by (seed,
+    position), so the pick is the same whether or not the run was interrupted and resumed before it."""
 
     def __init__(self, split: EncodedSplit, seed: int = 0):
         self.split = split
-        self.rng = random.Random(seed)
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[list[int], list[int]]:
+        position, i = key
         targets = self.split.target_ids[i]
-        t = targets[0] if len(targets) == 1 else targets[self.rng.randrange(len(targets))]
-        return self.split.input_ids[i], t
+        if len(targets) == 1:
+            return self.split.input_ids[i], targets[0]
+        pick = random.Random(f"{self.seed}:{position}").randrange(len(targets))
+        return self.split.input_ids[i], targets[pick]
+
+
+class PositionedSampler:
+    """`StepSampler`'s indices paired with their position in the stream of all ranks together."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def __iter__(self):
+        s = self.sampler
+        for k, i in enumerate(s):
+            yield s.rank + (s.start + k) * s.world_size, i
 
 
 def make_train_collate(pad_id: int):
@@ -205,6 +222,20 @@ def make_train_collate(pad_id: int):
         return collate([a for a, _ in items], [b for _, b in items], pad_id)
 
     return fn
+
+
+def train_loader(split: EncodedSplit, seed: int, start: int, batch_size: int, pad_id: int):
+    """The training DataLoader of `train`, `curve` and `layer-mix`: an endless shuffled stream that starts at
+    this rank's `start`-th sample (StepSampler), with answers picked per stream position."""
+    from lmlab.training import StepSampler
+
+    sampler = PositionedSampler(StepSampler(len(split), seed=seed, start=start))
+    return torch.utils.data.DataLoader(
+        TrainDataset(split, seed),
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=make_train_collate(pad_id),
+    )
 
 
 def label_candidates(examples: list[Example]) -> list[str]:

@@ -1,7 +1,9 @@
 """`layer-mix` (optional; reference `tune_hps_singletask_layer_weight_find_finetune.py`): learn one logit w_g per
 group of tensors (block, layer or single tensor) and use sigmoid(w_g) * theta1 + (1 - sigmoid(w_g)) * theta2
 per group (note: the orientation is opposite to the interpolation coefficient a). Trained on Lightning with
-`functional_call`; afterwards the learned mixture is written in place and evaluated on dev/test.
+`functional_call`; afterwards the learned mixture is written in place and evaluated on dev/test. Resumes
+bit-exactly like `train` (sampler position and answer picks keyed on the stream, dropout on the micro-batch);
+every input is read and checked before anything is written.
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lmlab.config import save_config
-from lmlab.training import StepSampler, build_trainer, resume_checkpoint
+from lmlab.training import build_trainer, resume_checkpoint
 from torch import nn
-from torch.utils.data import DataLoader
 
-from mode_connectivity.data import EncodedSplit, TextTaskOptions, TrainDataset, load_split, make_train_collate
+from mode_connectivity.data import EncodedSplit, TextTaskOptions, load_split, train_loader
 from mode_connectivity.interpolate import EvalContext, load_endpoint
 from mode_connectivity.models import build_for_method, check_same_keys, delta_state
 
@@ -90,11 +91,7 @@ class MixModule(pl.LightningModule):
         )
 
     def train_dataloader(self):
-        ds = TrainDataset(self.train_split, seed=self.cfg.seed)
-        sampler = StepSampler(len(ds), seed=self.cfg.seed, start=self.samples_seen)
-        return DataLoader(
-            ds, batch_size=self.cfg.bsz, sampler=sampler, collate_fn=make_train_collate(self.pad_id)
-        )
+        return train_loader(self.train_split, self.cfg.seed, self.samples_seen, self.cfg.bsz, self.pad_id)
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["samples_seen"] = self.samples_seen
@@ -105,8 +102,6 @@ class MixModule(pl.LightningModule):
 
 def run_layer_mix(cfg) -> dict[str, Any]:
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     p1, p2 = cfg.load_stage1_pet_path_list
     theta1, _ = load_endpoint(p1, cfg.tune_method)
     theta2, _ = load_endpoint(p2, cfg.tune_method)
@@ -119,6 +114,8 @@ def run_layer_mix(cfg) -> dict[str, Any]:
         load_split(cfg.task_dir, "train"), ctx.tokenizer, ctx.task_name,
         TextTaskOptions(cfg.max_input_length, cfg.max_output_length, cfg.do_lowercase, cfg.append_another_bos),
     )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
     module = MixModule(cfg, model, mixture, train, ctx.tokenizer.pad_token_id)
     trainer = build_trainer(cfg, out, use_distributed_sampler=False)
     model.train()

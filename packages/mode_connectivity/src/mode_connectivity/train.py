@@ -3,8 +3,10 @@
 One job per (lr, bsz) in `<output_dir>/lr_<lr>_bsz_<bsz>_seed_<seed>/` with `checkpoint@<N>` every
 `--output_interval` updates, `checkpoint-best` (dev metric >= best so far, every `--valid_interval` updates),
 `checkpoint-last` at the end; `<output_dir>/result.csv` gets a row per job. A job whose `checkpoint-last`
-exists is skipped; an interrupted job resumes from its Lightning `checkpoints/last.ckpt` at exactly the next
-sample (StepSampler). Cartography mode records per-example correctness/confidence on the train set every epoch.
+exists is skipped; an interrupted job resumes from its Lightning `checkpoints/last.ckpt` bit-exactly: at the
+next sample (StepSampler), with the same answer picks (keyed on the stream position) and the same dropout
+(lmlab's ExactResume keys it on the micro-batch). Every input is read and checked before anything is
+written. Cartography mode records per-example correctness/confidence on the train set every epoch.
 
 Fixes relative to the reference: gradient accumulation steps after `accum` micro-batches (the reference stepped
 after the very first), the initial state for `--SGD_noise` is written by `--save_init` (no code edits), and the
@@ -24,17 +26,15 @@ import torch
 from lmlab.config import save_config
 from lmlab.errors import LmlabError
 from lmlab.logging import get_logger
-from lmlab.training import StepSampler, build_trainer, resume_checkpoint
-from torch.utils.data import DataLoader
+from lmlab.training import build_trainer, resume_checkpoint
 
 from mode_connectivity.data import (
     EncodedSplit,
     TextTaskOptions,
-    TrainDataset,
     label_candidates,
     load_split,
-    make_train_collate,
     task_name_of,
+    train_loader,
 )
 from mode_connectivity.evaluation import CandidateScorer, cartography_epoch, evaluate_split
 from mode_connectivity.metrics import metric_for_task
@@ -83,9 +83,7 @@ class T5TaskModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         self.samples_seen += batch["input_ids"].shape[0]
-        loss = self.model(**batch).loss
-        if not torch.isfinite(loss):
-            raise LmlabError(f"non-finite training loss at step {self.global_step}; lower the learning rate")
+        loss = self.model(**batch).loss  # lmlab's FiniteGuard stops on a non-finite loss or gradient
         self.log("train_loss", loss, on_step=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
@@ -122,13 +120,8 @@ class T5TaskModule(pl.LightningModule):
         }
 
     def train_dataloader(self):
-        ds = TrainDataset(self.train_split, seed=self.cfg.seed + self.samples_seen)
-        sampler = StepSampler(len(ds), seed=self.cfg.seed, start=self.samples_seen)
-        return DataLoader(
-            ds,
-            batch_size=self.micro,
-            sampler=sampler,
-            collate_fn=make_train_collate(self.tokenizer.pad_token_id),
+        return train_loader(
+            self.train_split, self.cfg.seed, self.samples_seen, self.micro, self.tokenizer.pad_token_id
         )
 
     def on_save_checkpoint(self, checkpoint):
@@ -254,8 +247,6 @@ def run_train(cfg) -> dict[str, Any]:
     if not cfg.task_dir or not cfg.model:
         raise LmlabError("--task_dir and --model are required")
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     task_name = task_name_of(cfg.task_dir)
     metric = metric_for_task(task_name, cfg.metric or None)
     tokenizer = load_tokenizer(cfg.tokenizer_path or cfg.model)
@@ -278,11 +269,20 @@ def run_train(cfg) -> dict[str, Any]:
         scorer = CandidateScorer(
             tokenizer, label_candidates(train_examples), cfg.do_lowercase, cfg.append_another_bos
         )
+    if cfg.do_predict:
+        load_split(cfg.task_dir, "test")  # a missing or malformed test split fails now, not after training
+    initial = _initial_model(cfg)  # the model and --init_path are checked before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    if cfg.save_init:
+        save_checkpoint(cfg.save_init, initial, cfg.tune_method, {"step": 0, "seed": cfg.seed})
     rows = []
     for lr in cfg.learning_rate_list:
         for bsz in cfg.bsz_list:
+            model = initial if initial is not None else _initial_model(cfg)
+            initial = None
             rows.append(
-                _train_job(cfg, lr, bsz, tokenizer, task_name, metric, train_split, dev, scorer, opts)
+                _train_job(cfg, lr, bsz, model, tokenizer, task_name, metric, train_split, dev, scorer, opts)
             )
     with (out / "result.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -309,12 +309,12 @@ def _initial_model(cfg):
         init = cfg.init_path or str(Path(cfg.output_dir) / f"init_seed_{cfg.load_init_seed}")
         tensors, _ = load_checkpoint(init)
         load_into(model, tensors, cfg.tune_method, init)
-    if cfg.save_init:
-        save_checkpoint(cfg.save_init, model, cfg.tune_method, {"step": 0, "seed": cfg.seed})
     return model
 
 
-def _train_job(cfg, lr, bsz, tokenizer, task_name, metric, train_split, dev, scorer, opts) -> dict[str, Any]:
+def _train_job(
+    cfg, lr, bsz, model, tokenizer, task_name, metric, train_split, dev, scorer, opts
+) -> dict[str, Any]:
     job_dir = Path(cfg.output_dir) / job_name(lr, bsz, cfg.seed)
     row = {"lr": lr, "bsz": bsz, "dev_performance": 0.0, "test_performance": 0.0, "job_dir": str(job_dir)}
     done = job_dir / "done.json"
@@ -322,7 +322,6 @@ def _train_job(cfg, lr, bsz, tokenizer, task_name, metric, train_split, dev, sco
         log.info(f"{job_dir} finished already (checkpoint-last exists); skipping")
         return {**row, **json.loads(done.read_text())}
     job_dir.mkdir(parents=True, exist_ok=True)
-    model = _initial_model(cfg)
     steps_per_epoch = max(1, math.ceil(len(train_split) / bsz))
     total = min(cfg.max_steps, cfg.train_epochs * steps_per_epoch)
     carto = Path(cfg.output_dir) / "cartography.json" if cfg.cartography else None
