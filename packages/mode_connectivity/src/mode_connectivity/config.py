@@ -6,14 +6,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lmlab.config import check_bounds
 from lmlab.training import TrainerOptions
 
 EVAL_MODES = ("generate", "rank")
 TUNE_METHODS = ("model", "adapter", "lora", "prefix")
 
 
-def _h(default, text):
-    return field(default=default, metadata={"help": text})
+def _h(default, text, **bounds):
+    """A field with its help text and its declared range (gt, ge, lt, le; checked by lmlab.config.check_bounds)."""
+    return field(default=default, metadata={"help": text, **bounds})
 
 
 def _hl(default, text):
@@ -27,11 +29,11 @@ class TaskOptions:
     )
     model: str = _h("", "local T5 model directory (save_pretrained); `make-tiny` builds one")
     tokenizer_path: str = _h("", "local tokenizer directory (default: --model)")
-    max_input_length: int = _h(512, "truncate encoder inputs to this many tokens")
-    max_output_length: int = _h(64, "truncate targets / stop generation at this many tokens")
+    max_input_length: int = _h(512, "truncate encoder inputs to this many tokens", ge=1)
+    max_output_length: int = _h(64, "truncate targets / stop generation at this many tokens", ge=1)
     do_lowercase: bool = _h(False, "lowercase inputs and targets")
     append_another_bos: bool = _h(False, "prepend '<s> ' to inputs and targets")
-    predict_batch_size: int = _h(32, "evaluation batch size")
+    predict_batch_size: int = _h(32, "evaluation batch size", ge=1)
     eval_mode: str = _h(
         "generate", "generate (greedy decoding, the reference) | rank (score the label candidates)"
     )
@@ -43,9 +45,6 @@ class TaskOptions:
     def check_task(self) -> None:
         if self.eval_mode not in EVAL_MODES:
             raise ValueError(f"--eval_mode must be one of {', '.join(EVAL_MODES)}, not {self.eval_mode!r}")
-        for name in ("max_input_length", "max_output_length", "predict_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1")
 
 
 @dataclass
@@ -58,13 +57,13 @@ class MethodOptions:
     adapter_type: str = _h(
         "houlsby", "houlsby (after attention, cross-attention, FFN; SiLU) | pfeiffer (FFN only; ReLU)"
     )
-    adapter_size: int = _h(64, "adapter bottleneck r (every paper script uses 12)")
+    adapter_size: int = _h(64, "adapter bottleneck r (every paper script uses 12)", ge=1)
     r_mean: float = _h(0.0, "mean of the Normal init of both adapter matrices")
-    r_std: float = _h(0.02, "std of the Normal init of both adapter matrices")
-    lora_r: int = _h(10, "LoRA rank (q and v projections)")
-    lora_alpha: int = _h(16, "LoRA alpha")
+    r_std: float = _h(0.02, "std of the Normal init of both adapter matrices", ge=0)
+    lora_r: int = _h(10, "LoRA rank (q and v projections)", ge=1)
+    lora_alpha: int = _h(16, "LoRA alpha", gt=0)
     num_virtual_tokens: int = _h(
-        20, "prefix tuning: virtual key/value tokens per decoder self-attention layer"
+        20, "prefix tuning: virtual key/value tokens per decoder self-attention layer", ge=1
     )
     prefix_projection: bool = _h(False, "prefix tuning: produce the prefix with peft's two-layer MLP")
 
@@ -75,35 +74,33 @@ class MethodOptions:
             )
         if self.adapter_type not in ("houlsby", "pfeiffer"):
             raise ValueError(f"--adapter_type must be houlsby or pfeiffer, not {self.adapter_type!r}")
-        if self.adapter_size < 1 or self.lora_r < 1:
-            raise ValueError("--adapter_size and --lora_r must be at least 1")
-        if self.num_virtual_tokens < 1:
-            raise ValueError(f"--num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}")
-        if self.r_std < 0:
-            raise ValueError("--r_std must be >= 0")
 
 
 @dataclass
 class TrainConfig(TaskOptions, MethodOptions, TrainerOptions):
     output_dir: str = _h("runs/train", "jobs go to <output_dir>/lr_<lr>_bsz_<bsz>_seed_<seed>/")
     seed: int = _h(20, "seeds python/numpy/torch before model construction: adapter init AND data order")
-    max_steps: int = _h(10_000_000, "stop after this many updates (--train_iters)")
+    max_steps: int = _h(10_000_000, "stop after this many updates (--train_iters)", ge=1)
     train_epochs: int = _h(
-        10_000_000, "stop after this many epochs (whichever of this and --train_iters first)"
+        10_000_000, "stop after this many epochs (whichever of this and --train_iters first)", ge=1
     )
     learning_rate_list: list[float] = _hl([5e-5], "one training job per learning rate")
     bsz_list: list[int] = _hl(
         [32], "one training job per batch size (> 16: micro-batch 16 with accumulation)"
     )
     weight_decay: float = _h(
-        0.01, "Adafactor weight decay (full fine-tuning only; none for biases/layer norms)"
+        0.01, "Adafactor weight decay (full fine-tuning only; none for biases/layer norms)", ge=0
     )
-    max_grad_norm: float = _h(0.01, "gradient clipping norm (the reference's tiny value, kept for parity)")
-    warmup_rate: float = _h(0.06, "warm-up fraction; unused with the constant schedule (as in the reference)")
+    max_grad_norm: float = _h(
+        0.01, "gradient clipping norm (the reference's tiny value, kept for parity)", ge=0
+    )
+    warmup_rate: float = _h(
+        0.06, "warm-up fraction; unused with the constant schedule (as in the reference)", ge=0, le=1
+    )
     lr_decay_style: str = _h("constant", "constant (reference) | linear (warm-up then linear decay)")
-    valid_interval: int = _h(5000, "evaluate dev every N updates and keep checkpoint-best")
-    output_interval: int = _h(10000, "save checkpoint@N every N updates")
-    early_stop: int = _h(-1, "stop after K non-improving validations (-1: off)")
+    valid_interval: int = _h(5000, "evaluate dev every N updates and keep checkpoint-best", ge=1)
+    output_interval: int = _h(10000, "save checkpoint@N every N updates", ge=1)
+    early_stop: int = _h(-1, "stop after K non-improving validations (-1: off)", ge=-1)
     load_init_seed: int = _h(20, "with --SGD_noise: the seed whose saved initial state is loaded")
     SGD_noise: bool = _h(False, "load a saved initial state (--init_path) so only data order/dropout differ")
     init_path: str = _h("", "initial state for --SGD_noise (default <output_dir>/init_seed_<load_init_seed>)")
@@ -120,8 +117,8 @@ class TrainConfig(TaskOptions, MethodOptions, TrainerOptions):
     do_predict: bool = _h(True, "after training evaluate checkpoint-best on test")
     one_prefix: bool = _h(True, "only the task's own prefix (the reference's scripts always pass it)")
     keep_best_model: bool = _h(True, "keep the full-model checkpoint-best (the reference deleted it)")
-    checkpoint_every_n_steps: int = _h(500, "Lightning resumable checkpoint every N steps")
-    log_every_n_steps: int = _h(100, "log every N updates (--log_interval)")
+    checkpoint_every_n_steps: int = _h(500, "Lightning resumable checkpoint every N steps", ge=1)
+    log_every_n_steps: int = _h(100, "log every N updates (--log_interval)", ge=1)
 
     def __post_init__(self) -> None:
         TrainerOptions.__post_init__(self)
@@ -137,9 +134,6 @@ class TrainConfig(TaskOptions, MethodOptions, TrainerOptions):
             raise ValueError("--learning_rate_list must hold positive learning rates")
         if not self.bsz_list or any(b < 1 or (b > 16 and b % 16) for b in self.bsz_list):
             raise ValueError("--bsz_list entries must be >= 1 and multiples of 16 above 16")
-        for name in ("valid_interval", "output_interval", "train_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1")
 
 
 TRAIN_ALIASES = {
@@ -162,6 +156,7 @@ class EvaluateConfig(TaskOptions, MethodOptions):
     seed: int = _h(20, "seed (adapter init when no checkpoint is given)")
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         self.check_task()
         self.check_method()
 
@@ -170,14 +165,12 @@ class EvaluateConfig(TaskOptions, MethodOptions):
 class InterpolateConfig(EvaluateConfig):
     load_PET_path_1: str = _h("", "endpoint at a=0")
     load_PET_path_2: str = _h("", "endpoint at a=1")
-    itpl_points: int = _h(26, "grid points including both ends (26: a = 0, 0.04, ..., 1)")
-    barrier_tol: float = _h(0.01, "connected = perf_barrier <= this (absolute)")
+    itpl_points: int = _h(26, "grid points including both ends (26: a = 0, 0.04, ..., 1)", ge=2)
+    barrier_tol: float = _h(0.01, "connected = perf_barrier <= this (absolute)", ge=0)
     output_dir: str = _h("runs/interpolate", "result.csv, analyses, summary.json and plots go here")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.itpl_points < 2:
-            raise ValueError(f"--itpl_points must be at least 2 (both ends), got {self.itpl_points}")
         if not self.load_PET_path_1 or not self.load_PET_path_2:
             raise ValueError("--load_PET_path_1 and --load_PET_path_2 are required")
 
@@ -186,44 +179,42 @@ class InterpolateConfig(EvaluateConfig):
 class CurveConfig(TaskOptions, MethodOptions, TrainerOptions):
     output_dir: str = _h("runs/curve", "control points, result.csv, summary.json and plots go here")
     load_stage1_pet_path_list: list[str] = _hl([], "the two endpoints (checkpoints of the same method)")
-    bend_num: int = _h(3, "number of control points n (Bezier degree n+1); the scripts use 1")
+    bend_num: int = _h(3, "number of control points n (Bezier degree n+1); the scripts use 1", ge=1)
     curve: str = _h("bezier", "bezier | polychain")
     curve_init: str = _h(
         "chord", "chord (points on the straight line) | normal (Normal(0, --curve_init_std), reference)"
     )
-    curve_init_std: float = _h(0.02, "std of --curve_init normal")
-    itpl_points: int = _h(26, "evaluation grid in t")
+    curve_init_std: float = _h(0.02, "std of --curve_init normal", ge=0)
+    itpl_points: int = _h(26, "evaluation grid in t", ge=2)
     learning_rate_list: list[float] = _hl([1e-4], "Adafactor learning rate (first entry used)")
     bsz_list: list[int] = _hl([16], "batch size (first entry used); scripts: 16 adapters, 8 full model")
-    max_steps: int = _h(100_000, "updates (--train_iters); scripts: 10k adapters, 5k full model")
-    valid_interval: int = _h(2000, "validate at --valid_t every N updates; keep the best control points")
+    max_steps: int = _h(100_000, "updates (--train_iters); scripts: 10k adapters, 5k full model", ge=1)
+    valid_interval: int = _h(
+        2000, "validate at --valid_t every N updates; keep the best control points", ge=1
+    )
     valid_t: list[float] = _hl(
         [0.7726, 0.373, 0.5129], "t values of validation (reference: these for adapters)"
     )
     t_samples: int = _h(
-        0, "t samples per batch, gradients accumulated (0: 1 for delta tuning, 3 for full model)"
+        0, "t samples per batch, gradients accumulated (0: 1 for delta tuning, 3 for full model)", ge=0
     )
     seed: int = _h(42, "seed of the control-point init and the t sampler")
-    barrier_tol: float = _h(0.01, "connected = perf_barrier <= this")
+    barrier_tol: float = _h(0.01, "connected = perf_barrier <= this", ge=0)
     do_train: bool = _h(True, "train the control points (off: evaluate an existing checkpoint-best)")
     do_valid: bool = _h(True, "evaluate dev")
     do_predict: bool = _h(True, "evaluate test")
     itp_on_train: bool = _h(False, "not used by curve (kept for flag compatibility)")
-    log_every_n_steps: int = _h(50, "log every N updates")
-    checkpoint_every_n_steps: int = _h(500, "Lightning resumable checkpoint every N steps")
+    log_every_n_steps: int = _h(50, "log every N updates", ge=1)
+    checkpoint_every_n_steps: int = _h(500, "Lightning resumable checkpoint every N steps", ge=1)
 
     def __post_init__(self) -> None:
         TrainerOptions.__post_init__(self)
         self.check_task()
         self.check_method()
-        if self.bend_num < 1:
-            raise ValueError("--bend_num must be at least 1")
         if self.curve not in ("bezier", "polychain"):
             raise ValueError("--curve must be bezier or polychain")
         if self.curve_init not in ("chord", "normal"):
             raise ValueError("--curve_init must be chord or normal")
-        if self.itpl_points < 2:
-            raise ValueError(f"--itpl_points must be at least 2 (both ends), got {self.itpl_points}")
         if len(self.load_stage1_pet_path_list) != 2:
             raise ValueError("--load_stage1_pet_path_list needs exactly two checkpoints")
         if any(not 0.0 <= t <= 1.0 for t in self.valid_t) or not self.valid_t:
@@ -238,14 +229,14 @@ class LayerMixConfig(TaskOptions, MethodOptions, TrainerOptions):
     output_dir: str = _h("runs/layer-mix", "mix.json (learned group weights, dev/test metric) goes here")
     load_stage1_pet_path_list: list[str] = _hl([], "the two endpoints (checkpoints of the same method)")
     layer_filter: str = _h("block", "group = block | layer (T5 sublayer) | weight (one tensor)")
-    init_std: float = _h(10.0, "std of the Normal init of the group logits")
-    learning_rate: float = _h(0.1, "Adafactor learning rate (reference 0.1 or 0.05)")
-    bsz: int = _h(8, "batch size")
-    max_steps: int = _h(1000, "updates (--train_iters)")
+    init_std: float = _h(10.0, "std of the Normal init of the group logits", ge=0)
+    learning_rate: float = _h(0.1, "Adafactor learning rate (reference 0.1 or 0.05)", gt=0)
+    bsz: int = _h(8, "batch size", ge=1)
+    max_steps: int = _h(1000, "updates (--train_iters)", ge=1)
     seed: int = _h(42, "seed of the logit init and the data order")
     do_valid: bool = _h(True, "evaluate dev")
     do_predict: bool = _h(True, "evaluate test")
-    log_every_n_steps: int = _h(50, "log every N updates")
+    log_every_n_steps: int = _h(50, "log every N updates", ge=1)
 
     def __post_init__(self) -> None:
         TrainerOptions.__post_init__(self)
@@ -255,8 +246,6 @@ class LayerMixConfig(TaskOptions, MethodOptions, TrainerOptions):
             raise ValueError("--layer_filter must be block, layer or weight")
         if len(self.load_stage1_pet_path_list) != 2:
             raise ValueError("--load_stage1_pet_path_list needs exactly two checkpoints")
-        if self.bsz < 1 or self.learning_rate <= 0:
-            raise ValueError("--bsz must be >= 1 and --learning_rate > 0")
 
 
 @dataclass
@@ -289,21 +278,20 @@ class MakeTinyConfig:
     output_dir: str = _h(
         "runs/tiny", "writes model/ (tiny T5 + tokenizer) and data/<task>/ (synthetic tasks)"
     )
-    d_model: int = _h(64, "T5 d_model")
-    num_layers: int = _h(2, "encoder and decoder layers")
-    num_heads: int = _h(4, "attention heads")
-    d_ff: int = _h(128, "feed-forward width")
-    n_train: int = _h(2000, "training examples per synthetic task")
-    n_eval: int = _h(200, "dev and test examples per synthetic task")
-    pretrain_steps: int = _h(300, "denoising pre-training steps of the tiny T5 (0: leave it random)")
+    d_model: int = _h(64, "T5 d_model", ge=1)
+    num_layers: int = _h(2, "encoder and decoder layers", ge=1)
+    num_heads: int = _h(4, "attention heads", ge=1)
+    d_ff: int = _h(128, "feed-forward width", ge=1)
+    n_train: int = _h(2000, "training examples per synthetic task", ge=4)
+    n_eval: int = _h(200, "dev and test examples per synthetic task", ge=2)
+    pretrain_steps: int = _h(300, "denoising pre-training steps of the tiny T5 (0: leave it random)", ge=0)
     roberta: bool = _h(False, "also write a tiny RoBERTa (roberta/) and tiny GLUE folders (glue/)")
     seed: int = _h(0, "seed")
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         if self.d_model % self.num_heads:
             raise ValueError("--d_model must be divisible by --num_heads")
-        if self.n_train < 4 or self.n_eval < 2:
-            raise ValueError("--n_train must be >= 4 and --n_eval >= 2")
 
 
 @dataclass
@@ -311,19 +299,20 @@ class BenchSweepConfig:
     model_config: str = _h(
         "tiny", "tiny | t5-base-shaped (random weights, no download); `--config tiny` sets it"
     )
-    n_eval: int = _h(256, "evaluation examples")
-    points: int = _h(26, "grid points")
+    n_eval: int = _h(256, "evaluation examples", ge=1)
+    points: int = _h(26, "grid points", ge=2)
     mode: str = _h("both", "naive | efficient | both")
     tune_method: str = _h("model", "model | adapter")
     bench_eval: str = _h("loss", "loss (teacher-forced loss over the eval set) | generate")
-    seq_len: int = _h(64, "encoder length of the random eval inputs")
-    batch_size: int = _h(32, "eval batch size")
+    seq_len: int = _h(64, "encoder length of the random eval inputs", ge=1)
+    batch_size: int = _h(32, "eval batch size", ge=1)
     device: str = _h("auto", "auto | cpu | cuda")
     bf16: bool = _h(False, "bf16 autocast for the forward (fp32 master weights)")
     output_dir: str = _h("runs/bench", "bench.json and bench.md go here")
     seed: int = _h(0, "seed")
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         if self.model_config not in ("tiny", "t5-base-shaped"):
             raise ValueError("--model_config (or --config) must be tiny or t5-base-shaped")
         if self.mode not in ("naive", "efficient", "both"):
@@ -332,23 +321,21 @@ class BenchSweepConfig:
             raise ValueError("--tune_method must be model or adapter")
         if self.bench_eval not in ("loss", "generate"):
             raise ValueError("--bench_eval must be loss or generate")
-        if self.points < 2 or self.n_eval < 1:
-            raise ValueError("--points must be >= 2 and --n_eval >= 1")
 
 
 @dataclass
 class DemoConfig:
     output_dir: str = _h("results/demo/mode_connectivity", "where the demo writes")
-    steps: int = _h(120, "training updates per endpoint")
+    steps: int = _h(120, "training updates per endpoint", ge=1)
 
 
 @dataclass
 class ReproduceConfig:
     output_dir: str = _h("results/mode_connectivity", "REPORT.md, tables and plots go here")
-    steps: int = _h(400, "updates per training run")
-    checkpoint_every: int = _h(200, "checkpoint@N every N updates")
-    curve_steps: int = _h(200, "updates of the adapter curve")
-    itpl_points: int = _h(26, "interpolation grid")
+    steps: int = _h(400, "updates per training run", ge=1)
+    checkpoint_every: int = _h(200, "checkpoint@N every N updates", ge=1)
+    curve_steps: int = _h(200, "updates of the adapter curve", ge=1)
+    itpl_points: int = _h(26, "interpolation grid", ge=2)
     model: str = _h("", "real T5 directory (paper setting; needs a GPU); default: a tiny one from make-tiny")
     task_root: str = _h("", "real task root with glue-mnli/, anli/, superglue-record/ (paper setting)")
     device: str = _h("auto", "auto | cpu | cuda")
