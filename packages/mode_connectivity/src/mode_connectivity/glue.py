@@ -2,7 +2,9 @@
 `glue-interpolate` with a head policy for endpoints trained on different label spaces.
 
 Data: local files only (`train`, `validation` / `validation_matched` / `validation_mismatched` as csv, jsonl,
-json or tsv with GLUE column names and an integer `label`, or a `datasets.save_to_disk` folder).
+json or tsv with GLUE column names and an integer `label`, or a `datasets.save_to_disk` folder). CSV/TSV go
+through `lmlab.data.read_table`: a ragged row, an empty text or label cell, or a label that is not a number is
+an error naming the file and the row.
 Adapter (OpenDelta's default placement, reimplemented with hooks): a bottleneck h + up(act(down(h))) on the
 output of every layer's attention output projection and FFN output projection, bottleneck 24; trainable =
 adapters + layer norms + classifier. Init (our choice, not OpenDelta's exact one): down ~ N(0, 0.01), up = 0,
@@ -73,11 +75,12 @@ def load_glue_split(data_dir: str | Path, task: str, split: str):
     else:
         names = [split] + (["validation"] if split == "validation_matched" else [])
         for name in names:
-            for ext, kind in ((".csv", "csv"), (".jsonl", "json"), (".json", "json"), (".tsv", "csv")):
+            for ext in (".csv", ".jsonl", ".json", ".tsv"):
                 f = root / f"{name}{ext}"
                 if f.is_file():
-                    kw = {"delimiter": "\t", "quoting": 3} if ext == ".tsv" else {}
-                    ds = datasets.load_dataset(kind, data_files=str(f), split="train", **kw)
+                    if ext in (".csv", ".tsv"):
+                        return _glue_table(f, task)
+                    ds = datasets.load_dataset("json", data_files=str(f), split="train")
                     break
             if ds is not None:
                 break
@@ -86,12 +89,49 @@ def load_glue_split(data_dir: str | Path, task: str, split: str):
     rename = {k: v for k, v in RAW_GLUE_COLUMNS.items() if k in ds.column_names and v not in ds.column_names}
     if rename:
         ds = ds.rename_columns(rename)
+    _check_columns(ds.column_names, task, f"{root}/{split}")
+    return ds
+
+
+def _check_columns(columns, task: str, where: str) -> list[str]:
     a, b = TASK_KEYS[task]
     needed = [c for c in (a, b, "label") if c]
-    missing = [c for c in needed if c not in ds.column_names]
+    missing = [c for c in needed if c not in columns]
     if missing:
-        raise LmlabError(f"{root}/{split}: missing column(s) {missing}; {task} needs {needed}")
-    return ds
+        raise LmlabError(f"{where}: missing column(s) {missing}; {task} needs {needed}")
+    return needed
+
+
+def _glue_table(path: Path, task: str):
+    """A CSV/TSV split read strictly (lmlab.data.read_table), the raw GLUE headers renamed, every needed cell
+    non-empty, labels parsed as numbers (float for STS-B, int otherwise)."""
+    import datasets
+    from lmlab.data import read_table
+
+    frame = read_table(path)
+    frame = frame.rename(
+        columns={k: v for k, v in RAW_GLUE_COLUMNS.items() if k in frame.columns and v not in frame.columns}
+    )
+    needed = _check_columns(list(frame.columns), task, str(path))
+    for column in needed:
+        empty = frame.index[frame[column].str.strip() == ""]
+        if len(empty):
+            raise LmlabError(
+                f"{path}, data row {empty[0] + 1}: column {column!r} is empty ({len(empty)} such row(s)); "
+                "fill or remove them"
+            )
+    parse = float if task == "stsb" else int
+    labels = []
+    for row, value in enumerate(frame["label"], 1):
+        try:
+            labels.append(parse(value))
+        except ValueError:
+            raise LmlabError(
+                f"{path}, data row {row}: label {value!r} is not {'a number' if task == 'stsb' else 'an integer'}; "
+                "give labels as numbers"
+            ) from None
+    frame["label"] = labels
+    return datasets.Dataset.from_pandas(frame[needed], preserve_index=False)
 
 
 def encode(ds, tokenizer, task: str, max_len: int, limit: int = 0) -> list[dict[str, Any]]:
@@ -305,10 +345,10 @@ def run_glue_train(cfg) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     if not cfg.data_dir:
         raise LmlabError("--data_dir is required (a local GLUE task folder)")
+    if not Path(cfg.model_name_or_path).is_dir():
+        raise LmlabError(f"--model_name_or_path {cfg.model_name_or_path} is not a local model directory")
     tok = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
     train = encode(
         load_glue_split(cfg.data_dir, cfg.task_name, "train"), tok, cfg.task_name, cfg.max_seq_length
@@ -327,6 +367,8 @@ def run_glue_train(cfg) -> dict[str, Any]:
         cfg.model_name_or_path, NUM_LABELS[cfg.task_name], cfg.delta_type, cfg.bottleneck_dim, cfg.seed
     )
     set_trainable(model, cfg.delta_type, cfg.unfrozen_modules)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
     model.train()
     module = GlueModule(cfg, model, train, tok.pad_token_id)
     callback = GlueCallback(cfg, out, evals, tok.pad_token_id)
@@ -411,8 +453,6 @@ def run_glue_interpolate(cfg) -> dict[str, Any]:
     from mode_connectivity.interpolate import plot_path
 
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     model, sweep, eval_task, policy, model_dir = glue_sweep(cfg)
     tok = AutoTokenizer.from_pretrained(model_dir)
     evals = {
@@ -425,6 +465,8 @@ def run_glue_interpolate(cfg) -> dict[str, Any]:
         )
         for s in eval_splits(eval_task)
     }
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
     grid = interpolation_grid(cfg.itpl_points)
     main_key = MAIN_METRIC.get(eval_task, "accuracy")
     series: dict[str, dict[str, list[float]]] = {s: {"metric": [], "loss": []} for s in evals}
