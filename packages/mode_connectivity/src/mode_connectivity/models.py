@@ -11,6 +11,7 @@ on input, tensors only (`weights_only=True`).
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +172,13 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         side = path.with_suffix(".json")
         meta = json.loads(side.read_text()) if side.is_file() else {}
         return load_file(str(path)), meta
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise LmlabError(
+            f"checkpoint {path} holds objects other than tensors, which are not loaded (they could run code); "
+            "give a checkpoint directory, a .safetensors file or a .pt dict of tensors"
+        ) from None
     if isinstance(obj, dict):
         for key in ("model", "adapter", "lora", "state_dict"):
             if key in obj and isinstance(obj[key], dict):
