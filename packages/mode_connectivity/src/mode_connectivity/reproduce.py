@@ -124,7 +124,6 @@ def run_reproduce(cfg) -> dict[str, Any]:
 
     t_start = time.time()
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if torch_device(cfg.device).type == "cpu":
         set_threads(1)  # the tiny model is faster on one thread than on contended cores
     if cfg.model:
@@ -132,6 +131,7 @@ def run_reproduce(cfg) -> dict[str, Any]:
             raise LmlabError("--model needs --task_root (a folder with glue-mnli/ and anli/)")
         model = cfg.model
         tasks = {"t1": str(Path(cfg.task_root) / "glue-mnli"), "t2": str(Path(cfg.task_root) / "anli")}
+        out.mkdir(parents=True, exist_ok=True)
     else:
         tiny = out / "tiny"
         if not (tiny / "model" / "config.json").is_file():
