@@ -132,3 +132,79 @@ def test_qa_features_locate_answers(student):
             assert span == ex["answers"]["text"][0].replace(" ", "").lower()
             found.add(i)
     assert len(found) == len(examples)  # every answer lies in at least one window
+
+
+def _glue_args(student, out, *extra):
+    return ["eval-glue", "--model_name_or_path", str(student), "--task_name", "mrpc",
+            "--train_file", str(sample_path("glue/mrpc/train.tsv")), "--validation_file", str(sample_path("glue/mrpc/dev.tsv")),
+            "--output_dir", str(out), "--device", "cpu", "--num_train_epochs", "4", "--max_seq_length", "32",
+            "--per_device_train_batch_size", "4", *extra]  # fmt: skip
+
+
+def test_killed_fine_tune_resumes_bit_exactly_with_dropout(tmp_path, monkeypatch, same_training_state):
+    import diito.eval.common as common
+
+    student = save_tiny_model(
+        tmp_path / "student",
+        "distilbert",
+        "mlm",
+        layers=1,
+        hidden=32,
+        heads=2,
+        dropout=0.1,
+        attention_dropout=0.1,
+    )
+    monkeypatch.setattr(common, "drop_checkpoints", lambda cfg: None)  # keep last.ckpt to compare
+    extra = ("--checkpoint_every_n_steps", "2")
+    assert main(_glue_args(student, tmp_path / "straight", *extra)) == 0
+    original = common.FinetuneModule.training_step
+
+    def dying(self, batch, i):
+        if self.trainer.global_step == 5:  # steps 1-5 of 6 (4 passes over 6 rows) done, last.ckpt at step 4
+            raise RuntimeError("killed")
+        return original(self, batch, i)
+
+    with monkeypatch.context() as m:
+        m.setattr(common.FinetuneModule, "training_step", dying)
+        assert main(_glue_args(student, tmp_path / "killed", *extra)) == 1
+    killed = tmp_path / "killed"
+    assert not (killed / "results.json").exists()
+    assert main(_glue_args(student, killed, *extra)) == 0
+    same_training_state(
+        *(tmp_path / d / "finetune" / "checkpoints" / "last.ckpt" for d in ("straight", "killed"))
+    )
+    rows = [json.loads(line) for line in (killed / "finetune" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == list(range(6))
+    assert json.loads((killed / "results.json").read_text()) == json.loads(
+        (tmp_path / "straight" / "results.json").read_text()
+    )
+
+
+def test_fine_tune_checkpoints_are_removed_with_the_results_and_crafted_ones_refused(
+    student, tmp_path, capsys, malicious_pickle
+):
+    out = tmp_path / "glue"
+    assert main(_glue_args(student, out, "--checkpoint_every_n_steps", "2")) == 0
+    assert (out / "results.json").is_file() and not (out / "finetune" / "checkpoints").exists()
+    steps = [
+        json.loads(line)["step"] for line in (out / "finetune" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert main(_glue_args(student, out)) == 0  # a finished evaluation runs afresh, its log replaced
+    again = [
+        json.loads(line)["step"] for line in (out / "finetune" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert again == steps
+    (out / "finetune" / "checkpoints").mkdir()
+    (out / "results.json").unlink()
+    marker = malicious_pickle(out / "finetune" / "checkpoints" / "last.ckpt")
+    for command in ("eval-glue", "eval-ner", "eval-qa"):
+        args = [command, "--model_name_or_path", str(student), "--output_dir", str(out), "--device", "cpu"]
+        args += {
+            "eval-glue": ["--train_file", str(sample_path("glue/mrpc/train.tsv")), "--validation_file", str(sample_path("glue/mrpc/dev.tsv"))],
+            "eval-ner": ["--train_file", str(sample_path("conll/sample.json"))],
+            "eval-qa": ["--train_file", str(sample_path("squad/sample.json"))],
+        }[command]  # fmt: skip
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "cannot resume from" in err.strip().splitlines()[-1], command
+        assert not marker.exists() and not (out / "results.json").exists()

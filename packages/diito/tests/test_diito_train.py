@@ -463,29 +463,6 @@ def dropout_student(assets):
     return folder
 
 
-def _tensors(obj, prefix=""):
-    """Every tensor (and number) inside a checkpoint's nested dicts/lists, by path."""
-    if isinstance(obj, dict):
-        return {k: v for key, val in obj.items() for k, v in _tensors(val, f"{prefix}/{key}").items()}
-    if isinstance(obj, list | tuple):
-        return {k: v for i, val in enumerate(obj) for k, v in _tensors(val, f"{prefix}/{i}").items()}
-    return {prefix: obj} if isinstance(obj, torch.Tensor | int | float) else {}
-
-
-def assert_same_training_state(a: Path, b: Path) -> None:
-    """Weights, optimiser and scheduler state of two last.ckpt files are bit-identical."""
-    ca, cb = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
-    assert ca["global_step"] == cb["global_step"]
-    for key in ("state_dict", "optimizer_states", "lr_schedulers"):
-        ta, tb = _tensors(ca[key]), _tensors(cb[key])
-        assert ta.keys() == tb.keys() and ta, key
-        for k in ta:
-            if isinstance(ta[k], torch.Tensor):
-                assert torch.equal(ta[k], tb[k]), f"{key}{k}"
-            else:
-                assert ta[k] == tb[k], f"{key}{k}"
-
-
 def _kill_at_step(monkeypatch, step):
     """Make training die (as a SIGKILL would: no checkpoint on the way out) when optimiser step `step` starts."""
     from diito.trainer import DiitoModule
@@ -500,7 +477,9 @@ def _kill_at_step(monkeypatch, step):
     monkeypatch.setattr(DiitoModule, "training_step", dying)
 
 
-def test_killed_run_resumes_bit_exactly_with_dropout(assets, dropout_student, tmp_path, monkeypatch):
+def test_killed_run_resumes_bit_exactly_with_dropout(
+    assets, dropout_student, tmp_path, monkeypatch, same_training_state
+):
     def args(out):
         a = _args(assets, str(tmp_path / out), 6, "--checkpoint_every_n_steps", "2")
         a[a.index("--student_pretrained_weights") + 1] = str(dropout_student)
@@ -515,7 +494,7 @@ def test_killed_run_resumes_bit_exactly_with_dropout(assets, dropout_student, tm
     assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
     assert not (killed / "student").exists() and not (killed / "DONE").exists()
     assert main(args("killed")) == 0  # the same command again resumes
-    assert_same_training_state(
+    same_training_state(
         tmp_path / "straight" / "checkpoints" / "last.ckpt", killed / "checkpoints" / "last.ckpt"
     )
     _assert_equal_states(_state(tmp_path / "straight" / "student"), _state(killed / "student"))

@@ -1,69 +1,106 @@
 """Fine-tuning shared by eval-glue / eval-ner / eval-qa: a small LightningModule around a stock HF head model
-(AdamW, linear decay with optional warm-up), trained by lmlab's Trainer; evaluation in a plain no-grad loop."""
+(AdamW, linear decay with optional warm-up), trained by lmlab's Trainer; evaluation in a plain no-grad loop.
+
+A fine-tune is resumable like `diito train`: lmlab's `build_trainer` (randomness keyed on the micro-batch, the
+non-finite guard, `last.ckpt` every `--checkpoint_every_n_steps`) and an endless `StepSampler` started at the
+samples already seen, so a killed fine-tune run again continues bit-exactly. Its checkpoints and metrics.jsonl
+live in `<output_dir>/finetune/`; the checkpoints are removed once results.json is written, so a finished
+evaluation run again starts afresh instead of resuming a stale state.
+"""
 
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from torch.utils.data import DataLoader
 
 from diito.trainer import linear_schedule
 
 
 class FinetuneModule(pl.LightningModule):
-    def __init__(self, model, lr: float, weight_decay: float, warmup_ratio: float, total_steps: int):
+    def __init__(self, model, features: list[dict], cfg, total_steps: int):
         super().__init__()
-        self.model = model.train()
-        self.lr, self.wd, self.warmup_ratio, self.total = lr, weight_decay, warmup_ratio, total_steps
+        self.model = model
+        self.features, self.cfg, self.total = features, cfg, total_steps
+        self.samples_seen = 0
 
     def training_step(self, batch, _):
         loss = self.model(**batch).loss
-        self.log(
-            "train/loss",
-            loss.detach(),
-            on_step=True,
-            prog_bar=True,
-            batch_size=len(next(iter(batch.values()))),
-        )
+        size = len(next(iter(batch.values())))
+        self.samples_seen += size
+        self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=size)
         return loss
 
     def configure_optimizers(self):
         from diito.trainer import param_groups
 
-        opt = torch.optim.AdamW(param_groups(self.model, self.wd), lr=self.lr)
-        warm = math.ceil(self.warmup_ratio * self.total)
+        opt = torch.optim.AdamW(param_groups(self.model, self.cfg.weight_decay), lr=self.cfg.learning_rate)
+        warm = math.ceil(self.cfg.warmup_ratio * self.total)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, warm, self.total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def train_dataloader(self):  # called after a checkpoint is restored: starts at the next unseen sample
+        from lmlab.training import StepSampler
 
-def finetune(model, loader, cfg) -> None:
-    """Train `model` on `loader` for cfg.num_train_epochs with lmlab's Trainer (no checkpoints kept)."""
-    from lmlab.device import resolve_accelerator, resolve_precision
-    from lmlab.logging import JsonlLogger
-    from lmlab.seed import seed_everything
+        sampler = StepSampler(
+            len(self.features), seed=self.cfg.seed, start=self.samples_seen, rank=0, world_size=1
+        )
+        return DataLoader(self.features, batch_size=self.cfg.per_device_train_batch_size, sampler=sampler)
 
-    seed_everything(cfg.seed)
-    total = max(1, math.ceil(len(loader) * cfg.num_train_epochs))
-    accelerator = resolve_accelerator(cfg.device)
-    trainer = pl.Trainer(
-        accelerator=accelerator,
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["samples_seen"] = self.samples_seen
+
+    def on_load_checkpoint(self, checkpoint):
+        self.samples_seen = int(checkpoint["samples_seen"])
+
+
+def finetune_dir(cfg) -> Path:
+    return Path(cfg.output_dir) / "finetune"
+
+
+def resume_point(cfg) -> str | None:
+    """The checkpoint a fine-tune resumes from (`--resume auto|never|PATH`), checked to load as plain tensors.
+    Call it before writing anything."""
+    from lmlab.training import TrainerOptions, resume_checkpoint
+
+    from diito.trainer import checked_checkpoint
+
+    opts = TrainerOptions(output_dir=str(finetune_dir(cfg)), resume=cfg.resume)
+    return checked_checkpoint(resume_checkpoint(opts))
+
+
+def finetune(model, features: list[dict], cfg, ckpt: str | None) -> None:
+    """Train `model` on `features` (dicts of tensors, labels included) for cfg.num_train_epochs passes counted
+    in samples (batches run on across epoch ends), resuming from `ckpt` (see `resume_point`)."""
+    from lmlab.training import TrainerOptions, build_trainer
+
+    total = max(1, math.ceil(len(features) * cfg.num_train_epochs / cfg.per_device_train_batch_size))
+    opts = TrainerOptions(
+        output_dir=str(finetune_dir(cfg)),
+        device=cfg.device,
         devices=1,
-        precision=resolve_precision("auto", accelerator),
         max_steps=total,
-        max_epochs=-1,
-        logger=JsonlLogger(cfg.output_dir),
         log_every_n_steps=1,
-        enable_checkpointing=False,  # a fine-tuning run is short; its result is the metrics, not the weights
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=cfg.output_dir,
+        checkpoint_every_n_steps=cfg.checkpoint_every_n_steps,
+        logger="none",
+        progress_bar=False,
+        seed=cfg.seed,
     )
-    trainer.fit(
-        FinetuneModule(model, cfg.learning_rate, cfg.weight_decay, cfg.warmup_ratio, total),
-        train_dataloaders=loader,
-    )
+    metrics = finetune_dir(cfg) / "metrics.jsonl"
+    if ckpt is None and metrics.is_file():
+        metrics.unlink()  # a fresh fine-tune replaces the log of an earlier, finished one
+    trainer = build_trainer(opts, use_distributed_sampler=False)
+    trainer.fit(FinetuneModule(model, features, cfg, total), ckpt_path=ckpt, weights_only=True)
     model.eval()
+
+
+def drop_checkpoints(cfg) -> None:
+    """Remove the fine-tune's checkpoints once its results are written (they only serve a resume)."""
+    shutil.rmtree(finetune_dir(cfg) / "checkpoints", ignore_errors=True)
 
 
 def device_of(model) -> torch.device:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 from lmlab.errors import LmlabError
-from torch.utils.data import DataLoader
 
 from diito.config import EvalNerConfig
 
@@ -58,7 +57,7 @@ def run_eval_ner(cfg: EvalNerConfig) -> dict:
     from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from diito.eval.common import device_of, finetune
+    from diito.eval.common import device_of, drop_checkpoints, finetune, resume_point
 
     if not cfg.train_file:
         raise LmlabError("--train_file is required")
@@ -72,6 +71,7 @@ def run_eval_ner(cfg: EvalNerConfig) -> dict:
         {t for _, tags in train_rows + eval_rows for t in tags}, key=lambda t: (CONLL2003 + [t]).index(t)
     )
     label2id = {t: i for i, t in enumerate(labels)}
+    ckpt = resume_point(cfg)
     from lmlab.seed import seed_everything
 
     seed_everything(cfg.seed)  # the new head's initialisation depends on the seed, not on what ran before
@@ -79,18 +79,8 @@ def run_eval_ner(cfg: EvalNerConfig) -> dict:
     model = AutoModelForTokenClassification.from_pretrained(
         cfg.model_name_or_path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id
     )
-    gen = torch.Generator().manual_seed(cfg.seed)
     max_len = min(cfg.max_seq_length, tokenizer.model_max_length)
-    finetune(
-        model,
-        DataLoader(
-            encode(tokenizer, train_rows, label2id, max_len),
-            batch_size=cfg.per_device_train_batch_size,
-            shuffle=True,
-            generator=gen,
-        ),
-        cfg,
-    )
+    finetune(model, encode(tokenizer, train_rows, label2id, max_len), cfg, ckpt)
     feats = encode(tokenizer, eval_rows, label2id, max_len)
     y_true, y_pred = [], []
     dev = device_of(model)
@@ -112,5 +102,6 @@ def run_eval_ner(cfg: EvalNerConfig) -> dict:
         "n_eval": len(eval_rows),
     }
     write_json(Path(cfg.output_dir) / "results.json", result)
+    drop_checkpoints(cfg)
     print(f"[diito eval-ner] f1 {result['f1']:.4f} -> {Path(cfg.output_dir) / 'results.json'}")
     return result

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 from lmlab.errors import LmlabError
-from torch.utils.data import DataLoader
 
 from diito.config import EvalQaConfig
 
@@ -109,7 +108,7 @@ def run_eval_qa(cfg: EvalQaConfig) -> dict:
     from lmlab.metrics import max_over_ground_truths, squad_exact_match, squad_f1
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from diito.eval.common import finetune
+    from diito.eval.common import drop_checkpoints, finetune, resume_point
 
     if not cfg.train_file:
         raise LmlabError("--train_file is required")
@@ -119,6 +118,7 @@ def run_eval_qa(cfg: EvalQaConfig) -> dict:
         train = train[: cfg.max_train_samples]
     if cfg.max_eval_samples > 0:
         evals = evals[: cfg.max_eval_samples]
+    ckpt = resume_point(cfg)
     from lmlab.seed import seed_everything
 
     seed_everything(cfg.seed)  # the new head's initialisation depends on the seed, not on what ran before
@@ -127,17 +127,7 @@ def run_eval_qa(cfg: EvalQaConfig) -> dict:
         cfg.max_seq_length = tokenizer.model_max_length
         cfg.doc_stride = min(cfg.doc_stride, cfg.max_seq_length // 4)
     model = AutoModelForQuestionAnswering.from_pretrained(cfg.model_name_or_path)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    finetune(
-        model,
-        DataLoader(
-            train_features(tokenizer, train, cfg),
-            batch_size=cfg.per_device_train_batch_size,
-            shuffle=True,
-            generator=gen,
-        ),
-        cfg,
-    )
+    finetune(model, train_features(tokenizer, train, cfg), cfg, ckpt)
     preds = predict(model, tokenizer, evals, cfg)
     em = f1 = 0.0
     for ex in evals:
@@ -155,5 +145,6 @@ def run_eval_qa(cfg: EvalQaConfig) -> dict:
     out = Path(cfg.output_dir)
     write_json(out / "results.json", result)
     write_json(out / "predictions.json", preds)
+    drop_checkpoints(cfg)
     print(f"[diito eval-qa] EM {result['exact_match']:.2f} F1 {result['f1']:.2f} -> {out / 'results.json'}")
     return result
