@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from camels import meta_train, qa_pretrain
+from camels import evaluate, meta_train, qa_pretrain
 from camels.cli import main
 from camels.data import make_synthetic
 from lmlab.logging import read_jsonl
@@ -127,3 +127,66 @@ def test_meta_train_resumes_exactly_with_dropout(setup, monkeypatch, tmp_path, m
     assert main([*args, "--output_dir", str(tmp_path / "resumed")]) == 0
     assert main([*args, "--output_dir", str(tmp_path / "straight")]) == 0
     _compare_runs(tmp_path / "resumed", tmp_path / "straight", ["state_dict", "optimizer_states", "camels"])
+
+
+def test_eval_adaptation_resumes_exactly_with_dropout(setup, monkeypatch, tmp_path, capsys):
+    """eval checkpoints every 2 documents (model, Adam state, stream position, snapshots); killed at document 4
+    of a 6-document stream (2 epochs of 3), it resumes after document 2 and ends exactly like a straight run."""
+    root, data, base = setup
+    args = [
+        "eval",
+        "--dataset",
+        "synthetic",
+        "--base_model",
+        str(base),
+        "--test_path",
+        str(data / "test.csv"),
+    ]
+    args += ["--weight_model", "uniform", "--downsample_to", "3", "--n_epochs", "2", "--grad_acc_steps", "2"]
+    args += [
+        "--lr",
+        "1e-2",
+        "--max_text_len",
+        "48",
+        "--generation_strategy",
+        "greedy",
+        "--max_new_tokens",
+        "2",
+    ]
+    args += ["--generation_batch_size", "8", "--device", "cpu", "--progress_bar", "false"]
+    args += ["--eval_every_k", "2", "--checkpoint_every_n_docs", "2"]
+    resumed, straight = tmp_path / "resumed", tmp_path / "straight"
+    build = evaluate.build_weighting
+
+    def dying(*a, **kw):
+        weighting, calls = build(*a, **kw), []
+
+        def weights(ids, mask):
+            calls.append(1)
+            if len(calls) == 4:
+                raise Killed("killed at document 4")
+            return weighting(ids, mask)
+
+        return weights
+
+    with monkeypatch.context() as m:
+        m.setattr(evaluate, "build_weighting", dying)
+        assert main([*args, "--output_dir", str(resumed)]) == 1
+    state = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["camels_eval"]["docs_seen"] == 2 and state["camels_eval"]["snapshots"] == [2]
+    assert not (resumed / "DONE").exists() and not (resumed / "results.json").exists()
+    capsys.readouterr()
+    assert main([*args, "--lr", "2e-2", "--output_dir", str(resumed)]) == 1  # other options: not resumed
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--lr 0.01, this one has 0.02" in err[-1] and "Traceback" not in "".join(err), err
+    assert main([*args, "--output_dir", str(resumed)]) == 0
+    assert main([*args, "--output_dir", str(straight)]) == 0
+    a = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["camels_eval"]["docs_seen"] == 6
+    assert_same_tensors(a, b)  # parameters, Adam state, per-document losses, snapshot list
+    for n in (2, 4, 6):
+        assert (resumed / f"step{n}_em.csv").read_text() == (straight / f"step{n}_em.csv").read_text()
+    assert (resumed / "final_em.csv").read_text() == (straight / "final_em.csv").read_text()
+    rows = read_jsonl(resumed / "metrics.jsonl")
+    assert rows == read_jsonl(straight / "metrics.jsonl") and [r["step"] for r in rows] == list(range(6))

@@ -3,19 +3,34 @@ optionally light-tune on QA, generate answers and score them. Nothing is written
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from lmlab.config import save_config
+from lmlab.callbacks import seed_micro_batch
+from lmlab.config import config_to_dict, save_config
 from lmlab.device import torch_device
-from lmlab.io import mark_done, prepare_run_dir, write_json, write_results
+from lmlab.errors import LmlabError
+from lmlab.io import (
+    atomic_write,
+    is_done,
+    load_safetensors,
+    mark_done,
+    prepare_run_dir,
+    save_safetensors,
+    write_json,
+    write_results,
+)
 from lmlab.plots import plot_curves
 from lmlab.seed import seed_everything
+from lmlab.training import resume_checkpoint
 
 from camels.config import EvalConfig
 from camels.data import build_stream, load_rows, read_table
-from camels.models import is_large, load_causal_lm, load_tokenizer
+from camels.models import check_vocab, is_large, load_causal_lm, load_tokenizer, load_torch_file
 from camels.online import (
     adapt,
     answer_nll,
@@ -64,8 +79,64 @@ def _precision_dtype(cfg: EvalConfig, device: torch.device) -> torch.dtype | Non
     return None
 
 
+ADAPT_KEYS = (
+    "dataset",
+    "test_path",
+    "full_passage",
+    "downsample_to",
+    "seed",
+    "base_model",
+    "base_model_state_dict",
+    "tokenizer_name",
+    "weight_model",
+    "weight_model_path",
+    "init_scalar",
+    "ssm_spacy_model",
+    "tfidf_path",
+    "min_threshold",
+    "lr",
+    "optimizer",
+    "grad_clip_thresh",
+    "n_epochs",
+    "grad_acc_steps",
+    "max_text_len",
+    "loss_norm",
+    "eval_every_k",
+    "precision",
+)  # the options that shape the adaptation: a checkpoint resumes only a run with the same values
+
+
+def _adapt_options(cfg: EvalConfig) -> dict[str, Any]:
+    values = config_to_dict(cfg)
+    return {k: values[k] for k in ADAPT_KEYS}
+
+
+def _read_adapt_checkpoint(cfg: EvalConfig, path: str, total: int) -> dict[str, Any]:
+    """The state saved by an interrupted `eval` (loaded with weights_only=True), checked against this run."""
+    ckpt = load_torch_file(path, "checkpoint")
+    state = ckpt.get("camels_eval") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or "model" not in ckpt or "optimizer" not in ckpt:
+        raise LmlabError(
+            f"{path} is not a checkpoint of camels eval; pass --resume never to start afresh "
+            "or choose another --output_dir"
+        )
+    ours = _adapt_options(cfg)
+    for key, value in state["options"].items():
+        if ours.get(key) != value:
+            raise LmlabError(
+                f"{path} was written by a run with --{key} {value}, this one has {ours.get(key)}; run with the "
+                "same options to resume it, or pass --resume never / another --output_dir"
+            )
+    if not 0 < state["docs_seen"] <= total:
+        raise LmlabError(f"{path} is at document {state['docs_seen']} of a {total}-document stream")
+    return {**state, "model": ckpt["model"], "optimizer": ckpt["optimizer"]}
+
+
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
+    out = Path(cfg.output_dir)
+    if is_done(out) and not cfg.overwrite:  # before any work, not after it
+        raise LmlabError(f"{out} holds a finished run; pass --overwrite true or choose another --output_dir")
     device = torch_device(cfg.device)
     stream = build_stream(
         cfg.dataset,
@@ -75,17 +146,31 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         str(cfg.test_path),
         cfg.full_passage,
     )
+    total_docs = cfg.n_epochs * len(stream.docs)
     # the QA pre-training validation pairs (unrelated to the stream), to measure forgetting
     qa_val = (
         [(q, a, -1) for _, q, a in load_rows(cfg.dataset, cfg.qa_val_path)] if cfg.unrelated_qa_eval else []
     )
+    if cfg.qa_lt_final:  # read now: a missing file must not surface after the whole adaptation
+        if not cfg.qa_train_path or not cfg.qa_val_path:
+            raise LmlabError(
+                "--qa_lt_final true needs --qa_train_path and --qa_val_path (the QA pre-training pairs)"
+            )
+        lt_train = [(q, a) for _, q, a in load_rows(cfg.dataset, cfg.qa_train_path)]
+        lt_val = [(q, a) for _, q, a in load_rows(cfg.dataset, cfg.qa_val_path)]
     tok = load_tokenizer(cfg.tokenizer_name or cfg.base_model)
     model = load_causal_lm(
         cfg.base_model, cfg.base_model_state_dict, attn_implementation=cfg.attn_implementation
     ).to(device)
+    check_vocab(tok, model, f"--base_model {cfg.base_model}")
     if is_large(model):
         model.gradient_checkpointing_enable()
     weighting = build_weighting(cfg, tok, stream.docs, device)
+    if isinstance(weighting, CaMeLSWeightModel):
+        check_vocab(tok, weighting.encoder, f"the weighting model {cfg.weight_model_path}")
+    fresh = is_done(out)  # --overwrite of a finished run: its checkpoints are not resumed
+    ckpt_path = None if fresh else resume_checkpoint(cfg, out)
+    resume = _read_adapt_checkpoint(cfg, ckpt_path, total_docs) if ckpt_path else None
     cfg_autocast = _precision_dtype(cfg, device)
     mode_k = int(cfg.eval[2:]) if cfg.eval.startswith("em") and cfg.eval[2:] else 1
     gen = {
@@ -121,6 +206,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     if qa_val:
         evaluate("init_qa_val", qa_val)
 
+    checkpoints = out / "checkpoints"
+
     class _AdaptCfg:
         lr, optimizer, grad_clip_thresh, n_epochs = cfg.lr, cfg.optimizer, cfg.grad_clip_thresh, cfg.n_epochs
         grad_acc_steps, max_text_len, loss_norm, autocast_dtype = (
@@ -129,39 +216,79 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             cfg.loss_norm,
             cfg_autocast,
         )
+        seed = cfg.seed
+        checkpoint_dir = checkpoints if cfg.checkpoint_every_n_docs else None
 
     snapshots: dict[int, dict[str, torch.Tensor]] = {}  # documents seen -> CPU copy of the parameters
+    on_disk: set[int] = set()  # snapshots already written beside the checkpoint
+    losses: list[float] = []  # per document, for metrics.jsonl
+    started: list[int] = []  # non-empty once this process wrote a checkpoint
+    if resume is not None:
+        load_params(model, resume["model"])
+        on_disk.update(resume["snapshots"])
+        snapshots.update({n: load_safetensors(checkpoints / f"snapshot-{n}.safetensors") for n in on_disk})
+        losses.extend(resume["losses"])
+        print(f"[camels eval] resuming {ckpt_path} after document {resume['docs_seen']} of {total_docs}")
 
     def snapshot(n: int) -> None:
         if n % cfg.eval_every_k == 0:
             snapshots[n] = snapshot_params(model)
 
-    adapt(
-        model,
-        weighting,
-        stream,
-        tok,
-        _AdaptCfg,
-        progress=cfg.progress_bar,
-        after_document=snapshot if cfg.eval_every_k > 0 else None,
-    )
-    if cfg.qa_lt_final:
-        train_pairs = (
-            [(q, a) for _, q, a in load_rows(cfg.dataset, cfg.qa_train_path)] if cfg.qa_train_path else []
+    def save_checkpoint(n: int, optimizer: torch.optim.Optimizer) -> None:
+        """checkpoints/last.ckpt: the adapted parameters, the optimizer state, the position in the stream,
+        the losses so far; eval_every_k snapshots are written once each, beside it, as safetensors."""
+        if not started:  # the first checkpoint of this process (re)starts the run folder
+            if fresh:  # --overwrite of a finished run: its checkpoints go
+                shutil.rmtree(checkpoints, ignore_errors=True)
+            prepare_run_dir(out, overwrite=cfg.overwrite)
+            save_config(cfg, out / "config.yaml")
+            checkpoints.mkdir(exist_ok=True)
+            started.append(n)
+        for k in sorted(set(snapshots) - on_disk):
+            save_safetensors(snapshots[k], checkpoints / f"snapshot-{k}.safetensors")
+            on_disk.add(k)
+        state = {
+            "camels_eval": {
+                "docs_seen": n,
+                "options": _adapt_options(cfg),
+                "snapshots": sorted(on_disk),
+                "losses": list(losses),
+            },
+            "model": snapshot_params(model),
+            "optimizer": optimizer.state_dict(),
+        }
+        tmp = checkpoints / "last.ckpt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, checkpoints / "last.ckpt")
+
+    if resume is None or resume["docs_seen"] < total_docs:
+        adapt(
+            model,
+            weighting,
+            stream,
+            tok,
+            _AdaptCfg,
+            progress=cfg.progress_bar,
+            after_document=snapshot if cfg.eval_every_k > 0 else None,
+            checkpoint=save_checkpoint if cfg.checkpoint_every_n_docs else None,
+            checkpoint_every=cfg.checkpoint_every_n_docs,
+            resume=resume,
+            losses=losses,
         )
-        val_pairs = [(q, a) for _, q, a in load_rows(cfg.dataset, cfg.qa_val_path)] if cfg.qa_val_path else []
+    if cfg.qa_lt_final:
+        seed_micro_batch(cfg.seed, 0, total_docs)  # light-tuning's dropout: the same after a resume
         summary.update(
-            {
-                k: v
-                for k, v in light_tune(model, tok, train_pairs, val_pairs, cfg).items()
-                if k != "lt_history"
-            }
+            {k: v for k, v in light_tune(model, tok, lt_train, lt_val, cfg).items() if k != "lt_history"}
         )
     evaluate_all("final")
     for n in sorted(snapshots):  # the final model is no longer needed: each snapshot is loaded into it
         load_params(model, snapshots.pop(n))
         evaluate_all(f"step{n}")
-    out = prepare_run_dir(cfg.output_dir, overwrite=cfg.overwrite)
+    if fresh and not started:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    out = prepare_run_dir(out, overwrite=cfg.overwrite)
+    with atomic_write(out / "metrics.jsonl") as fh:  # document n's loss under step n - 1, as Lightning logs
+        fh.writelines(json.dumps({"step": i, "adapt/loss": v}) + "\n" for i, v in enumerate(losses))
     for tag, rows in outputs.items():
         scores[tag] = write_eval(out, f"{tag}_{cfg.eval}", rows)
     for tag, s in scores.items():

@@ -17,13 +17,13 @@ from lmlab.callbacks import check_finite
 from lmlab.config import save_config
 from lmlab.io import write_json
 from lmlab.seed import seed_everything
-from lmlab.training import StepSampler, build_trainer, resume_checkpoint
+from lmlab.training import StepSampler, build_trainer
 from torch.utils.data import DataLoader
 
 from camels.config import MetaTrainConfig
 from camels.data import collate_docs, load_rows, meta_batch, qa_loc_batch, read_loc_texts
 from camels.meta import MetaTrainer, base_params
-from camels.models import load_causal_lm, load_tokenizer
+from camels.models import check_vocab, checked_resume, load_causal_lm, load_tokenizer
 from camels.viz import token_weight_pairs, write_weight_views
 from camels.weighting import CaMeLSWeightModel
 
@@ -266,10 +266,11 @@ def run_meta_train(cfg: MetaTrainConfig) -> dict[str, Any]:
     val_loc = read_loc_texts(cfg.loc_val_path) if cfg.loc_val_path and cfg.web_text_loc else []
     # the tape needs double backward: eager attention (fused SDPA kernels have none)
     base = load_causal_lm(cfg.base_model, cfg.base_model_state_dict, attn_implementation="eager")
+    check_vocab(tok, base, f"--base_model {cfg.base_model}")
     weight_model = build_weight_model(cfg, base)
+    check_vocab(tok, weight_model.encoder, f"the weighting model's encoder ({cfg.pretrained_model})")
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    ckpt = checked_resume(cfg, out, "meta-train", "batches_seen")
     module = MetaTrainModule(weight_model, base, tok, rows, val_rows, loc, val_loc, cfg)
     trainer = build_trainer(
         cfg,
@@ -280,7 +281,9 @@ def run_meta_train(cfg: MetaTrainConfig) -> dict[str, Any]:
         check_val_every_n_epoch=None,
         limit_val_batches=0,
     )
-    trainer.fit(module, ckpt_path=resume_checkpoint(cfg, out), weights_only=True)
+    out.mkdir(parents=True, exist_ok=True)  # every input checked: the run folder starts here
+    save_config(cfg, out / "config.yaml")
+    trainer.fit(module, ckpt_path=ckpt, weights_only=True)
     result = {
         "best_val_total_loss": module.best_val,
         "weight_model_path": str(out / "checkpoints" / "best.pt"),

@@ -24,6 +24,29 @@ def load_tokenizer(name: str) -> Any:
     return tok
 
 
+def load_torch_file(path: str | os.PathLike, what: str, mmap: bool = False) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU: tensors, numbers, strings and containers only, so a
+    crafted pickle cannot run code. A file that is missing, not a torch file, or holds other objects is an
+    LmlabError naming `what` (e.g. "state dict") and the file."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise LmlabError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        if "weights_only" not in str(err):
+            raise LmlabError(f"{what} {path} is not a torch file (cannot unpickle it)") from None
+        raise LmlabError(
+            f"{what} {path} holds objects other than tensors and plain data, so it was not loaded "
+            "(weights_only=True); use a file written by camels, or torch.save of a plain state dict"
+        ) from None
+    except Exception as err:  # a truncated, corrupt or foreign file
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise LmlabError(f"cannot read {what} {path} ({type(err).__name__}: {first})") from None
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
@@ -32,8 +55,11 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         from lmlab.io import load_safetensors
 
         return load_safetensors(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+    state = load_torch_file(path, "state dict")
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise LmlabError(f"state dict {path} holds a {type(state).__name__}, not a dict of tensors")
+    return state
 
 
 def load_causal_lm(
@@ -66,3 +92,30 @@ def load_causal_lm(
 
 def is_large(model: Any) -> bool:
     return sum(p.numel() for p in model.parameters()) > 500_000_000
+
+
+def checked_resume(cfg: Any, output_dir: str | os.PathLike, command: str, counter: str) -> str | None:
+    """The checkpoint a Lightning command resumes from (`lmlab.training.resume_checkpoint`), checked before
+    anything is written: it loads with weights_only=True (memory-mapped, so cheap) and was written by this
+    command (its "camels" entry holds `counter`)."""
+    from lmlab.training import resume_checkpoint
+
+    path = resume_checkpoint(cfg, output_dir)
+    if path is not None:
+        ckpt = load_torch_file(path, "checkpoint", mmap=True)
+        if not isinstance(ckpt, dict) or counter not in ckpt.get("camels", {}) or "state_dict" not in ckpt:
+            raise LmlabError(
+                f"{path} is not a checkpoint of camels {command}; pass --resume never to start afresh "
+                "or choose another --output_dir"
+            )
+    return path
+
+
+def check_vocab(tokenizer: Any, model: Any, what: str) -> None:
+    """The tokenizer's ids must all have a row in the model's input embedding (else an index error mid-run)."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise LmlabError(
+            f"the tokenizer has {len(tokenizer)} tokens but {what} embeds only {rows}; "
+            "pass the tokenizer the model was trained with (--tokenizer_name)"
+        )

@@ -46,11 +46,24 @@ def adapt(
     cfg: Any,
     progress: bool = True,
     after_document: Callable[[int], None] | None = None,
+    checkpoint: Callable[[int, torch.optim.Optimizer], None] | None = None,
+    checkpoint_every: int = 0,
+    resume: dict[str, Any] | None = None,
+    losses: list[float] | None = None,
 ) -> torch.nn.Module:
     """Fine-tune `base_model` in place on the stream's documents in order: one optimizer step per document
     (`grad_acc_steps` documents per step if > 1) on the weighted loss of spec §2, with weights from the frozen
     `weighting`; the model is in train mode (dropout on). `after_document(n)` is called after the n-th document
-    (counted over all epochs, from 1) and its optimizer step, if one fell due."""
+    (counted over all epochs, from 1) and its optimizer step, if one fell due.
+
+    Each document's randomness (dropout) is keyed on (cfg.seed, its number) by lmlab's `seed_micro_batch`, so
+    the run can stop and resume at any document: `checkpoint(n, optimizer)` is called every `checkpoint_every`
+    documents (a multiple of grad_acc_steps: no half-accumulated gradient) and after the last one, and
+    `resume={"docs_seen": n, "optimizer": state}` continues after document n (the model must already hold the
+    parameters saved with it). `losses` collects each document's loss. A non-finite loss or gradient norm
+    raises `NonFiniteLossError` before the optimizer steps on it."""
+    from lmlab.callbacks import NonFiniteLossError, check_finite, seed_micro_batch
+
     if not stream.docs:
         raise LmlabError("the document stream is empty; nothing to adapt on")
     device = next(base_model.parameters()).device
@@ -63,36 +76,42 @@ def adapt(
     max_len = int(getattr(cfg, "max_text_len", 1024))
     norm = getattr(cfg, "loss_norm", "padded")
     autocast = getattr(cfg, "autocast_dtype", None)
+    seed = int(getattr(cfg, "seed", 0))
+    checkpoint_dir = getattr(cfg, "checkpoint_dir", None)
+    total = int(getattr(cfg, "n_epochs", 1)) * len(stream.docs)
+    start = 0
+    if resume is not None:
+        start = int(resume["docs_seen"])
+        opt.load_state_dict(resume["optimizer"])
     base_model.train()
     opt.zero_grad(set_to_none=True)
-    n_epochs = int(getattr(cfg, "n_epochs", 1))
-    bar = tqdm(total=n_epochs * len(stream.docs), desc="adapt", disable=not progress, leave=False)
-    step = 0
-    for _ in range(n_epochs):
-        for doc in stream.docs:
-            batch = collate_docs(tokenizer, [doc], max_len)
-            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            with torch.no_grad():
-                w = weighting(ids, mask).to(device)
-            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                logits = base_model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            loss = weighted_lm_loss(logits, ids, mask, w, denom=loss_denominator(norm, mask, w, max_len))
-            if not torch.isfinite(loss):
-                raise LmlabError(f"the adaptation loss became {float(loss)} at document {step}; lower --lr")
-            (loss / acc).backward()
-            step += 1
-            if step % acc == 0:
-                torch.nn.utils.clip_grad_norm_(
-                    base_model.parameters(), float(getattr(cfg, "grad_clip_thresh", 750.0))
-                )
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            if after_document is not None:
-                after_document(step)
-            bar.update(1)
-    if step % acc:
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    bar = tqdm(total=total, initial=start, desc="adapt", disable=not progress, leave=False)
+    for n in range(start + 1, total + 1):  # n: documents seen after this one
+        seed_micro_batch(seed, 0, n - 1)
+        batch = collate_docs(tokenizer, [stream.docs[(n - 1) % len(stream.docs)]], max_len)
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        with torch.no_grad():
+            w = weighting(ids, mask).to(device)
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            logits = base_model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        loss = weighted_lm_loss(logits, ids, mask, w, denom=loss_denominator(norm, mask, w, max_len))
+        check_finite(n, {"weighted_nll": loss}, checkpoint_dir)
+        if losses is not None:
+            losses.append(float(loss))
+        (loss / acc).backward()
+        if n % acc == 0 or n == total:
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                base_model.parameters(), float(getattr(cfg, "grad_clip_thresh", 750.0))
+            )
+            if not bool(torch.isfinite(grad_norm)):
+                raise NonFiniteLossError(n, f"the gradient norm is {float(grad_norm)}", checkpoint_dir)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if after_document is not None:
+            after_document(n)
+        if checkpoint is not None and (n == total or (checkpoint_every and n % checkpoint_every == 0)):
+            checkpoint(n, opt)
+        bar.update(1)
     bar.close()
     return base_model
 

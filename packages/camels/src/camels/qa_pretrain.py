@@ -9,16 +9,16 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lmlab.callbacks import check_finite
 from lmlab.config import save_config
-from lmlab.errors import LmlabError
 from lmlab.io import write_json
 from lmlab.seed import seed_everything
-from lmlab.training import StepSampler, build_trainer, resume_checkpoint
+from lmlab.training import StepSampler, build_trainer
 from torch.utils.data import DataLoader
 
 from camels.config import QaPretrainConfig
 from camels.data import collate_qa, load_rows
-from camels.models import load_causal_lm, load_tokenizer
+from camels.models import check_vocab, checked_resume, load_causal_lm, load_tokenizer
 from camels.online import qa_scores
 
 
@@ -46,8 +46,7 @@ class QaPretrainModule(pl.LightningModule):
         loss = self.model(
             input_ids=batch["qa_ids"], attention_mask=batch["qa_mask"], labels=batch["qa_labels"]
         ).loss
-        if not torch.isfinite(loss):
-            raise LmlabError(f"QA loss became {float(loss)} at step {self.global_step}; lower --lr")
+        check_finite(self.global_step + 1, {"qa_nll": loss}, Path(self.cfg.output_dir) / "checkpoints")
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -115,9 +114,9 @@ def run_qa_pretrain(cfg: QaPretrainConfig) -> dict[str, Any]:
     train = [(q, a) for _, q, a in load_rows(cfg.dataset, cfg.train_path)]
     val = [(q, a) for _, q, a in load_rows(cfg.dataset, cfg.val_path)][: cfg.val_max_pairs]
     model = load_causal_lm(cfg.model, attn_implementation=cfg.attn_implementation)
+    check_vocab(tok, model, f"--model {cfg.model}")
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    ckpt = checked_resume(cfg, out, "qa-pretrain", "samples_seen")
     module = QaPretrainModule(model, tok, train, val, cfg)
     trainer = build_trainer(
         cfg,
@@ -128,7 +127,9 @@ def run_qa_pretrain(cfg: QaPretrainConfig) -> dict[str, Any]:
         check_val_every_n_epoch=None,
         limit_val_batches=0,
     )
-    trainer.fit(module, ckpt_path=resume_checkpoint(cfg, out), weights_only=True)
+    out.mkdir(parents=True, exist_ok=True)  # every input checked: the run folder starts here
+    save_config(cfg, out / "config.yaml")
+    trainer.fit(module, ckpt_path=ckpt, weights_only=True)
     if not module.history or module.history[-1]["step"] != module.global_step:
         module.run_validation(log=False)
     result = {f"best_{k}": v for k, v in module.best.items()}

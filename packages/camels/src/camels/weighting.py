@@ -149,7 +149,9 @@ def _read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise LmlabError(
             f"weight-model checkpoint {path} does not exist; pass weight_model_path=<meta-train output>/checkpoints/<file>.pt"
         )
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    from camels.models import load_torch_file
+
+    ckpt = load_torch_file(path, "weight-model checkpoint")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise LmlabError(f"{path} is not a weight-model checkpoint (no 'state_dict' key)")
     return ckpt
