@@ -331,3 +331,31 @@ def test_collator_pads_truncates_partners_and_is_seeded_per_batch():
     )
     other = col([(8, *it[1:]) for it in items])  # another batch number -> other masks
     assert not torch.equal(b["base_ids"], other["base_ids"])
+
+
+def test_binarize_tables_are_read_strictly(tmp_path, capsys):
+    save_tiny_model(tmp_path / "tok", "bert", "mlm")
+
+    def binarize(path, *extra):
+        argv = ["binarize", "--input", str(path), "--tokenizer_name", str(tmp_path / "tok"), "--dump_file"]
+        code = main([*argv, str(tmp_path / "bin"), *extra])
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        return code, err
+
+    out = tmp_path / "bin.train.tok.npz"
+    shifted = tmp_path / "shifted.csv"  # pandas would take the first column as an index and shift the rest
+    shifted.write_text("text,source\nthe cat sat,a,extra\nthe dog ran,b\n")
+    code, err = binarize(shifted)
+    assert code == 1 and f"{shifted}, line 2: 3 fields where the header has 2" in err and not out.exists()
+    gaps = tmp_path / "gaps.csv"
+    gaps.write_text('text,source\nthe cat sat,a\n"",b\n  ,c\nnan,d\n')
+    code, err = binarize(gaps)
+    assert code == 0 and "dropped 2 of 4 rows whose 'text' is empty (first: row 2)" in err
+    assert len(load_binarized(out)) == 2  # "nan" is a text like any other, never a missing value
+    numbers = tmp_path / "numbers.jsonl"
+    numbers.write_text('{"text": "the cat sat"}\n{"text": 3.5}\n')
+    code, err = binarize(numbers)
+    assert code == 1 and "row 2: column 'text' holds float 3.5, not text" in err
+    code, err = binarize(gaps, "--preprocessing_num_workers", "0")
+    assert code == 2 and "--preprocessing_num_workers must be >= 1, got 0" in err

@@ -208,3 +208,24 @@ def test_fine_tune_checkpoints_are_removed_with_the_results_and_crafted_ones_ref
         err = capsys.readouterr().err
         assert "Traceback" not in err and "cannot resume from" in err.strip().splitlines()[-1], command
         assert not marker.exists() and not (out / "results.json").exists()
+
+
+def test_fine_tune_bad_inputs_fail_in_one_line_before_anything_is_written(student, tmp_path, capsys):
+    out = tmp_path / "glue"
+
+    def fails(code, *extra, train=sample_path("glue/mrpc/train.tsv")):
+        args = _glue_args(student, out, *extra)
+        args[args.index("--train_file") + 1] = str(train)
+        assert main(args) == code
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and not out.exists()
+        return err.strip().splitlines()[-1]
+
+    assert "--learning_rate must be > 0, got 0.0" in fails(2, "--learning_rate", "0")
+    assert "--warmup_ratio must be >= 0, <= 1, got 2.0" in fails(2, "--warmup_ratio", "2")
+    (tmp_path / "bad.yaml").write_bytes(b"\xff\xfe\x00binary")
+    assert "UTF-8" in fails(2, "--config", str(tmp_path / "bad.yaml"))
+    rows = sample_path("glue/mrpc/train.tsv").read_text(encoding="utf-8").splitlines()
+    ragged = tmp_path / "train.tsv"
+    ragged.write_text("\n".join([rows[0], rows[1] + "\tstray", *rows[2:]]) + "\n", encoding="utf-8")
+    assert f"{ragged}, line 2:" in fails(1, train=ragged)

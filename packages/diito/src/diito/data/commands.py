@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,29 @@ def binarize_texts(texts: list[str], tokenizer, num_proc: int = 1) -> list[np.nd
     return [np.asarray(x, dtype=np.int64) for x in ds["ids"]]
 
 
+def checked_texts(values: list, column: str, source: str) -> list[str]:
+    """The text column as strings. A value that is not text (a number, a JSON NaN, a list) is an error naming
+    its row; empty rows (empty cell, JSON null) carry no sequence and are dropped, saying how many."""
+    texts, empty = [], []
+    for row, value in enumerate(values, start=1):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            empty.append(row)
+        elif isinstance(value, str):
+            texts.append(value)
+        else:
+            raise LmlabError(
+                f"{source}, row {row}: column {column!r} holds {type(value).__name__} {value!r}, not text; "
+                "fix or remove that row"
+            )
+    if empty:
+        print(
+            f"[diito binarize] dropped {len(empty)} of {len(values)} rows whose {column!r} is empty "
+            f"(first: row {empty[0]})",
+            file=sys.stderr,
+        )
+    return texts
+
+
 def run_binarize(cfg: BinarizeConfig) -> dict:
     rng = np.random.default_rng(cfg.seed)
     if cfg.import_legacy_pickle:
@@ -68,10 +92,11 @@ def run_binarize(cfg: BinarizeConfig) -> dict:
 
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_name)
         corpus = load_corpus(cfg.input, text_column=cfg.field_name, split=cfg.split)
-        texts = corpus[cfg.field_name]
+        values = corpus[cfg.field_name]
         if cfg.max_parsing_example != -1:
-            texts = texts[: cfg.max_parsing_example]
-        seqs = binarize_texts(list(texts), tokenizer, cfg.preprocessing_num_workers)
+            values = values[: cfg.max_parsing_example]
+        texts = checked_texts(list(values), cfg.field_name, cfg.input)
+        seqs = binarize_texts(texts, tokenizer, cfg.preprocessing_num_workers)
         seqs = [seqs[i] for i in rng.permutation(len(seqs))]
         name = Path(cfg.tokenizer_name.rstrip("/")).name
         data = from_sequences(seqs, len(tokenizer), tokenizer_specials(tokenizer), name)
