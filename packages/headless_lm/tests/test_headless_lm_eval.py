@@ -56,7 +56,7 @@ def test_glue_mnli_reads_matched_and_mismatched(tmp_path):
     (folder / "dev_mismatched.tsv").write_text(header + "0\te\tf\tcontradiction\n")
     a, b, y = read_task(tmp_path, "mnli", "dev")
     assert a == ["a", "c", "e"] and b == ["b", "d", "f"] and y == [0, 1, 2]
-    with pytest.raises(LmlabError, match="no folder"):
+    with pytest.raises(LmlabError, match="no validation split of qnli"):
         read_task(tmp_path, "qnli", "dev")
 
 

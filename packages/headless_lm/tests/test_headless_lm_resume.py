@@ -177,3 +177,78 @@ def test_ft_gpt_resumes_exactly_with_dropout(tmp_path, monkeypatch):
         return [*gpt, "--ckpt_path", str(source / "checkpoints" / "last.ckpt")]
 
     _check_resume(tmp_path, monkeypatch, "ft-gpt", args, 5, 3)
+
+
+def test_glue_resumes_exactly_with_dropout(tmp_path, monkeypatch):
+    from headless_lm.eval.glue import GlueModule
+    from lmlab.data import sample_path
+    from lmlab.testing import save_tiny_model
+
+    model = save_tiny_model(
+        tmp_path / "bert", "bert", "base"
+    )  # hidden and attention dropout 0.1, + the head's
+    (tmp_path / "glue" / "MRPC").mkdir(parents=True)
+    for split in ("train", "dev"):
+        (tmp_path / "glue" / "MRPC" / f"{split}.tsv").write_text(
+            sample_path(f"glue/mrpc/{split}.tsv").read_text()
+        )
+
+    def args(name):
+        return [
+            "glue",
+            "--model",
+            str(model),
+            "--tasks",
+            "mrpc",
+            "--seeds",
+            "3",
+            "--epochs",
+            "2",
+            "--batch_size",
+            "2",  # 6 training rows: 3 steps an epoch, 6 in all
+            "--learning_rate",
+            "1e-3",
+            "--checkpoint_every_n_steps",
+            "2",
+            "--keep_checkpoints",
+            "--log_every_n_steps",
+            "1",
+            "--data_dir",
+            str(tmp_path / "glue"),
+            "--output",
+            str(tmp_path / f"{name}.json"),
+            "--device",
+            "cpu",
+        ]
+
+    assert main(args("full")) == 0
+    with (
+        monkeypatch.context() as patch
+    ):  # killed at step 5: after epoch 1's dev score and the step-4 checkpoint
+
+        def hook(self, *rest):
+            if self.trainer.global_step == 5:
+                raise Interrupted("simulated kill")
+
+        patch.setattr(GlueModule, "on_train_batch_end", hook, raising=False)
+        assert main(args("cut")) == 1
+    run = tmp_path / "cut" / "mrpc" / "seed3"
+    assert _load(run / "checkpoints" / "last.ckpt")["global_step"] == 4
+    assert not (tmp_path / "cut.json").exists()
+    assert main(args("cut")) == 0
+    a = _load(tmp_path / "full" / "mrpc" / "seed3" / "checkpoints" / "last.ckpt")
+    b = _load(run / "checkpoints" / "last.ckpt")
+    _assert_same_state(a, b)
+    assert len(b["dev_history"]) == 2 and a["dev_history"] == b["dev_history"]
+    full, cut = (
+        json.loads((tmp_path / "full.json").read_text()),
+        json.loads((tmp_path / "cut.json").read_text()),
+    )
+    assert cut["per_epoch"] == full["per_epoch"]
+    assert _rows(run) == _rows(tmp_path / "full" / "mrpc" / "seed3")
+    assert [r["step"] for r in _rows(run) if "train/loss" in r] == list(range(6)), "each step once"
+    assert [r["step"] for r in _rows(run) if "dev/score" in r] == [2, 5]  # after epochs 1 and 2
+    # a finished (task, seed) is not trained again: its dev scores are read back
+    (run / "checkpoints" / "last.ckpt").unlink()
+    assert main(args("cut")) == 0
+    assert json.loads((tmp_path / "cut.json").read_text())["per_epoch"] == full["per_epoch"]

@@ -394,6 +394,21 @@ class GlueConfig:
         default=None, metadata={"help": "cap on training rows (smoke tests)", "ge": 1}
     )
     output: str = field(default="glue_results.json", metadata={"help": "results JSON"})
+    output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "runs of every task and seed, resumed by a rerun (default: --output without its suffix)"
+        },
+    )
+    checkpoint_every_n_steps: int = field(
+        default=500, metadata={"help": "save a resumable checkpoint every N steps", "ge": 1}
+    )
+    log_every_n_steps: int = field(
+        default=10, metadata={"help": "write the training loss to metrics.jsonl every N steps", "ge": 1}
+    )
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "keep each finished run's last.ckpt (else only its dev scores)"}
+    )
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
 
     def __post_init__(self) -> None:

@@ -7,18 +7,27 @@ mismatched dev concatenated.
 Fixes of the reference (`glue_finetuning.py`, which does not run): attention masks are passed, sentence pairs
 are joined with the tokenizer's separator (EOS for Pythia-style tokenizers without one, instead of nothing),
 a pad token is set explicitly, CE is applied to logits (not to softmax probabilities), training data shuffled.
+
+Each (task, seed) trains through `lmlab.training.build_trainer` in `<output_dir>/<task>/seed<k>/`: resumable
+checkpoints, bit-exact resume with dropout on, a stop on a non-finite loss; a finished one leaves its dev scores
+in `history.json`, so running the same command again skips it and resumes the interrupted one.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import math
+import shutil
 import statistics
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from lmlab.errors import LmlabError
+from lmlab.glue import TASKS
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -26,90 +35,39 @@ from headless_lm.config import ALL_TASKS, GlueConfig
 from headless_lm.losses import balanced_cross_entropy
 
 EXCLUDED_FROM_AVERAGE = ("rte",)
-# task -> (train file, dev files, text columns, label column, number of labels; 1 = regression)
-TASK_FORMATS = {
-    "cola": ("train.tsv", ("dev.tsv",), (3, None), 1, 2),
-    "sst2": ("train.tsv", ("dev.tsv",), ("sentence", None), "label", 2),
-    "mrpc": ("train.tsv", ("dev.tsv",), ("#1 String", "#2 String"), "Quality", 2),
-    "stsb": ("train.tsv", ("dev.tsv",), ("sentence1", "sentence2"), "score", 1),
-    "qqp": ("train.tsv", ("dev.tsv",), ("question1", "question2"), "is_duplicate", 2),
-    "mnli": (
-        "train.tsv",
-        ("dev_matched.tsv", "dev_mismatched.tsv"),
-        ("sentence1", "sentence2"),
-        "gold_label",
-        3,
-    ),
-    "qnli": ("train.tsv", ("dev.tsv",), ("question", "sentence"), "label", 2),
-    "rte": ("train.tsv", ("dev.tsv",), ("sentence1", "sentence2"), "label", 2),
-}
-FOLDERS = {
-    "cola": "CoLA",
-    "sst2": "SST-2",
-    "mrpc": "MRPC",
-    "stsb": "STS-B",
-    "qqp": "QQP",
-    "mnli": "MNLI",
-    "qnli": "QNLI",
-    "rte": "RTE",
-}
-LABEL_MAPS = {
-    "mnli": {"entailment": 0, "neutral": 1, "contradiction": 2},
-    "qnli": {"entailment": 0, "not_entailment": 1},
-    "rte": {"entailment": 0, "not_entailment": 1},
-}
 MAIN_METRIC = {"cola": "matthews_correlation", "stsb": "spearmanr"}
 
 
 def normalise_task(name: str) -> str:
-    task = name.lower().replace("-", "").replace("_", "")
-    if task not in TASK_FORMATS:
-        raise LmlabError(f"unknown GLUE task {name!r}; choose from {', '.join(ALL_TASKS)}")
+    from lmlab.glue import normalise_task as lmlab_task
+
+    task = lmlab_task(name)
+    if task not in ALL_TASKS:
+        raise LmlabError(
+            f"GLUE task {name!r} is not part of the protocol; choose from {', '.join(ALL_TASKS)}"
+        )
     return task
 
 
-def _task_dir(data_dir: Path, task: str) -> Path:
-    for cand in (FOLDERS[task], task, FOLDERS[task].lower(), FOLDERS[task].replace("-", "")):
-        if (data_dir / cand).is_dir():
-            return data_dir / cand
-    raise LmlabError(
-        f"no folder for GLUE task {task} under {data_dir} (expected {FOLDERS[task]}/train.tsv ...)"
-    )
-
-
 def read_task(data_dir: str | Path, task: str, split: str, max_samples: int | None = None):
-    """(texts_a, texts_b | None, labels) of a GLUE task split ("train" or "dev")."""
-    import pandas as pd
+    """(texts_a, texts_b | None, labels) of a GLUE task split ("train" or "dev"; MNLI's dev is matched and
+    mismatched concatenated), read strictly by `lmlab.glue.read_glue` from a raw GLUE folder (`MRPC/dev.tsv`,
+    headerless CoLA, `MNLI/dev_matched.tsv`) or files with the Hugging Face column names."""
+    from lmlab.glue import eval_splits, read_glue
 
     task = normalise_task(task)
-    train_file, dev_files, (col_a, col_b), label_col, _ = TASK_FORMATS[task]
-    folder = _task_dir(Path(data_dir), task)
-    files = (train_file,) if split == "train" else dev_files
-    frames = []
-    for name in files:
-        path = folder / name
-        if not path.is_file():
-            raise LmlabError(f"GLUE file {path} is missing")
-        header = None if task == "cola" else 0
-        frame = pd.read_csv(path, sep="\t", quoting=3, header=header, dtype=str, keep_default_na=False)
-        frames.append(frame)
-    frame = pd.concat(frames, ignore_index=True)
-    for col in (col_a, col_b, label_col):
-        if col is not None and col not in frame.columns:
-            raise LmlabError(f"{folder}: column {col!r} missing (columns: {list(frame.columns)})")
-    if max_samples:
-        frame = frame.iloc[:max_samples]
-    if len(frame) == 0:
-        raise LmlabError(f"{folder} {split} split is empty")
-    a = frame[col_a].astype(str).tolist()
-    b = frame[col_b].astype(str).tolist() if col_b is not None else None
-    raw = frame[label_col].tolist()
-    if TASK_FORMATS[task][4] == 1:
-        labels = [float(x) for x in raw]
-    else:
-        mapping = LABEL_MAPS.get(task)
-        labels = [mapping[x] if mapping else int(x) for x in raw]
-    return a, b, labels
+    parts = [
+        read_glue(data_dir, task, name, max_samples)
+        for name in (["train"] if split == "train" else eval_splits(task))
+    ]
+    for part in parts:
+        if part.labels is None:
+            raise LmlabError(
+                f"{part.source} has no labels; fine-tuning needs the labelled train and dev files"
+            )
+    a = [t for part in parts for t in part.texts_a]
+    b = None if parts[0].texts_b is None else [t for part in parts for t in part.texts_b]
+    return a, b, [y for part in parts for y in part.labels]
 
 
 def encode_pairs(tokenizer, a: list[str], b: list[str] | None, max_len: int) -> list[list[int]]:
@@ -148,31 +106,32 @@ def _collate(pad_id: int, regression: bool):
 
 
 class GlueModule(pl.LightningModule):
-    """Backbone + dropout 0.1 + linear on the first token's last hidden state."""
+    """Backbone + dropout 0.1 + linear on the first token's last hidden state.
+
+    The training data is an endless shuffled stream (`StepSampler`: epoch e is a permutation seeded by
+    seed + e) that a resumed run continues at its next sample; the dev score of every finished epoch is part of
+    the checkpoint (plain floats, loadable with weights_only=True)."""
 
     def __init__(
         self,
-        model_dir: str,
+        backbone: nn.Module,
         num_labels: int,
         task: str,
-        lr: float,
-        weight_decay: float,
-        warmup_ratio: float,
+        cfg: GlueConfig,
         total_steps: int,
-        loss: str,
+        train_items: list,
+        collate: Any,
+        seed: int,
     ):
         super().__init__()
-        from transformers import AutoModel
-
-        self.backbone = AutoModel.from_pretrained(model_dir)
+        self.backbone = backbone
         dim = self.backbone.get_input_embeddings().weight.shape[1]
         self.dropout = nn.Dropout(0.1)
         self.head = nn.Linear(dim, num_labels)
-        self.task, self.num_labels, self.loss_name = task, num_labels, loss
-        self.lr, self.wd, self.warmup, self.total = lr, weight_decay, warmup_ratio, total_steps
+        self.task, self.num_labels, self.cfg, self.total = task, num_labels, cfg, total_steps
+        self.train_items, self.collate, self.seed = train_items, collate, seed
         self.history: list[float] = []
-        self._preds: list[torch.Tensor] = []
-        self._labels: list[torch.Tensor] = []
+        self.samples_seen = 0
 
     def forward(self, ids, mask):
         hidden = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
@@ -181,38 +140,77 @@ class GlueModule(pl.LightningModule):
     def _loss(self, logits, labels):
         if self.num_labels == 1:
             return F.mse_loss(logits.squeeze(-1).float(), labels)
-        if self.loss_name == "balanced":
+        if self.cfg.loss == "balanced":
             return balanced_cross_entropy(logits, labels)
         return F.cross_entropy(logits.float(), labels)
 
     def training_step(self, batch, _):
         ids, mask, labels = batch
-        loss = self._loss(self(ids, mask), labels)
+        self.samples_seen += len(labels)
+        loss = self._loss(self(ids, mask), labels)  # lmlab's FiniteGuard stops on a non-finite loss
         self.log("train/loss", loss, batch_size=len(labels))
         return loss
 
-    def validation_step(self, batch, _):
-        ids, mask, labels = batch
-        logits = self(ids, mask)
-        self._preds.append(logits.squeeze(-1) if self.num_labels == 1 else logits.argmax(-1))
-        self._labels.append(labels)
-
-    def on_validation_epoch_end(self):
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader) -> float:
+        """The task's main dev metric (accuracy, Matthews for CoLA, Spearman for STS-B)."""
         from lmlab.metrics import glue_metrics
 
-        preds = torch.cat(self._preds).float().cpu().tolist()
-        labels = torch.cat(self._labels).float().cpu().tolist()
+        was_training = self.training
+        self.eval()
+        preds, labels = [], []
+        for ids, mask, y in loader:
+            logits = self(ids.to(self.device), mask.to(self.device))
+            preds += (
+                (logits.squeeze(-1) if self.num_labels == 1 else logits.argmax(-1)).float().cpu().tolist()
+            )
+            labels += y.float().tolist()
+        self.train(was_training)
         if self.num_labels > 1:
             preds, labels = [int(p) for p in preds], [int(y) for y in labels]
         metrics = glue_metrics(self.task, preds, labels)
-        self.history.append(float(metrics.get(MAIN_METRIC.get(self.task, "accuracy"), 0.0)))
-        self._preds, self._labels = [], []
+        return float(metrics.get(MAIN_METRIC.get(self.task, "accuracy"), 0.0))
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.wd)
-        warm = max(1, int(self.warmup * self.total))
+        opt = torch.optim.AdamW(
+            self.parameters(), lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay
+        )
+        warm = max(1, int(self.cfg.warmup_ratio * self.total))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, s / warm))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["samples_seen"] = self.samples_seen
+        checkpoint["dev_history"] = list(self.history)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.samples_seen = int(checkpoint["samples_seen"])
+        self.history = [float(x) for x in checkpoint["dev_history"]]
+
+    def train_dataloader(self) -> DataLoader:
+        from lmlab.training import StepSampler
+
+        sampler = StepSampler(len(self.train_items), seed=self.seed, start=self.samples_seen)
+        return DataLoader(
+            self.train_items, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=self.collate
+        )
+
+
+class DevEvaluation(pl.Callback):
+    """Scores the dev set after the last step of every epoch (ceil(train rows / batch size) steps). It runs
+    before that step's checkpoint is written (Lightning calls checkpoint callbacks last), so a checkpoint holds
+    every dev score up to its step and a resumed run never repeats or loses one."""
+
+    def __init__(self, loader: DataLoader, steps_per_epoch: int):
+        self.loader, self.steps_per_epoch = loader, steps_per_epoch
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: GlueModule, *args: Any) -> None:
+        epoch, rest = divmod(trainer.global_step, self.steps_per_epoch)
+        if rest == 0 and len(module.history) < epoch:
+            with trainer.precision_plugin.val_step_context():
+                module.history.append(module.evaluate(self.loader))
+            for logger in trainer.loggers:  # one row, under Lightning's step of this step's training loss
+                logger.log_metrics({"dev/score": module.history[-1]}, step=trainer.global_step - 1)
 
 
 def aggregate(per_task_seed_history: dict[str, list[list[float]]]) -> dict:
@@ -233,56 +231,119 @@ def aggregate(per_task_seed_history: dict[str, list[list[float]]]) -> dict:
     }
 
 
-def finetune_task(cfg: GlueConfig, task: str, seed: int, tokenizer) -> list[float]:
-    from lmlab.device import resolve_accelerator, resolve_precision
+def finetune_task(
+    cfg: GlueConfig, task: str, seed: int, tokenizer, backbone: nn.Module, data: dict, run_dir: Path
+) -> list[float]:
+    """Fine-tune one (task, seed) in `run_dir` and return the dev score of every epoch. A finished run's scores
+    are read back from its `history.json`; an interrupted one resumes from its `checkpoints/last.ckpt`."""
+    from lmlab.io import atomic_write
     from lmlab.seed import seed_everything
+    from lmlab.training import TrainerOptions, build_trainer, resume_checkpoint
 
-    seed_everything(seed)
-    n_labels = TASK_FORMATS[task][4]
-    data = {}
-    for split in ("train", "dev"):
-        a, b, y = read_task(cfg.data_dir, task, split, cfg.max_train_samples if split == "train" else None)
-        data[split] = list(zip(encode_pairs(tokenizer, a, b, cfg.max_seq_len), y, strict=True))
+    done = run_dir / "history.json"
+    if done.is_file():
+        return [float(x) for x in json.loads(done.read_text())["history"]]
+    seed_everything(seed)  # the head's initialisation
+    n_labels = TASKS[task].num_labels
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     coll = _collate(pad if pad is not None else 0, n_labels == 1)
-    train = DataLoader(
-        data["train"],
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        collate_fn=coll,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    steps_per_epoch = math.ceil(len(data["train"]) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
     dev = DataLoader(data["dev"], batch_size=cfg.batch_size, collate_fn=coll)
-    total = cfg.epochs * len(train)
-    module = GlueModule(
-        cfg.model, n_labels, task, cfg.learning_rate, cfg.weight_decay, cfg.warmup_ratio, total, cfg.loss
-    )
-    accel = resolve_accelerator(cfg.device)
-    trainer = pl.Trainer(
-        accelerator=accel,
+    module = GlueModule(copy.deepcopy(backbone), n_labels, task, cfg, total, data["train"], coll, seed)
+    opts = TrainerOptions(
+        output_dir=str(run_dir),
+        device=cfg.device,
         devices=1,
-        precision=resolve_precision("auto", accel),
-        max_epochs=cfg.epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
+        max_steps=total,
+        checkpoint_every_n_steps=cfg.checkpoint_every_n_steps,
+        log_every_n_steps=cfg.log_every_n_steps,
+        logger="none",
+        progress_bar=False,
+        seed=seed,
     )
-    trainer.fit(module, train, dev)
+    trainer = build_trainer(
+        opts, run_dir, callbacks=[DevEvaluation(dev, steps_per_epoch)], use_distributed_sampler=False
+    )
+    trainer.fit(module, ckpt_path=resume_checkpoint(opts, run_dir), weights_only=True)
+    with atomic_write(done) as fh:
+        json.dump({"task": task, "seed": seed, "history": module.history}, fh)
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return module.history
 
 
-def run_glue(cfg: GlueConfig) -> dict:
-    from transformers import AutoTokenizer
+# the options a finished (task, seed) run depends on: a rerun into the same folder must use the same values
+PROTOCOL_KEYS = (
+    "model",
+    "learning_rate",
+    "batch_size",
+    "epochs",
+    "warmup_ratio",
+    "weight_decay",
+    "loss",
+    "max_seq_len",
+    "data_dir",
+    "max_train_samples",
+)
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+
+def _check_same_protocol(cfg: GlueConfig, root: Path) -> None:
+    import yaml
+    from lmlab.config import config_to_dict
+
+    saved = root / "config.yaml"
+    if not saved.is_file():
+        return
+    before = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    now = config_to_dict(cfg)
+    for key in PROTOCOL_KEYS:
+        if before.get(key) != now[key]:
+            raise LmlabError(
+                f"{root} holds GLUE runs made with --{key} {before.get(key)}, not {now[key]}; "
+                "give another --output_dir to start afresh"
+            )
+
+
+def _load_backbone(model_dir: str) -> nn.Module:
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(model_dir, weights_only=True)
+    except Exception as err:  # transformers raises OSError, ValueError, pickle errors, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise LmlabError(f"cannot load --model {model_dir} ({type(err).__name__}: {first})") from None
+
+
+def run_glue(cfg: GlueConfig) -> dict:
+    from lmlab.config import save_config
+
+    from headless_lm.data import load_tokenizer
+
+    root = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.output).with_suffix("")
+    tasks = [normalise_task(t) for t in cfg.tasks]
+    _check_same_protocol(cfg, root)
+    # every input is read and checked before anything is written
+    tokenizer = load_tokenizer(cfg.model)
     pad_choice = "tokenizer pad"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
         pad_choice = "eos as pad"
-    tasks = [normalise_task(t) for t in cfg.tasks]
-    histories = {t: [finetune_task(cfg, t, s, tokenizer) for s in cfg.seeds] for t in tasks}
+    backbone = _load_backbone(cfg.model)
+    data = {}
+    for task in tasks:
+        data[task] = {}
+        for split in ("train", "dev"):
+            a, b, y = read_task(
+                cfg.data_dir, task, split, cfg.max_train_samples if split == "train" else None
+            )
+            data[task][split] = list(zip(encode_pairs(tokenizer, a, b, cfg.max_seq_len), y, strict=True))
+    root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, root / "config.yaml")
+    histories = {
+        t: [finetune_task(cfg, t, s, tokenizer, backbone, data[t], root / t / f"seed{s}") for s in cfg.seeds]
+        for t in tasks
+    }
     result = aggregate(histories)
     result["per_epoch"] = histories
     result["protocol"] = {
