@@ -359,3 +359,36 @@ def test_binarize_tables_are_read_strictly(tmp_path, capsys):
     assert code == 1 and "row 2: column 'text' holds float 3.5, not text" in err
     code, err = binarize(gaps, "--preprocessing_num_workers", "0")
     assert code == 2 and "--preprocessing_num_workers must be >= 1, got 0" in err
+
+
+class _Payload:
+    """Unpickling this creates the marker file (a stand-in for what a crafted file would run)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_crafted_data_files_are_refused_and_never_unpickled(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = np.array([_Payload(marker)], dtype=object)
+    (tmp_path / "evil.pickle").write_bytes(pickle.dumps([_Payload(marker)]))
+    np.save(tmp_path / "evil.npy", evil, allow_pickle=True)
+    np.savez(tmp_path / "evil.npz", ids=evil, offsets=np.array([0, 1]))
+    runs = [
+        ["binarize", "--import_legacy_pickle", str(tmp_path / "evil.pickle")],
+        ["token-counts", "--data_file", str(tmp_path / "evil.npz")],
+        ["combine", "--inputs", str(tmp_path / "evil.npz"), str(tmp_path / "evil.npz")],
+    ]
+    for argv in runs:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for path in ("evil.npy", "evil.pickle"):
+        with pytest.raises(LmlabError):
+            load_token_counts(tmp_path / path)
+    assert not marker.exists()

@@ -142,7 +142,10 @@ def load_token_counts(path: str | Path, vocab_size: int | None = None) -> np.nda
     if not path.is_file():
         raise LmlabError(f"token counts file {path} does not exist; run `diito token-counts` first")
     if path.suffix == ".npy":
-        counts = np.load(path, allow_pickle=False)
+        try:
+            counts = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as err:  # object (pickled) arrays are refused, never unpickled
+            raise LmlabError(f"token counts {path} is not a plain .npy array of counts ({err})") from err
     elif path.suffix == ".json":
         counts = np.asarray(json.loads(path.read_text()), dtype=np.int64)
     elif path.suffix in (".pickle", ".pkl"):
