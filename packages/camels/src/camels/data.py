@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from lmlab.data import read_table as strict_table
 from lmlab.errors import LmlabError
 from lmlab.logging import get_logger
 
@@ -59,15 +61,16 @@ def _squad_nested(obj: dict[str, Any]) -> pd.DataFrame:
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """A CSV, TSV, JSON/JSONL (SQuAD's nested {"data": [...]} format too) or parquet file as a DataFrame."""
+    """A CSV, TSV, JSON/JSONL (SQuAD's nested {"data": [...]} format too) or parquet file as a DataFrame.
+
+    CSV and TSV go through `lmlab.data.read_table`: a row with more or fewer fields than the header is an error
+    naming the file and line (pandas would shift the columns), cells stay strings ("" never becomes NaN)."""
     path = Path(path)
     if not path.is_file():
         raise LmlabError(f"data file {path} does not exist")
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return pd.read_csv(path, keep_default_na=False)
-    if suffix == ".tsv":
-        return pd.read_csv(path, sep="\t", keep_default_na=False)
+    if suffix in (".csv", ".tsv"):
+        return strict_table(path)
     if suffix == ".parquet":
         return pd.read_parquet(path)
     if suffix == ".jsonl":
@@ -82,6 +85,29 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     raise LmlabError(
         f"{path}: unsupported data file type {suffix!r}; use .csv, .tsv, .json, .jsonl or .parquet"
     )
+
+
+def _blank(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def check_cells(frame: pd.DataFrame, columns: Sequence[str], source: str) -> None:
+    """Every row must have a value (not empty, None or NaN) in each of `columns`: an error naming the file and
+    the row (for a CSV/TSV file its line, found by re-reading it strictly), never a silent "nan" or drop."""
+    for column in columns:
+        blank = frame[column].map(_blank).to_numpy()
+        if not blank.any():
+            continue
+        if Path(source).suffix.lower() in (".csv", ".tsv") and Path(source).is_file():
+            strict_table(source, non_empty=(column,))  # raises, naming the line
+        raise LmlabError(
+            f"{source}, row {int(blank.nonzero()[0][0]) + 1}: column {column!r} is empty ({int(blank.sum())} "
+            "such row(s)); fill or remove them"
+        )
 
 
 def _flatten_squad_answers(value: Any) -> list[str]:
@@ -110,12 +136,13 @@ def check_columns(
         frame["title"] = frame[
             "context"
         ]  # no article titles (e.g. a flat sample): each paragraph is its own group
-    required = (*REQUIRED[name], doc_column(name, full_passage))
-    missing = [c for c in dict.fromkeys(required) if c not in frame.columns]
+    required = list(dict.fromkeys((*REQUIRED[name], doc_column(name, full_passage))))
+    missing = [c for c in required if c not in frame.columns]
     if missing:
         raise LmlabError(
             f"{source} lacks the column(s) {', '.join(missing)} needed for dataset={name}{' with full_passage' if full_passage else ''} (has: {', '.join(map(str, frame.columns))})"
         )
+    check_cells(frame, [c for c in required if c != "title"], source)  # a SQuAD title may be empty
     if name == "squad":
         answerable = frame["answers"].map(lambda v: len(_flatten_squad_answers(v)) > 0)
         if not answerable.all():
@@ -134,7 +161,10 @@ def gold_answer(name: str, row: Any) -> str:
     """The gold string of a row: StreamingQA the shortest of the backslash-separated answers; SQuAD the
     shortest answer, stripped, first letter upper-cased; ArchivalQA the answer, first letter upper-cased."""
     if name in ("streamingqa", "synthetic"):
-        return min(str(row["answers"]).split("\\"), key=len).strip()
+        alternatives = [a.strip() for a in str(row["answers"]).split("\\") if a.strip()]
+        if not alternatives:
+            raise LmlabError(f"answers {row['answers']!r} (question {row['question']!r}) has no answer text")
+        return min(alternatives, key=len)
     if name == "squad":
         answers = _flatten_squad_answers(row["answers"])
         if not answers:
@@ -196,8 +226,14 @@ def build_stream(
     else:
         group_col, key_col = ("title", "context") if name == "squad" else ("doc_id", "ans_paragraph")
         text_col = doc_column(name, full_passage)
-        if name == "archivalqa":
-            frame = frame.sort_values("para_num", kind="stable")
+        if name == "archivalqa":  # numerically: a CSV's cells are strings, and "10" < "2"
+            order = pd.to_numeric(frame["para_num"], errors="coerce")
+            if order.isna().any():
+                row = int(order.isna().to_numpy().nonzero()[0][0])
+                raise LmlabError(
+                    f"{source}, row {row + 1}: para_num {frame['para_num'].iloc[row]!r} is not a number"
+                )
+            frame = frame.iloc[order.argsort(kind="stable")]
         groups = frame[group_col].unique()
         np.random.shuffle(groups)
         by_group = {g: sub for g, sub in frame.groupby(group_col, sort=False)}
@@ -460,7 +496,7 @@ def read_loc_texts(path: str | os.PathLike) -> list[str]:
         raise LmlabError(
             f"{path} lacks the column raw_text needed for the locality texts (has: {', '.join(map(str, frame.columns))})"
         )
-    texts = [str(t) for t in frame["raw_text"] if str(t).strip()]
-    if not texts:
+    if len(frame) == 0:
         raise LmlabError(f"{path} has no locality texts")
-    return texts
+    check_cells(frame, ["raw_text"], str(path))
+    return [str(t) for t in frame["raw_text"]]

@@ -132,10 +132,14 @@ def step_loss(
     denom = loss_denominator(_cfg(cfg, "loss_norm", "padded"), mask, w, int(_cfg(cfg, "max_text_len", 1024)))
     loss = weighted_lm_loss(logits, ids, mask, w, denom=denom)
     if not torch.isfinite(loss):
-        raise LmlabError(
+        raise NonFiniteInnerLoss(
             "the inner (weighted LM) loss is not finite; lower inner_lr or check the weights/inputs"
         )
     return loss
+
+
+class NonFiniteInnerLoss(LmlabError):
+    """An inner step's weighted LM loss is NaN or infinite (the meta-train module adds the step)."""
 
 
 def _set_inner_mode(base_model: torch.nn.Module, cfg: Any) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from lmlab.callbacks import check_finite
+from lmlab.callbacks import NonFiniteLossError, check_finite
 from lmlab.config import save_config
 from lmlab.io import write_json
 from lmlab.seed import seed_everything
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from camels.config import MetaTrainConfig
 from camels.data import collate_docs, load_rows, meta_batch, qa_loc_batch, read_loc_texts
-from camels.meta import MetaTrainer, base_params
+from camels.meta import MetaTrainer, NonFiniteInnerLoss, base_params
 from camels.models import check_vocab, checked_resume, load_causal_lm, load_tokenizer
 from camels.viz import token_weight_pairs, write_weight_views
 from camels.weighting import CaMeLSWeightModel
@@ -142,6 +142,16 @@ class MetaTrainModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------ the loop
     def training_step(self, rows: list, i: int) -> None:
+        try:
+            self._meta_step(rows)
+        except NonFiniteInnerLoss:
+            raise NonFiniteLossError(
+                self.global_step + 1,
+                "loss term 'inner weighted_nll' is not finite (lower --inner_lr or --outer_lr)",
+                Path(self.cfg.output_dir) / "checkpoints",
+            ) from None
+
+    def _meta_step(self, rows: list) -> None:
         meta = self._meta_trainer()
         every = self.cfg.val_steps * self.cfg.grad_acc_steps
         if meta.batches_seen % every == 0:

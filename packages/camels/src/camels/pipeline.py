@@ -62,14 +62,13 @@ def build_tiny_base(out: Path, texts: list[str], seed: int = 0, hidden: int = 64
 
 
 def _corpus(data: Path) -> list[str]:
-    import pandas as pd
     from lmlab.data import sample_path
 
     from camels.data import read_table
 
     texts: list[str] = []
     for name in ("qa_train", "train", "val", "test", "owt_train"):
-        frame = pd.read_csv(data / f"{name}.csv", keep_default_na=False)
+        frame = read_table(data / f"{name}.csv")
         for col in ("text", "question", "answers", "raw_text"):
             if col in frame.columns:
                 texts.extend(map(str, frame[col]))
