@@ -144,3 +144,28 @@ def test_plot_curves_writes_png(tmp_path):
     assert path2.stat().st_size > 1000
     with pytest.raises(ValueError, match="2 values for 3"):
         plot_curves([0, 1, 2], {"a": [1, 2]}, tmp_path / "r.png", "x", "y")
+
+
+def test_finish_run_writes_the_shared_layout_with_done_last(tmp_path):
+    from lmlab.io import finish_run, is_done, results_report
+    from transformers import AutoConfig, BertConfig
+
+    def export(folder):
+        assert not is_done(tmp_path)  # DONE comes after everything else
+        BertConfig(
+            hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8
+        ).save_pretrained(folder)
+
+    results = {"accuracy": 0.75, "eval": {"loss": 1.25, "steps": 3}, "per_seed": [1, 2]}
+    report = results_report("tiny run", results, "What was run.")
+    finish_run(tmp_path, results, report, export=export)
+    assert is_done(tmp_path) and AutoConfig.from_pretrained(tmp_path / "model").hidden_size == 8
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+    text = (tmp_path / "report.md").read_text()
+    assert (
+        text.startswith("# tiny run\n\nWhat was run.\n")
+        and "| eval.loss | 1.25 |" in text
+        and "per_seed" not in text
+    )
+    finish_run(tmp_path, {"accuracy": 0.5}, report, export=export)  # a rerun replaces the export whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["DONE", "model", "report.md", "results.json"]

@@ -6,6 +6,7 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,3 +116,51 @@ def write_results(
         for row in rows:
             writer.writerow({k: row.get(k, "") for k in columns})
     return json_path, csv_path
+
+
+def _scalars(results: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in results.items():
+        if isinstance(value, dict):
+            rows += _scalars(value, f"{prefix}{key}.")
+        elif isinstance(value, int | float | str | bool) or value is None:
+            rows.append((f"{prefix}{key}", value))
+    return rows
+
+
+def results_report(title: str, results: dict[str, Any], text: str = "") -> str:
+    """A report.md: a title, optional text, and every scalar of `results` (nested keys joined by dots)."""
+    lines = [f"# {title}", ""]
+    if text:
+        lines += [text.rstrip(), ""]
+    lines += ["| result | value |", "| --- | --- |"]
+    for key, value in _scalars(results):
+        shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+        lines.append(f"| {key} | {shown} |")
+    return "\n".join(lines) + "\n"
+
+
+def finish_run(
+    out_dir: str | os.PathLike,
+    results: dict[str, Any],
+    report: str,
+    export: Any = None,
+) -> Path:
+    """Close a run folder in the one layout every command shares: `model/` (written by `export(folder)`, e.g. a
+    `save_pretrained`, into a temporary folder renamed into place), `results.json`, `report.md`, then `DONE`, so
+    a folder with DONE always holds complete results. Returns the folder."""
+    out = Path(out_dir)
+    Path(out, DONE_MARKER).unlink(missing_ok=True)  # rewriting a finished folder: not finished until the end
+    if export is not None:
+        tmp = out / ".model.partial"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        export(tmp)
+        if (out / "model").exists():
+            shutil.rmtree(out / "model")
+        tmp.rename(out / "model")
+    write_json(out / "results.json", results)
+    with atomic_write(out / "report.md") as fh:
+        fh.write(report)
+    mark_done(out)
+    return out

@@ -53,6 +53,12 @@ class TrainerOptions:
         default="auto",
         metadata={"help": "auto (bf16-mixed on a bf16 GPU, else 32-true) | 32-true | bf16-mixed | 16-mixed"},
     )
+    attn_implementation: str = dataclasses.field(
+        default="sdpa",
+        metadata={
+            "help": "sdpa | eager | flash_attention_2 (GPU) | xformers (where supported): the attention of the models"
+        },
+    )
     max_steps: int = dataclasses.field(
         default=1000, metadata={"help": "optimizer steps to train for", "ge": 1}
     )
