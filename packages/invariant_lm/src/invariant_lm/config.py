@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 MODES = ("irm", "ensemble", "erm")
 
 
-def _h(text: str, default=None):
-    return field(default=default, metadata={"help": text})
+def _h(text: str, default=None, **bounds):
+    """A field with its help text and its range (gt, ge, lt, le), checked by lmlab and shown by --help."""
+    return field(default=default, metadata={"help": text, **bounds})
 
 
 @dataclass
@@ -21,15 +22,15 @@ class EvalOptions:
         "text file(s) to evaluate, one example per line; each reported separately"
     )
     max_seq_length: int | None = _h(
-        "block / truncation length (default min(tokenizer max, 1024), clamped to the model)"
+        "block / truncation length (default min(tokenizer max, 1024), clamped to the model)", ge=2
     )
     line_by_line: bool = _h("one sequence per non-empty line instead of grouped blocks", False)
     pad_to_max_length: bool = _h("pad every line-by-line sequence to max_seq_length", False)
-    mlm_probability: float = _h("share of tokens selected for masking", 0.15)
-    per_device_eval_batch_size: int = _h("evaluation batch size", 8)
+    mlm_probability: float = _h("share of tokens selected for masking", 0.15, gt=0, lt=1)
+    per_device_eval_batch_size: int = _h("evaluation batch size", 8, ge=1)
     eval_mask_seed: int = _h("seed of the fixed evaluation masks (same positions for every model)", 1234)
     eval_per_head: bool = _h("also report each head's own perplexity", False)
-    preprocessing_num_workers: int | None = _h("processes for tokenisation")
+    preprocessing_num_workers: int | None = _h("processes for tokenisation", ge=1)
     overwrite_cache: bool = _h("accepted (tokenisation is not cached between runs)", False)
 
 
@@ -48,8 +49,10 @@ class TrainConfig(EvalOptions):
     init_head: bool = _h("heads re-initialised (HF init) instead of copies of the pretrained head", False)
     init_base: bool = _h("re-initialise the body too (implies --init_head)", False)
     ensembling: bool = _h("alias of --mode ensemble (reference flag)", False)
-    nb_steps_heads_saving: int = _h("save every head's state every N updates into lm_heads/ (0: never)", 0)
-    nb_steps_model_saving: int = _h("save the model into model-<step>/ every N updates (0: never)", 0)
+    nb_steps_heads_saving: int = _h(
+        "save every head's state every N updates into lm_heads/ (0: never)", 0, ge=0
+    )
+    nb_steps_model_saving: int = _h("save the model into model-<step>/ every N updates (0: never)", 0, ge=0)
     use_auth_token: bool = _h("accepted, ignored", False)
     do_lower_case: bool = _h("accepted, ignored", False)
     # data
@@ -58,36 +61,36 @@ class TrainConfig(EvalOptions):
     )
     train_files: list[str] | None = _h("explicit list of environment text files")
     env_column: str | None = _h("column naming each row's environment when --train_file is one table")
-    nb_steps: int = _h("environment updates (body steps); rounded up to whole rounds", 0)
+    nb_steps: int = _h("environment updates (body steps); rounded up to whole rounds", 0, ge=0)
     dataset_name: str | None = _h("accepted, unused (as in the reference)")
     dataset_config_name: str | None = _h("accepted, unused (as in the reference)")
-    validation_split_percentage: int = _h("accepted, unused (as in the reference)", 5)
+    validation_split_percentage: int = _h("accepted, unused (as in the reference)", 5, ge=0, le=100)
     # training (HF names)
     output_dir: str = _h("output folder", "runs/invariant_lm")
     overwrite_output_dir: bool = _h("retrain into a folder holding a finished run", False)
     do_train: bool = _h("train (default when neither --do_train nor --do_eval is given)", False)
     do_eval: bool = _h("evaluate on --validation_file after training", False)
-    per_device_train_batch_size: int = _h("batch size of one environment update", 8)
-    learning_rate: float = _h("AdamW learning rate of the body and of every head (README: 1e-5)", 5e-5)
-    weight_decay: float = _h("AdamW weight decay (not on biases and norms)", 0.0)
-    adam_beta1: float = _h("AdamW beta1", 0.9)
-    adam_beta2: float = _h("AdamW beta2", 0.999)
-    adam_epsilon: float = _h("AdamW epsilon", 1e-8)
+    per_device_train_batch_size: int = _h("batch size of one environment update", 8, ge=1)
+    learning_rate: float = _h("AdamW learning rate of the body and of every head (README: 1e-5)", 5e-5, gt=0)
+    weight_decay: float = _h("AdamW weight decay (not on biases and norms)", 0.0, ge=0)
+    adam_beta1: float = _h("AdamW beta1", 0.9, ge=0, lt=1)
+    adam_beta2: float = _h("AdamW beta2", 0.999, ge=0, lt=1)
+    adam_epsilon: float = _h("AdamW epsilon", 1e-8, ge=0)
     max_grad_norm: float = _h("clip the joint norm of the stepped parameters (<= 0: no clipping)", 1.0)
-    warmup_steps: int = _h("LR warm-up updates", 0)
+    warmup_steps: int = _h("LR warm-up updates", 0, ge=0)
     lr_scheduler_type: str = _h("HF scheduler name (linear, cosine, constant, ...)", "linear")
     adafactor: bool = _h("Adafactor instead of AdamW", False)
     fp16: bool = _h("fp16 mixed precision with dynamic loss scaling (GPU; runs on CPU too, slowly)", False)
     bf16: bool = _h("bf16 mixed precision", False)
     seed: int = _h("seed of initialisation, data order, masks and dropout", 42)
-    gradient_accumulation_steps: int = _h("micro-batches (same environment) per update", 1)
-    max_steps: int = _h("alias of --nb_steps when that is not given", -1)
+    gradient_accumulation_steps: int = _h("micro-batches (same environment) per update", 1, ge=1)
+    max_steps: int = _h("alias of --nb_steps when that is not given", -1, ge=-1)
     num_train_epochs: float = _h(
-        "epochs of floor(min env batches) rounds, used when no step count is given", 3.0
+        "epochs of floor(min env batches) rounds, used when no step count is given", 3.0, ge=0
     )
-    logging_steps: int = _h("write train_log.jsonl every N updates", 50)
-    save_steps: int = _h("resumable checkpoint every N updates", 500)
-    eval_steps: int | None = _h("accepted, ignored (evaluation runs at the end)")
+    logging_steps: int = _h("write train_log.jsonl every N updates", 50, ge=1)
+    save_steps: int = _h("resumable checkpoint every N updates", 500, ge=1)
+    eval_steps: int | None = _h("accepted, ignored (evaluation runs at the end)", ge=1)
     no_cuda: bool = _h("train on the CPU", False)
     use_cpu: bool = _h("train on the CPU", False)
     # new
@@ -112,8 +115,9 @@ class TrainConfig(EvalOptions):
         "devices (processes) per node; > 1 trains data-parallel: every rank runs the same environment's update "
         "on its own share of the batch, body + head e gradients averaged across ranks",
         1,
+        ge=1,
     )
-    num_nodes: int = _h("nodes (data-parallel training over devices x num_nodes processes)", 1)
+    num_nodes: int = _h("nodes (data-parallel training over devices x num_nodes processes)", 1, ge=1)
     strategy: str = _h("auto (ddp when devices x num_nodes > 1) | ddp (also under torchrun)", "auto")
     precision: str = _h(
         "auto | 32-true | bf16-mixed | 16-mixed (= --fp16); --bf16/--fp16 override it", "auto"
@@ -132,21 +136,11 @@ class TrainConfig(EvalOptions):
             raise ValueError(f"--head_lr_schedule must be reference or own, got {self.head_lr_schedule!r}")
         if self.sparse_heads not in ("auto", "on", "off"):
             raise ValueError(f"--sparse_heads must be auto, on or off, got {self.sparse_heads!r}")
-        if self.nb_steps < 0:
-            raise ValueError(f"--nb_steps must be >= 0, got {self.nb_steps}")
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                     "logging_steps", "save_steps", "devices", "num_nodes"):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.strategy not in ("auto", "ddp"):
             raise ValueError(
                 f"--strategy must be auto or ddp, got {self.strategy!r} (the IRM-games update all-reduces the "
                 "stepped gradients itself; ddp_spawn, fsdp and deepspeed are not supported)"
             )
-        if not 0.0 < self.mlm_probability < 1.0:
-            raise ValueError(f"--mlm_probability must be in (0, 1), got {self.mlm_probability}")
-        if self.learning_rate < 0:
-            raise ValueError(f"--learning_rate must be >= 0, got {self.learning_rate}")
         if self.fp16 and self.bf16:
             raise ValueError("--fp16 and --bf16 exclude each other")
         if isinstance(self.validation_file, str):
@@ -175,8 +169,6 @@ class EvalConfig(EvalOptions):
             raise ValueError("--validation_file is required (one or more text files)")
         if isinstance(self.validation_file, str):
             self.validation_file = [self.validation_file]
-        if self.per_device_eval_batch_size < 1:
-            raise ValueError("--per_device_eval_batch_size must be at least 1")
 
 
 @dataclass
@@ -194,18 +186,18 @@ class ExportConfig:
 class BenchConfig:
     output_dir: str = _h("where bench.json and bench.md go", "results/invariant_lm")
     device: str = _h("auto | cpu | cuda", "auto")
-    hidden_size: int = _h("hidden size (RoBERTa-base: 768)", 768)
-    num_layers: int = _h("layers (RoBERTa-base: 12)", 12)
-    num_heads: int = _h("attention heads", 12)
-    vocab_size: int = _h("vocabulary (RoBERTa: 50265)", 50265)
-    batch_size: int | None = _h("sequences per update (default: 16 on GPU, 2 on CPU)")
-    seq_len: int | None = _h("tokens per sequence (default: 512 on GPU, 128 on CPU)")
+    hidden_size: int = _h("hidden size (RoBERTa-base: 768)", 768, ge=1)
+    num_layers: int = _h("layers (RoBERTa-base: 12)", 12, ge=1)
+    num_heads: int = _h("attention heads", 12, ge=1)
+    vocab_size: int = _h("vocabulary (RoBERTa: 50265)", 50265, ge=8)
+    batch_size: int | None = _h("sequences per update (default: 16 on GPU, 2 on CPU)", ge=1)
+    seq_len: int | None = _h("tokens per sequence (default: 512 on GPU, 128 on CPU)", ge=2)
     n_envs: list[int] = _h("environment counts to time (default: 1 2 4 8 on GPU, 1 4 on CPU)", None)
     sparse: list[str] = _h("sparse-heads settings to time (on, off)", None)
-    warmup: int | None = _h("untimed updates (default: 10 on GPU, 2 on CPU)")
-    steps: int | None = _h("timed updates (default: 50 on GPU, 6 on CPU)")
+    warmup: int | None = _h("untimed updates (default: 10 on GPU, 2 on CPU)", ge=0)
+    steps: int | None = _h("timed updates (default: 50 on GPU, 6 on CPU)", ge=1)
     precision: str = _h("auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16", "auto")
-    threads: int | None = _h("torch CPU threads (default: torch's)")
+    threads: int | None = _h("torch CPU threads (default: torch's)", ge=1)
     interleave: str = _h(
         "auto (on for CPU) | on | off: alternate plain and IRM updates, report medians", "auto"
     )
@@ -226,9 +218,6 @@ class BenchConfig:
             raise ValueError("--interleave must be auto, on or off")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError("--precision must be auto, fp32 or bf16")
-        for name, low in (("batch_size", 1), ("seq_len", 2), ("steps", 1), ("warmup", 0)):
-            if getattr(self, name) is not None and getattr(self, name) < low:
-                raise ValueError(f"--{name} must be >= {low}")
         if self.n_envs is not None and min(self.n_envs) < 1:
             raise ValueError("--n_envs must be >= 1")
 
@@ -245,22 +234,24 @@ class BenchConfig:
 @dataclass
 class DemoConfig:
     output_dir: str = _h("where the demo writes", "results/demo/invariant_lm")
-    nb_steps: int = _h("updates", 30)
-    threads: int = _h("torch CPU threads (1 is fastest for tiny models on a shared machine)", 1)
+    nb_steps: int = _h("updates", 30, ge=1)
+    threads: int = _h("torch CPU threads (1 is fastest for tiny models on a shared machine)", 1, ge=1)
 
 
 @dataclass
 class ReproduceConfig:
     output_dir: str = _h("where results go", "results/invariant_lm")
     seeds: list[int] = _h("seeds of stage 2", None)
-    stage1_steps: int = _h("stage-1 updates (clean MLM pretraining)", 2500)
-    stage1_lr: float = _h("stage-1 learning rate", 5e-4)
-    stage2_steps: int = _h("stage-2 updates per mode", 1000)
-    stage2_lr: float = _h("stage-2 learning rate", 1e-4)
-    batch_size: int = _h("batch size", 32)
-    noise_rate: float = _h("share of positions with a markup token before them in the noisy environment", 0.3)
+    stage1_steps: int = _h("stage-1 updates (clean MLM pretraining)", 2500, ge=1)
+    stage1_lr: float = _h("stage-1 learning rate", 5e-4, gt=0)
+    stage2_steps: int = _h("stage-2 updates per mode", 1000, ge=1)
+    stage2_lr: float = _h("stage-2 learning rate", 1e-4, gt=0)
+    batch_size: int = _h("batch size", 32, ge=1)
+    noise_rate: float = _h(
+        "share of positions with a markup token before them in the noisy environment", 0.3, ge=0, le=1
+    )
     device: str = _h("auto | cpu | cuda", "cpu")
-    threads: int = _h("torch CPU threads (1 is fastest for tiny models on a shared machine)", 1)
+    threads: int = _h("torch CPU threads (1 is fastest for tiny models on a shared machine)", 1, ge=1)
 
     def __post_init__(self) -> None:
         if self.seeds is None:
