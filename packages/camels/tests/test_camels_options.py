@@ -417,7 +417,7 @@ def test_meta_train_qa_loc_and_plateau_resume(setup):
     """A real Lightning run with qa_loc and reduce_lr_on_plateau: both locality KLs and the lr are logged, and
     an interrupted run (2 updates, resumed to 4 with the scheduler state from last.ckpt) equals a straight one."""
     root, data, _ = setup
-    # no dropout: the weighting model's dropout masks would differ after a resume (RNG not checkpointed)
+    # no dropout here; exact resume with dropout on is tested in test_camels_resume.py
     base = save_tiny_model(root / "base_nodrop", "gpt2", "clm", hidden=32, layers=2, heads=2, **NO_DROP)
     args = [
         "meta-train",

@@ -97,7 +97,7 @@ def adapt(
         loss = weighted_lm_loss(logits, ids, mask, w, denom=loss_denominator(norm, mask, w, max_len))
         check_finite(n, {"weighted_nll": loss}, checkpoint_dir)
         if losses is not None:
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         (loss / acc).backward()
         if n % acc == 0 or n == total:
             grad_norm = torch.nn.utils.clip_grad_norm_(
