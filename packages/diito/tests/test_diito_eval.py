@@ -250,3 +250,19 @@ def test_fine_tune_bad_inputs_fail_in_one_line_before_anything_is_written(studen
     ragged = tmp_path / "train.tsv"
     ragged.write_text("\n".join([rows[0], rows[1] + "\tstray", *rows[2:]]) + "\n", encoding="utf-8")
     assert f"{ragged}, line 2:" in fails(1, train=ragged)
+
+
+def test_unreadable_ner_and_squad_files_are_one_line_errors(student, tmp_path, capsys):
+    (tmp_path / "ner.json").write_bytes('[{"tokens": ["caf\xe9"], "ner_tags": [0]}]'.encode("latin-1"))
+    (tmp_path / "squad.json").write_text(
+        json.dumps({"data": [{"question": "q?", "context": "c", "answers": {}}]})
+    )
+    for command, file, expected in (
+        ("eval-ner", "ner.json", "cannot parse"),
+        ("eval-qa", "squad.json", "question 1 lacks field 'id'"),
+    ):
+        args = [command, "--model_name_or_path", str(student), "--train_file", str(tmp_path / file)]
+        assert main([*args, "--output_dir", str(tmp_path / "out"), "--device", "cpu"]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and expected in err.strip().splitlines()[-1], err
+        assert not (tmp_path / "out").exists()

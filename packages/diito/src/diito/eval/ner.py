@@ -20,14 +20,19 @@ def read_conll_json(path: str) -> list[tuple[list[str], list[str]]]:
     p = Path(path)
     if not p.is_file():
         raise LmlabError(f"NER file {p} does not exist")
-    text = p.read_text(encoding="utf-8").strip()
-    rows = (
-        json.loads(text)
-        if text.startswith("[")
-        else [json.loads(line) for line in text.splitlines() if line.strip()]
-    )
+    try:
+        text = p.read_text(encoding="utf-8").strip()
+        rows = (
+            json.loads(text)
+            if text.startswith("[")
+            else [json.loads(line) for line in text.splitlines() if line.strip()]
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LmlabError(f"cannot parse {p} as UTF-8 JSON / JSON lines: {err}") from err
     out = []
     for r in rows:
+        if not isinstance(r, dict):
+            raise LmlabError(f"{p}: every row must be a JSON object with words/tokens and ner/ner_tags")
         words = r.get("words", r.get("tokens"))
         tags = r.get("ner", r.get("ner_tags"))
         if words is None or tags is None or len(words) != len(tags):

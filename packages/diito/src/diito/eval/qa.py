@@ -19,26 +19,32 @@ def read_squad(path: str) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         raise LmlabError(f"SQuAD file {p} does not exist")
-    data = json.loads(p.read_text(encoding="utf-8"))["data"]
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))["data"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise LmlabError(f"{p} is not a SQuAD JSON file (UTF-8, a top-level 'data' list): {err}") from err
     out = []
-    for item in data:
-        if "paragraphs" in item:
-            for para in item["paragraphs"]:
-                for qa in para["qas"]:
-                    ans = qa.get("answers", [])
-                    out.append(
-                        {
-                            "id": qa["id"],
-                            "question": qa["question"],
-                            "context": para["context"],
-                            "answers": {
-                                "text": [a["text"] for a in ans],
-                                "answer_start": [a["answer_start"] for a in ans],
-                            },
-                        }
-                    )
-        else:
-            out.append({k: item[k] for k in ("id", "question", "context", "answers")})
+    try:
+        for item in data:
+            if "paragraphs" in item:
+                for para in item["paragraphs"]:
+                    for qa in para["qas"]:
+                        ans = qa.get("answers", [])
+                        out.append(
+                            {
+                                "id": qa["id"],
+                                "question": qa["question"],
+                                "context": para["context"],
+                                "answers": {
+                                    "text": [a["text"] for a in ans],
+                                    "answer_start": [a["answer_start"] for a in ans],
+                                },
+                            }
+                        )
+            else:
+                out.append({k: item[k] for k in ("id", "question", "context", "answers")})
+    except (KeyError, TypeError) as err:
+        raise LmlabError(f"{p}: question {len(out) + 1} lacks field {err} (or is not a JSON object)") from err
     if not out:
         raise LmlabError(f"{p} holds no question")
     return out
