@@ -13,6 +13,11 @@ from lmlab.training import StepSampler
 from mode_connectivity.make_tiny import build_t5, build_tokenizer, synthetic_tasks
 
 
+def _split(batch):
+    """A traced batch holds (position in the global sample stream, example index) pairs."""
+    return [p for p, _ in batch], [i for _, i in batch]
+
+
 def _losses(job):
     rows = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return [r["train_loss"] for r in rows if "train_loss" in r]
@@ -43,9 +48,12 @@ def test_two_process_ddp_matches_one_process_and_resumes(tmp_path):
     # rank 0 and rank 1 each read 4 of every global batch of 8, disjoint, and together the one-process batch
     assert set(t2) == {"rank0", "rank1"}
     for step in range(8):
-        a, b = t2["rank0"][step], t2["rank1"][step]
+        (pa, a), (pb, b) = _split(t2["rank0"][step]), _split(t2["rank1"][step])
         assert len(a) == len(b) == 4 and not set(a) & set(b)
-        assert sorted(a + b) == sorted(t1["rank0"][step])
+        p1, i1 = _split(t1["rank0"][step])
+        assert sorted(a + b) == sorted(i1)
+        # and the same stream positions (so the same answer picks) as in the one-process run
+        assert sorted(pa + pb) == sorted(p1) == list(range(8 * step, 8 * step + 8))
     l1, l2 = _losses(one), _losses(two)
     assert len(l1) == len(l2) == 8
     assert abs(l1[0] - l2[0]) < 0.1 * l1[0]  # the per-rank token means differ from the global one, slightly
@@ -67,5 +75,5 @@ def test_two_process_ddp_matches_one_process_and_resumes(tmp_path):
     s3 = torch.load(again / "checkpoints" / "last.ckpt", weights_only=True)
     assert s3["global_step"] == 10 and s3["samples_seen"] == 40
     stream = list(itertools.islice(iter(StepSampler(48, seed=20, rank=0, world_size=1)), 80))
-    assert sorted(t3["rank0"][0] + t3["rank1"][0]) == sorted(stream[64:72])
+    assert sorted(_split(t3["rank0"][0])[1] + _split(t3["rank1"][0])[1]) == sorted(stream[64:72])
     assert len(_losses(again)) == 8 + 2
