@@ -214,6 +214,11 @@ class BenchConfig:
     threads: int = h("CPU threads (-1: leave)", -1, ge=-1)
     seed: int = h("seed", 0)
 
+    def __post_init__(self):
+        for name in ("batch_size", "steps"):
+            if getattr(self, name) == 0:
+                raise ValueError(f"--{name} must be -1 (the device's default) or at least 1")
+
 
 @dataclass
 class EvalMlmConfig:
