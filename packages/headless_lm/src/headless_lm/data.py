@@ -8,6 +8,7 @@ local files and tokenizer folders work offline.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -46,6 +47,31 @@ def pack_documents(
         yield rows
 
 
+def documents_of(values: Sequence, source: str, column: str) -> list[str]:
+    """The documents of a text column. Empty cells (blank, null, NaN) are dropped with a message saying how
+    many (there is nothing to tokenise in them); a cell that is not text is an error naming its row."""
+    docs, empty = [], 0
+    for row, value in enumerate(values, start=1):
+        if value is None or (isinstance(value, float) and value != value):
+            empty += 1
+        elif not isinstance(value, str):
+            raise LmlabError(
+                f"{source}, row {row}: column {column!r} holds {type(value).__name__} {value!r}, not text; "
+                "fix that row or choose the text column with --text_column"
+            )
+        elif value.strip():
+            docs.append(value)
+        else:
+            empty += 1
+    if empty:
+        print(
+            f"[headless-lm preprocess] {source}: dropped {empty} of {len(values)} rows with an empty "
+            f"{column!r} (nothing to tokenise)",
+            file=sys.stderr,
+        )
+    return docs
+
+
 def _load_texts(cfg) -> list[str]:
     from lmlab.data import load_corpus
 
@@ -63,10 +89,12 @@ def _load_texts(cfg) -> list[str]:
                     raise LmlabError(
                         f"{source} has no column {cfg.text_column!r}; columns: {list(frame.columns)}"
                     )
-                texts += [str(t) for t in frame[cfg.text_column]]
-            else:
-                ds = load_corpus(path, text_column=cfg.text_column, documents=cfg.documents)
-                texts += [t for t in ds[cfg.text_column] if t and t.strip()]
+                values = frame[cfg.text_column].tolist()
+            else:  # .csv/.tsv through lmlab's strict table reader: a ragged row is an error naming its line
+                values = load_corpus(path, text_column=cfg.text_column, documents=cfg.documents)[
+                    cfg.text_column
+                ]
+            texts += documents_of(values, source, cfg.text_column)
     elif cfg.dataset_name:
         import datasets
 
@@ -77,7 +105,11 @@ def _load_texts(cfg) -> list[str]:
                 f"cannot load hub data set {cfg.dataset_name!r} ({type(err).__name__}); "
                 "give local files with --text_files"
             ) from None
-        texts = [t for t in ds[cfg.text_column] if t]
+        if cfg.text_column not in ds.column_names:
+            raise LmlabError(
+                f"{cfg.dataset_name} has no column {cfg.text_column!r}; its columns are {ds.column_names}"
+            )
+        texts = documents_of(ds[cfg.text_column], cfg.dataset_name, cfg.text_column)
     else:
         raise LmlabError("give --text_files (local files) or --dataset_name (hub, online)")
     if not texts:
