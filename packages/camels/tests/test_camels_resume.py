@@ -190,3 +190,17 @@ def test_eval_adaptation_resumes_exactly_with_dropout(setup, monkeypatch, tmp_pa
     assert (resumed / "final_em.csv").read_text() == (straight / "final_em.csv").read_text()
     rows = read_jsonl(resumed / "metrics.jsonl")
     assert rows == read_jsonl(straight / "metrics.jsonl") and [r["step"] for r in rows] == list(range(6))
+
+
+def test_qa_pretrain_early_stop_happens_before_the_next_update(setup, tmp_path):
+    """stop_k 1 and an lr too small to move any weight: the validation before update 2 finds no better NLL and
+    stops the run there (validation now runs before the next update, which must then not happen)."""
+    root, data, base = setup
+    args = ["qa-pretrain", "--dataset", "synthetic", "--model", str(base), "--output_dir", str(tmp_path)]
+    args += ["--train_path", str(data / "qa_train.csv"), "--val_path", str(data / "qa_val.csv")]
+    args += ["--max_steps", "5", "--lt_batch_size", "4", "--accumulate_grad_batches", "1", "--val_steps", "1"]
+    args += ["--val_max_pairs", "4", "--lr", "1e-30", "--early_stop", "true", "--stop_k", "1"]
+    assert main([*args, "--logger", "none", "--progress_bar", "false"]) == 0
+    history = json.loads((tmp_path / "val_history.json").read_text())
+    assert [h["step"] for h in history] == [0, 1] and history[0]["nll"] == history[1]["nll"]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
