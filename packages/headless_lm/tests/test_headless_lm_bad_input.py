@@ -149,8 +149,17 @@ def test_malicious_checkpoints_are_refused(tmp_path, capsys, malicious_pickle):
     args = ["glue", "--model", str(model), "--tasks", "rte", "--data_dir", str(data), "--device", "cpu"]
     assert main([*args, "--output", str(tmp_path / "g" / "glue.json")]) == 1
     assert "cannot load --model" in _error_line(capsys, "glue")
-    assert not marker.exists() and not glue_marker.exists()
-    for run in ("x", "ft", "resumed", "g"):
+    causal = save_tiny_model(tmp_path / "gpt", "gpt_neox", "clm")
+    for weights in causal.glob("*.safetensors"):
+        weights.unlink()
+    lambada_marker = malicious_pickle(causal / "pytorch_model.bin", wrap=lambda payload: {"weight": payload})
+    passages = tmp_path / "lambada.txt"
+    passages.write_text("the cat sat on the mat\n")
+    args = ["lambada", "--model", str(causal), "--data_file", str(passages), "--device", "cpu"]
+    assert main([*args, "--output", str(tmp_path / "l" / "lambada.json")]) == 1
+    assert "cannot load --model" in _error_line(capsys, "lambada")
+    assert not marker.exists() and not glue_marker.exists() and not lambada_marker.exists()
+    for run in ("x", "ft", "resumed", "g", "l"):
         assert not (tmp_path / run).exists(), run
 
 

@@ -292,6 +292,8 @@ class ExportConfig:
             raise ValueError(f"--mode must be one of mlm, add_head, lm, got {self.mode!r}")
         if not self.model_ckpt:
             raise ValueError("--model_ckpt is required")
+        if self.push and not self.hf_name:
+            raise ValueError("--push needs --hf_name (the hub repository to push to)")
 
 
 @dataclass

@@ -272,7 +272,7 @@ def pipeline(cfg: DemoConfig) -> dict:
                 str(folder),
             ]
         )
-        model = AutoModelForCausalLM.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, weights_only=True)
         lam = evaluate(model, tokenizer, sentences, batch_size=16)
         summary = json.loads((out / run / "summary.json").read_text())
         results["decoder"][label] = {

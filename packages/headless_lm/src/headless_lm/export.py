@@ -65,8 +65,6 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, mode: str) 
 def run_export(cfg) -> dict:
     out = export_checkpoint(cfg.model_ckpt, cfg.output_dir, cfg.mode)
     if cfg.push:
-        if not cfg.hf_name:
-            raise LmlabError("--push needs --hf_name")
         from huggingface_hub import HfApi
 
         HfApi().upload_folder(folder_path=str(out), repo_id=cfg.hf_name)

@@ -88,9 +88,14 @@ def run_lambada(cfg: LambadaConfig) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = torch_device(cfg.device)
-    model = AutoModelForCausalLM.from_pretrained(cfg.model).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    result = evaluate(model, tokenizer, read_passages(cfg.data_file), batch_size=cfg.batch_size)
+    passages = read_passages(cfg.data_file)
+    try:  # weights_only: a pickled pytorch_model.bin that would run code is refused
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, weights_only=True).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    except Exception as err:  # transformers raises OSError, ValueError, pickle errors, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise LmlabError(f"cannot load --model {cfg.model} ({type(err).__name__}: {first})") from None
+    result = evaluate(model, tokenizer, passages, batch_size=cfg.batch_size)
     result = {"model": cfg.model, "data_file": cfg.data_file, **result}
     if cfg.output:
         Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
