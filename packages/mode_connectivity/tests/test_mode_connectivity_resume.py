@@ -262,6 +262,19 @@ def test_non_finite_loss_stops_with_one_line_and_writes_nothing_after(tiny, tmp_
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
     assert not (job / "checkpoint-last").exists() and not (job / "done.json").exists()
     assert not (out / "result.csv").exists()
+    # curve names the sampled t whose loss is non-finite, and writes no control points or results
+    p1, p2 = _endpoints(tiny)
+    curve = [
+        "curve", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", "adapter",
+        "--adapter_size", "4", "--load_stage1_pet_path_list", p1, p2, "--bend_num", "1", "--bsz_list", "4",
+        "--train_iters", "4", "--valid_interval", "100", "--itpl_points", "2", "--learning_rate_list", "1e30",
+        "--do_predict", "false", "--output_dir", str(tmp_path / "curve"), *QUIET, *SMALL,
+    ]  # fmt: skip
+    _one_error_line(capsys, 1, main(curve), ": loss term 'loss at t=0.", "is nan", "training stopped")
+    assert (
+        not list((tmp_path / "curve").glob("checkpoint-*"))
+        and not (tmp_path / "curve" / "done.json").exists()
+    )
 
 
 def test_crafted_pickles_are_refused(tiny, tmp_path, capsys, malicious_pickle):
