@@ -156,7 +156,9 @@ def run_curve(cfg) -> dict[str, Any]:
     opts = TextTaskOptions(
         cfg.max_input_length, cfg.max_output_length, cfg.do_lowercase, cfg.append_another_bos
     )
-    train = EncodedSplit(load_split(cfg.task_dir, "train"), ctx.tokenizer, ctx.task_name, opts)
+    train = None
+    if cfg.do_train:
+        train = EncodedSplit(load_split(cfg.task_dir, "train"), ctx.tokenizer, ctx.task_name, opts)
     if cfg.do_predict:
         load_split(cfg.task_dir, "test")  # a missing or malformed test split fails now, not after training
     if not cfg.do_train and not (out / "checkpoint-best").is_dir():
