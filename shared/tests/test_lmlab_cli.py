@@ -307,3 +307,15 @@ def test_an_alias_and_its_flag_must_agree(capsys):
         and calls[0].lr == 0.1
     )
     assert run_cli("prog", make(calls), ["train", "--lr", "0.1", "--lr", "0.3"]) == 0 and calls[1].lr == 0.3
+
+
+def test_a_redeclared_field_keeps_the_range_of_its_base(capsys):
+    @dataclasses.dataclass
+    class Sub(Cfg):
+        lr: float = 0.5  # a new default, no metadata
+
+    commands = [Command("train", Sub, lambda cfg: None)]
+    assert run_cli("prog", commands, ["train", "--lr", "-1"]) == 2
+    assert "--lr must be > 0, got -1.0" in capsys.readouterr().err
+    run_cli("prog", commands, ["train", "--help"])
+    assert "--lr float [0.5]" in (out := capsys.readouterr().out) and "(> 0)" in out

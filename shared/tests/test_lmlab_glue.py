@@ -121,5 +121,12 @@ def test_errors_name_the_problem(glue_data, tmp_path):
     _tsv(tmp_path / "ragged/train.tsv", ["index", "sentence1", "sentence2", "label"], [["0", "a", "b"]])
     with pytest.raises(LmlabError, match="line 2: 3 fields where the header has 4"):
         read_glue(tmp_path / "ragged", "rte")
+    _tsv(
+        tmp_path / "blank/train.tsv",
+        ["index", "sentence1", "sentence2", "label"],
+        [["0", "a", " ", "entailment"]],
+    )
+    with pytest.raises(LmlabError, match=r"row 1: column 'sentence2' is empty"):
+        read_glue(tmp_path / "blank", "rte")
     with pytest.raises(LmlabError, match="no column 'question'"):
         read_glue(glue_data / "RTE/train.tsv", "qnli")

@@ -111,7 +111,9 @@ def test_non_finite_loss_stops_before_anything_is_saved(tmp_path):
     ckpt = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 6
     assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt", "step-step=6.ckpt"]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [
+        "last.ckpt"
+    ]  # each checkpoint stored once
 
 
 def test_diverging_learning_rate_stops_with_one_line(tmp_path):
@@ -178,3 +180,24 @@ def test_modules_train_in_train_mode_except_the_declared_frozen_ones(tmp_path, r
     assert module.modes[""] and module.modes["net"] and module.modes["net.1"]
     assert not module.modes["teacher"] and not module.modes["teacher.1"]
     assert not [w for w in recwarn if "eval mode" in str(w.message)]
+
+
+def test_a_checkpoint_with_non_finite_weights_is_never_saved(tmp_path):
+    class Overflow(DropoutToy):
+        def on_before_optimizer_step(self, optimizer):
+            if self.global_step == 5:  # finite gradients, but the 6th update overflows a weight
+                self.net[0].weight.grad.zero_()
+                with torch.no_grad():
+                    self.net[0].weight[0, 0] = float("inf")
+
+    torch.manual_seed(0)
+    opts = TrainerOptions(
+        output_dir=str(tmp_path), device="cpu", max_steps=9, checkpoint_every_n_steps=3, progress_bar=False,
+        logger="none",
+    )  # fmt: skip
+    with pytest.raises(
+        NonFiniteLossError, match=r"^step 6: weight 'net.0.weight' is not finite, so it was not saved"
+    ):
+        build_trainer(opts, use_distributed_sampler=False).fit(Overflow(DATA), weights_only=True)
+    ckpt = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 3 and all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())

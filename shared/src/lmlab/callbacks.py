@@ -147,8 +147,9 @@ class NonFiniteLossError(LmlabError):
 
 class FiniteGuard(pl.Callback):
     """Stops training with `NonFiniteLossError` on a non-finite loss (before backward) or a non-finite gradient
-    (before the optimizer step), so no NaN weights are stepped into or saved. Packages that know their loss terms
-    also call `check_finite` to name the term."""
+    (before the optimizer step), so no NaN weights are stepped into, and refuses to save a checkpoint whose
+    weights are not finite (an update with finite gradients can still overflow them), so `last.ckpt` stays the
+    last good resume point. Packages that know their loss terms also call `check_finite` to name the term."""
 
     def __init__(self, checkpoint_dir: Any = None):
         self.checkpoint_dir = checkpoint_dir
@@ -171,3 +172,17 @@ class FiniteGuard(pl.Callback):
             raise NonFiniteLossError(
                 trainer.global_step + 1, f"the gradient norm is {float(norm)}", self.checkpoint_dir
             )
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
+        for name, tensor in checkpoint.get("state_dict", {}).items():
+            if (
+                torch.is_tensor(tensor)
+                and tensor.is_floating_point()
+                and not bool(torch.isfinite(tensor).all())
+            ):
+                step = checkpoint.get("global_step", trainer.global_step)
+                raise NonFiniteLossError(
+                    step, f"weight {name!r} is not finite, so it was not saved", self.checkpoint_dir
+                )

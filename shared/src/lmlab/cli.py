@@ -26,7 +26,14 @@ from typing import Any
 
 import yaml
 
-from lmlab.config import CONFIG_SUFFIXES, check_bounds, config_to_dict, describe_bounds, load_config_file
+from lmlab.config import (
+    CONFIG_SUFFIXES,
+    check_bounds,
+    config_to_dict,
+    declared_bounds,
+    describe_bounds,
+    load_config_file,
+)
 from lmlab.errors import LmlabError
 
 TRUE = {"true", "1", "yes", "y", "on"}
@@ -370,8 +377,9 @@ def command_help(prog: str, command: Command) -> str:
         )
         tp = _field_types(command.config_cls)[f.name]
         text = f.metadata.get("help", "")
-        if describe_bounds(f.metadata):
-            text = f"{text} ({describe_bounds(f.metadata)})".lstrip()
+        bounds = describe_bounds(declared_bounds(command.config_cls, f.name))
+        if bounds:
+            text = f"{text} ({bounds})".lstrip()
         lines.append(f"  --{f.name} {_type_name(tp)} [{default}]  {text}".rstrip())
     return "\n".join(lines)
 

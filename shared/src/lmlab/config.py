@@ -49,16 +49,27 @@ def describe_bounds(metadata: Any) -> str:
     return ", ".join(f"{op} {metadata[key]}" for key, op in BOUNDS.items() if key in metadata)
 
 
+def declared_bounds(cls: type, name: str) -> dict[str, Any]:
+    """The range of field `name` declared in `cls` or any dataclass it derives from (a subclass that redeclares a
+    field, e.g. to change its default, keeps the range of its base; its own bounds win where both declare one)."""
+    bounds: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        field = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if field is not None:
+            bounds.update({k: v for k, v in field.metadata.items() if k in BOUNDS})
+    return bounds
+
+
 def check_bounds(cfg: Any) -> None:
     """Check every field of a dataclass config against the range declared beside it in its metadata
     (`gt`, `ge`, `lt`, `le`; e.g. `field(default=1e-4, metadata={"help": "...", "gt": 0})`). None passes (an
     unset optional value). Raises ValueError naming the flag, the range and the value."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        bounds = describe_bounds(f.metadata)
+        m = declared_bounds(type(cfg), f.name)
+        bounds = describe_bounds(m)
         if not bounds or value is None or isinstance(value, bool) or not isinstance(value, int | float):
             continue
-        m = f.metadata
         ok = (
             ("gt" not in m or value > m["gt"])
             and ("ge" not in m or value >= m["ge"])

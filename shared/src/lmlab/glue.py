@@ -216,6 +216,10 @@ def read_glue(
         )
     if max_rows:
         records = records[:max_rows]
+    for i, record in enumerate(records):
+        empty = [c for c in needed if record[c] is None or not str(record[c]).strip()]
+        if empty:
+            raise LmlabError(f"{where}, row {i + 1}: column {empty[0]!r} is empty; fill or remove that row")
     labels = _labels([r.get("label") for r in records], task, where) if "label" in records[0] else None
     return GlueSplit(
         task=task,

@@ -147,10 +147,9 @@ def build_trainer(
         raise LmlabError("--strategy fsdp needs GPUs; use --strategy ddp on the CPU")
     checkpoint = LastStepCheckpoint(
         dirpath=output_dir / "checkpoints",
-        filename="step-{step}",
         every_n_train_steps=opts.checkpoint_every_n_steps,
         save_last=True,
-        save_top_k=1,
+        save_top_k=0,  # one file: last.ckpt, rewritten at each save (no identical step-N.ckpt beside it)
         save_on_train_epoch_end=True,
     )
     all_callbacks = [
