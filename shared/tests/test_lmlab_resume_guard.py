@@ -158,11 +158,12 @@ class Distil(DropoutToy):
     """A student trained against a frozen teacher that must stay in eval mode; both start in eval mode, as
     `from_pretrained` leaves them."""
 
-    eval_modules = ("teacher",)
+    eval_modules = ("teacher", "hidden")
 
     def __init__(self, data):
         super().__init__(data)
         self.teacher = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Dropout(0.5))
+        self.__dict__["hidden"] = torch.nn.Dropout(0.5)  # outside the module tree (not in checkpoints)
         self.eval()
         self.modes = None
 
@@ -178,7 +179,7 @@ def test_modules_train_in_train_mode_except_the_declared_frozen_ones(tmp_path, r
     module = Distil(DATA)
     build_trainer(opts, use_distributed_sampler=False).fit(module, weights_only=True)
     assert module.modes[""] and module.modes["net"] and module.modes["net.1"]
-    assert not module.modes["teacher"] and not module.modes["teacher.1"]
+    assert not module.modes["teacher"] and not module.modes["teacher.1"] and not module.hidden.training
     assert not [w for w in recwarn if "eval mode" in str(w.message)]
 
 

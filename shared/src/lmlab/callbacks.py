@@ -87,13 +87,22 @@ class ExactResume(pl.Callback):
 class TrainMode(pl.Callback):
     """Puts the LightningModule in train mode when fitting starts (`from_pretrained` returns models in eval mode
     and Lightning 2 keeps modes as it finds them, so dropout would silently stay off), then puts back in eval
-    mode the submodules listed in the module's `eval_modules` attribute (names for `get_submodule`): the ones
-    meant to stay frozen. Lightning restores these modes itself after each validation."""
+    mode the modules named in the LightningModule's `eval_modules` attribute (dotted attribute paths, also of
+    modules kept outside the module tree): the ones meant to stay frozen. Lightning restores these modes itself after each validation."""
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pl_module.train()
         for name in getattr(pl_module, "eval_modules", ()):
-            pl_module.get_submodule(name).eval()
+            eval_module(pl_module, name).eval()
+
+
+def eval_module(pl_module: Any, name: str) -> torch.nn.Module:
+    """The module `name` (dotted attribute path) of `pl_module`, also when it is held outside the module tree
+    (e.g. a frozen teacher kept out of the checkpoints)."""
+    module = pl_module
+    for part in name.split("."):
+        module = getattr(module, part)
+    return module
 
 
 class FinalMetricsRow(pl.Callback):

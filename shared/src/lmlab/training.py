@@ -79,6 +79,9 @@ class TrainerOptions:
     )
     progress_bar: bool = dataclasses.field(default=True, metadata={"help": "show a progress bar"})
     seed: int = dataclasses.field(default=42, metadata={"help": "random seed"})
+    overwrite: bool = dataclasses.field(
+        default=False, metadata={"help": "run again into an --output_dir that holds a finished run (DONE)"}
+    )
     resume: str = dataclasses.field(
         default="auto",
         metadata={"help": "auto (from <output_dir>/checkpoints/last.ckpt if there) | never | PATH"},
