@@ -74,37 +74,6 @@ def test_train_eval_export_end_to_end(workdir, capsys):
 
 
 @pytest.mark.slow
-def test_interrupted_and_resumed_equals_uninterrupted(workdir):
-    from invariant_lm.commands import run_train
-    from invariant_lm.config import TrainConfig
-    from lmlab.cli import Command, _field_types, build_config, parse_argv
-
-    def cfg(out):
-        argv = _train_args(workdir, out)[1:]
-        cmd = Command("train", TrainConfig, run_train)
-        return build_config(cmd, parse_argv(argv, _field_types(TrainConfig), {}))
-
-    full = workdir / "full"
-    run_train(cfg(full))
-    part = workdir / "part"
-    assert run_train(cfg(part), _stop_after=2) == {"stopped_at": 2}
-    assert not (part / "model.safetensors").exists()
-    run_train(cfg(part))  # resumes from checkpoints/last.ckpt (update 2)
-    a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    la = (full / "train_log.jsonl").read_text()
-    lb = (part / "train_log.jsonl").read_text()
-    strip = [{k: v for k, v in json.loads(x).items() if k != "tokens_per_s"} for x in la.splitlines()]
-    strip_b = [{k: v for k, v in json.loads(x).items() if k != "tokens_per_s"} for x in lb.splitlines()]
-    assert strip == strip_b
-    assert json.loads((full / "eval_results.json").read_text()) == json.loads(
-        (part / "eval_results.json").read_text()
-    )
-
-
-@pytest.mark.slow
 def test_cli_fp16_overflows_resume_exactly(workdir, monkeypatch):
     from invariant_lm.commands import run_train
     from invariant_lm.config import TrainConfig

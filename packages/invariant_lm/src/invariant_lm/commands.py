@@ -10,7 +10,8 @@ import torch
 from lmlab.errors import LmlabError
 
 from invariant_lm.config import EvalConfig, ExportConfig, TrainConfig
-from invariant_lm.model import INVARIANT_CONFIG, InvariantMLM, _split_base
+from invariant_lm.model import INVARIANT_CONFIG, InvariantMLM, _split_base, load_masked_lm
+from invariant_lm.trainer import load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +30,7 @@ def _base_from_args(cfg: TrainConfig, tokenizer):
     from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForMaskedLM
 
     if cfg.model_name_or_path:
-        try:
-            base = AutoModelForMaskedLM.from_pretrained(
-                cfg.model_name_or_path, cache_dir=cfg.cache_dir, revision=cfg.model_revision
-            )
-        except (OSError, ValueError) as err:
-            raise LmlabError(
-                f"cannot load a masked LM from {cfg.model_name_or_path}: {str(err).splitlines()[0]}"
-            ) from err
+        base = load_masked_lm(cfg.model_name_or_path, cache_dir=cfg.cache_dir, revision=cfg.model_revision)
     elif cfg.config_name or cfg.model_type:
         if cfg.config_name:
             config = AutoConfig.from_pretrained(cfg.config_name, cache_dir=cfg.cache_dir)
@@ -86,17 +80,25 @@ def _tokenise_envs(envs: dict, tokenizer, max_len: int, cfg) -> dict:
     return out
 
 
-def evaluate_files(model, tokenizer, files, cfg, max_len: int) -> dict:
-    from invariant_lm.data import eval_batches, load_text_file, make_collator, tokenize
+def load_validation(files) -> dict:
+    """{file: Dataset[text]} of the evaluation files (each read and checked: missing, empty, not UTF-8)."""
+    from invariant_lm.data import load_text_file
+
+    return {str(f): load_text_file(f) for f in files}
+
+
+def evaluate_files(model, tokenizer, texts: dict, cfg, max_len: int) -> dict:
+    """Perplexity with fixed masks of each {file: Dataset[text]} of `load_validation`."""
+    from invariant_lm.data import eval_batches, make_collator, tokenize
     from invariant_lm.trainer import evaluate_batches
 
     pad = max_len if cfg.pad_to_max_length else None
     collator = make_collator(tokenizer, cfg.mlm_probability, pad)
     results = {}
-    for f in files:
-        ds = tokenize(load_text_file(f), tokenizer, max_len, cfg.line_by_line, cfg.preprocessing_num_workers)
+    for name, data in texts.items():
+        ds = tokenize(data, tokenizer, max_len, cfg.line_by_line, cfg.preprocessing_num_workers)
         batches = eval_batches(ds, collator, cfg.per_device_eval_batch_size, cfg.eval_mask_seed)
-        results[str(f)] = evaluate_batches(model, batches, per_head=cfg.eval_per_head)
+        results[name] = evaluate_batches(model, batches, per_head=cfg.eval_per_head)
     return results
 
 
@@ -111,38 +113,35 @@ def _precision(cfg: TrainConfig) -> tuple[str, bool]:
 
 
 def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
-    """Train (and evaluate) an invariant MLM; returns {train: ..., eval: ...}."""
+    """Train (and evaluate) an invariant MLM; returns {train: ..., eval: ...}. Every input (tokenizer, data,
+    model, evaluation files, the checkpoint to resume from) is read and checked before the run folder is
+    written, so a failed start leaves nothing that looks resumable."""
     from lmlab.config import save_config
-    from lmlab.io import mark_done, prepare_run_dir, write_json
+    from lmlab.io import is_done, mark_done, prepare_run_dir, write_json
     from lmlab.seed import seed_everything
     from lmlab.training import TrainerOptions, build_trainer, resume_checkpoint
 
     from invariant_lm.data import EnvironmentStreams, default_max_seq_length, load_environments, make_collator
     from invariant_lm.data import total_updates as count_updates
-    from invariant_lm.lightning_module import InvariantLightningModule
-    from invariant_lm.trainer import OptimSettings
+    from invariant_lm.lightning_module import InvariantLightningModule, check_resumable
+    from invariant_lm.trainer import OptimSettings, load_weights_only
 
     world = cfg.devices * cfg.num_nodes if cfg.do_train else 1
     is_main = _launch_rank(cfg) == 0 if world > 1 else True
-    if is_main:
-        out = prepare_run_dir(cfg.output_dir, overwrite=cfg.overwrite_output_dir)
-        if cfg.overwrite_output_dir:  # start fresh: no resume from an older run's checkpoints
-            import shutil
-
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
-            for stale in ("train_log.jsonl", "metrics.jsonl", "eval_results.json", "train_results.json"):
-                (out / stale).unlink(missing_ok=True)
-        save_config(cfg, out / "config.yaml")
-    else:  # a data-parallel worker: rank 0 owns the run folder (and wrote it before launching this process)
-        out = Path(cfg.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    out = Path(cfg.output_dir)
+    if is_main and is_done(out) and not cfg.overwrite_output_dir:
+        raise LmlabError(
+            f"{out} holds a finished run; pass --overwrite_output_dir or choose another --output_dir"
+        )
+    if cfg.do_eval and not cfg.validation_file:
+        raise LmlabError("--do_eval needs --validation_file")
     seed_everything(cfg.seed)
     tok_name = cfg.tokenizer_name or cfg.model_name_or_path
     if tok_name is None:
         raise LmlabError("give --tokenizer_name (or --model_name_or_path) for the tokenizer")
     tokenizer = load_tokenizer(tok_name, cfg.use_fast_tokenizer, cfg.cache_dir, cfg.model_revision)
+    validation = load_validation(cfg.validation_file) if cfg.do_eval else {}
     result: dict = {}
-    model = None
     if cfg.do_train:
         envs = load_environments(cfg.train_file, cfg.train_files, cfg.env_column)
         head_names = ["erm"] if cfg.mode == "erm" else list(envs)
@@ -159,16 +158,7 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
             raise LmlabError(
                 "0 training updates: give --nb_steps N (or --max_steps / --num_train_epochs > 0)"
             )
-        settings = OptimSettings.from_args(cfg)
-        sparse = cfg.sparse_heads != "off"
         precision, fp16 = _precision(cfg)
-        module = InvariantLightningModule(
-            model, streams, settings, u, cfg.mode, cfg.head_lr_schedule, cfg.gradient_accumulation_steps,
-            sparse, cfg.seed, cfg.logging_steps, out, cfg.nb_steps_heads_saving, cfg.nb_steps_model_saving, tokenizer,
-            fp16,
-        )  # fmt: skip
-        if is_main:
-            tokenizer.save_pretrained(out)
         device = "cpu" if (cfg.no_cuda or cfg.use_cpu) else cfg.device
         opts = TrainerOptions(
             output_dir=str(out), device=device, devices=cfg.devices, num_nodes=cfg.num_nodes,
@@ -176,6 +166,42 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
             log_every_n_steps=cfg.logging_steps, checkpoint_every_n_steps=cfg.save_steps, logger=cfg.logger,
             progress_bar=cfg.progress_bar, seed=cfg.seed, resume=cfg.resume_from_checkpoint,
         )  # fmt: skip
+        # an overwritten run starts fresh (its checkpoints are removed below); a torchrun worker may start
+        # before rank 0 has removed them, so it must not resume from them either
+        ckpt = None if cfg.overwrite_output_dir else resume_checkpoint(opts, out)
+        resumed_step = None
+        if ckpt is not None:
+            state = load_weights_only(ckpt)
+            check_resumable(state, ckpt, model.env_names, u)
+            resumed_step = int(state["global_step"])
+            del state
+    else:
+        model = _load_for_eval(cfg.model_name_or_path)
+    # ------------------------------------------------------------------ every input is valid: write the run
+    if is_main:
+        out = prepare_run_dir(out, overwrite=cfg.overwrite_output_dir)
+        if cfg.overwrite_output_dir:  # start fresh: no resume from an older run's checkpoints
+            import shutil
+
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            for stale in ("train_log.jsonl", "metrics.jsonl", "eval_results.json", "train_results.json"):
+                (out / stale).unlink(missing_ok=True)
+        save_config(cfg, out / "config.yaml")
+    else:  # a data-parallel worker: rank 0 owns the run folder (and wrote it before launching this process)
+        out.mkdir(parents=True, exist_ok=True)
+    if cfg.do_train:
+        module = InvariantLightningModule(
+            model, streams, OptimSettings.from_args(cfg), u, mode=cfg.mode, head_lr_schedule=cfg.head_lr_schedule,
+            accumulate=cfg.gradient_accumulation_steps, sparse=cfg.sparse_heads != "off",
+            logging_steps=cfg.logging_steps, output_dir=out, heads_saving=cfg.nb_steps_heads_saving,
+            model_saving=cfg.nb_steps_model_saving, tokenizer=tokenizer, fp16=fp16,
+        )  # fmt: skip
+        if is_main:
+            tokenizer.save_pretrained(out)
+        import warnings
+
+        # the checkpoint of update k holds the state after its optimizer steps: what a resume needs
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
         extra = {}
         if world > 1:  # Lightning's DDP processes, without the DDP wrapper (invariant_lm.distributed)
             from invariant_lm.distributed import ManualSyncDDPStrategy
@@ -183,13 +209,8 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
             extra["strategy"] = ManualSyncDDPStrategy(start_method="popen")
         trainer = build_trainer(opts, out, accumulate_grad_batches=1, use_distributed_sampler=False,
                                 max_steps=_stop_after or u, **extra)  # fmt: skip
-        # a torchrun worker may start before rank 0 has cleared an overwritten run: it must not resume from it
-        ckpt = None if (not is_main and cfg.overwrite_output_dir) else resume_checkpoint(opts, out)
-        if ckpt is not None and is_main:
-            _trim_log(
-                out / "train_log.jsonl",
-                torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"],
-            )
+        if resumed_step is not None and is_main:
+            _trim_log(out / "train_log.jsonl", resumed_step)
             log.warning("resuming from %s", ckpt)
         module.model.train()  # from_pretrained returns eval mode; dropout is on while training
         trainer.fit(module, ckpt_path=ckpt, weights_only=True)
@@ -202,12 +223,8 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
         result["train"] = module.train_results()
         write_json(out / "train_results.json", result["train"])
     if cfg.do_eval:
-        if not cfg.validation_file:
-            raise LmlabError("--do_eval needs --validation_file")
-        if model is None:
-            model = _load_for_eval(cfg.model_name_or_path)
         max_len = default_max_seq_length(tokenizer, model.config, cfg.max_seq_length)
-        result["eval"] = evaluate_files(model, tokenizer, cfg.validation_file, cfg, max_len)
+        result["eval"] = evaluate_files(model, tokenizer, validation, cfg, max_len)
         write_json(out / "eval_results.json", result["eval"])
         for f, r in result["eval"].items():
             print(
@@ -245,7 +262,7 @@ def _load_for_eval(name: str, checkpoint: str | None = None) -> InvariantMLM:
     else:
         model = InvariantMLM.from_base(name, ["mlm"])  # plain HF MLM = n = 1
     if checkpoint is not None:
-        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        ck = load_weights_only(checkpoint)
         inv = ck.get("invariant")
         if inv is None:
             raise LmlabError(f"{checkpoint} was not written by invariant-lm train")
@@ -262,7 +279,7 @@ def _load_for_eval(name: str, checkpoint: str | None = None) -> InvariantMLM:
 def _model_from_lightning_ckpt(path: Path) -> InvariantMLM:
     from transformers import AutoConfig, AutoModelForMaskedLM
 
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    ck = load_weights_only(path)
     inv = ck.get("invariant")
     if inv is None:
         raise LmlabError(f"{path} was not written by invariant-lm train")
@@ -289,9 +306,10 @@ def run_eval(cfg: EvalConfig) -> dict:
         p = Path(name)
         tok_name = str(p.parent.parent if p.suffix == ".ckpt" else p)
     tokenizer = load_tokenizer(tok_name)
+    texts = load_validation(cfg.validation_file)
     model.to(torch_device(cfg.device))
     max_len = default_max_seq_length(tokenizer, model.config, cfg.max_seq_length)
-    results = evaluate_files(model, tokenizer, cfg.validation_file, cfg, max_len)
+    results = evaluate_files(model, tokenizer, texts, cfg, max_len)
     for f, r in results.items():
         print(
             f"[invariant-lm] {f}: perplexity {r['perplexity']:.4f} over {r['n_masked_tokens']} masked tokens"

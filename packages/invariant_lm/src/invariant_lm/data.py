@@ -64,16 +64,7 @@ def load_environments(
             if not f.is_file():
                 raise LmlabError(f"environment file {f} does not exist")
     elif train_file is not None and env_column is not None:
-        from lmlab.data import load_corpus
-
-        data = load_corpus(train_file, required_columns=("text", env_column))
-        names = sorted(set(data[env_column]))
-        out = {}
-        for name in names:
-            name = str(name)
-            part = data.filter(lambda r, n=name: str(r[env_column]) == n)
-            out[name] = Dataset.from_dict({"text": [t for t in part["text"] if t and t.strip()]})
-        return out
+        return _environments_from_table(Path(train_file), env_column)
     elif train_file is not None:
         folder = Path(train_file)
         if not folder.is_dir():
@@ -102,6 +93,35 @@ def load_environments(
         envs[name] = Dataset.from_dict({"text": _read_lines(f)})
         origin[name] = f
     return dict(sorted(envs.items()))
+
+
+def _environments_from_table(path: Path, env_column: str) -> dict:
+    """{environment: Dataset[text]} from one table whose `env_column` names each row's environment. A CSV/TSV is
+    read strictly by lmlab's `read_table` (a row with a wrong field count, an empty text or environment cell is an
+    error naming its line); JSON lines and folders go through `load_corpus`, and a row whose text is not a
+    non-empty string or whose environment is missing is an error naming the row. No row is dropped."""
+    from datasets import Dataset
+    from lmlab.data import load_corpus, read_table
+
+    if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
+        frame = read_table(path, required_columns=("text", env_column), non_empty=("text", env_column))
+        texts, labels = list(frame["text"]), list(frame[env_column])
+    else:
+        data = load_corpus(path, required_columns=("text", env_column))
+        texts, labels = data["text"], data[env_column]
+        for row, (text, label) in enumerate(zip(texts, labels, strict=True), 1):
+            if not isinstance(text, str) or not text.strip():
+                raise LmlabError(
+                    f"{path}, row {row}: the text is {text!r}; give every row a non-empty string in column 'text'"
+                )
+            if label is None or not str(label).strip():
+                raise LmlabError(
+                    f"{path}, row {row}: column {env_column!r} is empty; name every row's environment"
+                )
+    by_env: dict[str, list[str]] = {}
+    for text, label in zip(texts, labels, strict=True):
+        by_env.setdefault(str(label), []).append(text)
+    return {name: Dataset.from_dict({"text": by_env[name]}) for name in sorted(by_env)}
 
 
 def load_text_file(path: str | Path):

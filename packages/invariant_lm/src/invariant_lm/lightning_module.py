@@ -1,9 +1,11 @@
 """Lightning module of the IRM-games training (manual optimisation, n + 1 optimizers and schedulers).
 
 The batch of update i is a pure function of (seed, i): environment i mod n, that environment's stream position
-i div n (times the accumulation steps), masks and dropout seeded by the update index. The dataloader only
-ticks; `training_step` reads `global_step` (restored from the checkpoint), so a resumed run continues with
-exactly the batch, masks and dropout it would have seen. Only the body optimizer is stepped through Lightning
+i div n (times the accumulation steps), masks seeded by the update index. The dataloader only ticks;
+`training_step` reads `global_step` (restored from the checkpoint), so a resumed run continues with exactly the
+batch and masks it would have seen. Dropout is keyed on the step by lmlab's `ExactResume` (added by
+`build_trainer`: every tick seeds the global generators from (seed, rank, tick number), and the tick number is in
+the checkpoint), so it repeats exactly after a resume too. Only the body optimizer is stepped through Lightning
 (so `global_step` counts updates); head optimizers are stepped directly, and all their states and scheduler
 states are in the checkpoint. fp16 runs Lightning at 32-true and keeps its own loss scaler (in the checkpoint
 too): Lightning's fp16 plugin unscales and updates per optimizer step, which the joint clipping of body and
@@ -22,7 +24,7 @@ import torch
 from lmlab.errors import LmlabError
 from torch.utils.data import DataLoader, IterableDataset
 
-from invariant_lm.data import EnvironmentStreams, _seeded_generator
+from invariant_lm.data import EnvironmentStreams
 from invariant_lm.trainer import OptimSettings, build_optimizers, environment_update
 
 
@@ -43,7 +45,6 @@ class InvariantLightningModule(pl.LightningModule):
         head_lr_schedule: str = "reference",
         accumulate: int = 1,
         sparse: bool = True,
-        seed: int = 42,
         logging_steps: int = 50,
         output_dir: str | Path | None = None,
         heads_saving: int = 0,
@@ -61,7 +62,6 @@ class InvariantLightningModule(pl.LightningModule):
         self.head_lr_schedule = head_lr_schedule
         self.accumulate = accumulate
         self.sparse = sparse
-        self.seed = seed
         self.logging_steps = logging_steps
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.heads_saving = heads_saving
@@ -110,8 +110,6 @@ class InvariantLightningModule(pl.LightningModule):
         env = names[e_idx]
         k = i // len(names)
         world = self.streams.world_size
-        gen = _seeded_generator(self.seed, i, 3, *((self.global_rank,) if world > 1 else ()))
-        torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))  # dropout of update i
         mbs = [self._move(self.streams.batch(e_idx, k * self.accumulate + j)) for j in range(self.accumulate)]
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
@@ -141,7 +139,8 @@ class InvariantLightningModule(pl.LightningModule):
         loss, norm, n_masked = environment_update(
             self.model, env, mbs, opts[0], head_opts, scheds[0], head_scheds, self.mode,
             self.settings.max_grad_norm, backward=self.manual_backward, step=step, sparse=self.sparse,
-            reduce=reduce, scaler=self.scaler,
+            reduce=reduce, scaler=self.scaler, update_number=i + 1,
+            checkpoint_dir=self.output_dir / "checkpoints" if self.output_dir is not None else None,
         )  # fmt: skip
         if not math.isfinite(norm):  # fp16 overflow: nothing stepped; update i runs again at the lower scale
             self.log("loss_scale", self.scaler.get_scale(), on_step=True)
@@ -189,22 +188,7 @@ class InvariantLightningModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        inv = checkpoint.get("invariant")
-        if inv is None:
-            raise LmlabError(
-                "the checkpoint was not written by invariant-lm train; pass --resume_from_checkpoint never"
-            )
-        saved = inv["invariant_config"]["envs"]
-        if saved != self.model.env_names:
-            raise LmlabError(
-                f"the checkpoint has {len(saved)} head(s) {saved} but this run has {self.model.n_heads} "
-                f"{self.model.env_names}; use the same environments or another --output_dir"
-            )
-        if inv["total_updates"] != self.total_updates:
-            raise LmlabError(
-                f"the checkpoint was trained for {inv['total_updates']} updates, this run asks "
-                f"{self.total_updates}; keep --nb_steps or use another --output_dir"
-            )
+        inv = check_resumable(checkpoint, "the checkpoint", self.model.env_names, self.total_updates)
         self.env_loss_sum = dict(inv["env_loss_sum"])
         self.env_updates = dict(inv["env_updates"])
         self.tokens_seen = inv["tokens_seen"]
@@ -223,3 +207,25 @@ class InvariantLightningModule(pl.LightningModule):
             "tokens_per_s": self.tokens_seen / max(self.train_seconds, 1e-9),
             "mode": self.mode,
         }
+
+
+def check_resumable(checkpoint: dict, where, env_names: list[str], total_updates: int) -> dict:
+    """The checkpoint's `invariant` state, after checking that a run with these heads and this number of updates
+    can resume from it (one-line `LmlabError` naming `where` otherwise)."""
+    inv = checkpoint.get("invariant")
+    if not isinstance(inv, dict) or "global_step" not in checkpoint:
+        raise LmlabError(
+            f"{where} was not written by invariant-lm train; pass --resume_from_checkpoint never or another --output_dir"
+        )
+    saved = inv["invariant_config"]["envs"]
+    if saved != env_names:
+        raise LmlabError(
+            f"{where} has {len(saved)} head(s) {saved} but this run has {len(env_names)} {env_names}; "
+            "use the same environments or another --output_dir"
+        )
+    if inv["total_updates"] != total_updates:
+        raise LmlabError(
+            f"{where} was trained for {inv['total_updates']} updates, this run asks {total_updates}; "
+            "keep --nb_steps or use another --output_dir"
+        )
+    return inv

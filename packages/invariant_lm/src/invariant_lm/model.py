@@ -59,6 +59,24 @@ class EnvHead(nn.Module):
         self.bias = bias
 
 
+def load_masked_lm(name: str | Path, **from_pretrained_kwargs):
+    """`AutoModelForMaskedLM.from_pretrained`, failures as one `LmlabError` line (a missing folder, a model
+    without an MLM head, a pickled weights file that transformers' `torch.load(weights_only=True)` refuses)."""
+    import pickle
+
+    from transformers import AutoModelForMaskedLM
+
+    try:
+        return AutoModelForMaskedLM.from_pretrained(str(name), **from_pretrained_kwargs)
+    except pickle.UnpicklingError as err:
+        raise LmlabError(
+            f"cannot load a masked LM from {name}: its weights file holds objects other than tensors and was "
+            "refused unread (torch.load weights_only=True); give safetensors weights"
+        ) from err
+    except (OSError, ValueError) as err:
+        raise LmlabError(f"cannot load a masked LM from {name}: {str(err).splitlines()[0]}") from err
+
+
 @dataclass
 class InvariantMLMOutput:
     loss: torch.Tensor | None
@@ -188,10 +206,7 @@ class InvariantMLM(nn.Module):
 
         base = model_name_or_path_or_model
         if isinstance(base, str | Path):
-            try:
-                base = AutoModelForMaskedLM.from_pretrained(str(base), **from_pretrained_kwargs)
-            except (OSError, ValueError) as err:
-                raise LmlabError(f"cannot load a masked LM from {base}: {str(err).splitlines()[0]}") from err
+            base = load_masked_lm(base, **from_pretrained_kwargs)
         if init_base:
             base = AutoModelForMaskedLM.from_config(base.config)
             init_head = True

@@ -138,6 +138,8 @@ def environment_update(
     sparse: bool = True,
     reduce: Callable[[list, torch.Tensor, int], tuple[torch.Tensor, int]] | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    update_number: int = 0,
+    checkpoint_dir: str | Path | None = None,
 ) -> tuple[float, float, int]:
     """One update on `env` (module docstring). Returns (loss, pre-clip grad norm of the stepped parameters,
     number of masked tokens). `backward(loss)` and `step(optimizer, is_body)` let Lightning's manual
@@ -145,7 +147,10 @@ def environment_update(
     n_masked) -> (loss, n_masked)` runs after backward and before clipping, on the stepped parameters only
     (body and the stepped heads): data-parallel training averages their gradients across ranks there.
     With `scaler` (fp16) a non-finite norm means the update overflowed and stepped nothing; without it, a
-    non-finite norm is an error."""
+    non-finite norm is an error. A non-finite loss is always an error (`NonFiniteLossError` naming
+    `update_number`, the environment and `checkpoint_dir`, the resume point), raised before anything is stepped."""
+    from lmlab.callbacks import NonFiniteLossError, check_finite
+
     active = stepped_heads(model, env, mode)
     model.set_trainable_heads(active)
     for p in model.parameters():
@@ -157,10 +162,7 @@ def environment_update(
         with fp16_autocast(model, scaler):
             out = model(**mb, sparse=sparse)
         loss = out.loss / k
-        if not torch.isfinite(loss.detach()):
-            raise LmlabError(
-                f"non-finite loss on environment {env!r}; lower --learning_rate or check the data"
-            )
+        check_finite(update_number, {f"mlm on environment {env}": loss}, checkpoint_dir)
         (backward or (lambda t: t.backward()))(loss if scaler is None else scaler.scale(loss))
         total = total + loss.detach().float().cpu()
         n_masked += int(out.n_masked or 0)
@@ -180,8 +182,10 @@ def environment_update(
         norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
     if not torch.isfinite(norm):
         if scaler is None:
-            raise LmlabError(
-                f"non-finite gradient norm on environment {env!r}; lower --learning_rate or check the data"
+            raise NonFiniteLossError(
+                update_number,
+                f"the gradient norm of the body and head(s) {', '.join(active)} on environment {env} is {float(norm)}",
+                checkpoint_dir,
             )
         for p in params:
             p.grad = None
@@ -291,6 +295,7 @@ class InvariantTrainer:
         loss, norm, _ = environment_update(
             self.model, env_name, mbs, self.body_opt, self.head_opts, self.body_sched, self.head_scheds,
             self.mode, self.settings.max_grad_norm, sparse=self.sparse, scaler=self.scaler,
+            update_number=self.updates + 1,
         )  # fmt: skip
         if not math.isfinite(norm):
             return loss
@@ -305,7 +310,11 @@ class InvariantTrainer:
     def train(
         self, env_datasets: dict, collator=None, batch_size: int | None = None, seed: int | None = None
     ) -> dict:
-        """Round-robin over the (tokenised, `input_ids`) environments for `total_updates` updates."""
+        """Round-robin over the (tokenised, `input_ids`) environments for `total_updates` updates. Batch, masks
+        and dropout of update i depend only on (seed, i) (lmlab's `seed_micro_batch` before each update, as the
+        CLI's `ExactResume`), so `train` after `load_checkpoint` continues exactly as an uninterrupted run."""
+        from lmlab.callbacks import seed_micro_batch
+
         from invariant_lm.data import EnvironmentStreams, make_collator
 
         collator = collator or make_collator(self.tokenizer, getattr(self.args, "mlm_probability", 0.15))
@@ -316,6 +325,7 @@ class InvariantTrainer:
         while self.updates < self.total_updates:
             i = self.updates
             e = i % len(names)
+            seed_micro_batch(seed, 0, i)
             self.update(names[e], streams.batch(e, i // len(names)))
         return {"updates": self.updates, "env_updates": dict(self.env_updates)}
 
@@ -357,7 +367,27 @@ class InvariantTrainer:
         return directory
 
     def load_checkpoint(self, directory: str | Path) -> None:
+        """Load `trainer_state.pt` with `torch.load(weights_only=True)`: a file holding anything but tensors and
+        plain containers is refused, never unpickled."""
         path = Path(directory) / "trainer_state.pt"
         if not path.is_file():
             raise LmlabError(f"{directory} holds no trainer_state.pt")
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        self.load_state_dict(load_weights_only(path))
+
+
+def load_weights_only(path: str | Path) -> dict:
+    """`torch.load(path, weights_only=True)` on the CPU. A file it refuses (a pickle of arbitrary objects, a
+    corrupt or foreign file) is one `LmlabError` line naming the file; nothing in it is unpickled."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, RuntimeError (not a zip archive), EOFError, OSError, ...
+        raise LmlabError(
+            f"{path} does not load with torch.load(weights_only=True) ({type(err).__name__}: it holds objects "
+            "other than tensors and plain containers, or it is corrupt) and was refused unread; give a checkpoint "
+            "written by invariant-lm"
+        ) from err
+    if not isinstance(state, dict):
+        raise LmlabError(
+            f"{path} holds a {type(state).__name__}, not a checkpoint dict; give one written by invariant-lm"
+        )
+    return state
