@@ -94,6 +94,9 @@ def test_cli_fp16_overflows_resume_exactly(workdir, monkeypatch):
     assert [r["update"] for r in log] == [1, 2, 3, 4]
     ckpt = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4 and ckpt["invariant"]["grad_scaler"]["scale"] < 2.0**24
+    rows = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]  # redone updates log once, with the scale they ran at
+    assert rows[0]["loss_scale"] < 2.0**24
     assert run_train(cfg(part), _stop_after=2) == {"stopped_at": 2}
     run_train(cfg(part))
     a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))

@@ -32,15 +32,15 @@ def env_name_of(path: Path) -> str:
     return path.name.split(".")[0]
 
 
-def _read_lines(path: Path) -> list[str]:
+def _read_lines(path: Path, what: str = "environment file") -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise LmlabError(f"cannot read environment file {path}: {err}") from err
+        raise LmlabError(f"cannot read {what} {path}: {err}") from err
     lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln]
     if not lines:
-        raise LmlabError(f"environment file {path} is empty; give at least one non-empty line or remove it")
+        raise LmlabError(f"{what} {path} is empty; give at least one non-empty line or remove it")
     return lines
 
 
@@ -127,7 +127,7 @@ def _environments_from_table(path: Path, env_column: str) -> dict:
 def load_text_file(path: str | Path):
     from datasets import Dataset
 
-    return Dataset.from_dict({"text": _read_lines(Path(path))})
+    return Dataset.from_dict({"text": _read_lines(Path(path), "evaluation file")})
 
 
 def default_max_seq_length(tokenizer, config=None, requested: int | None = None) -> int:

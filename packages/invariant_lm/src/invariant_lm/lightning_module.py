@@ -9,7 +9,9 @@ the checkpoint), so it repeats exactly after a resume too. Only the body optimiz
 (so `global_step` counts updates); head optimizers are stepped directly, and all their states and scheduler
 states are in the checkpoint. fp16 runs Lightning at 32-true and keeps its own loss scaler (in the checkpoint
 too): Lightning's fp16 plugin unscales and updates per optimizer step, which the joint clipping of body and
-head e cannot use. An overflowing update steps nothing, so `global_step` stays and the same update is redone.
+head e cannot use. An overflowing update steps nothing and is redone within the same training step at the
+halved scale, so every step is one update (and one metrics row) and the step counters of Lightning and
+`ExactResume` stay equal to the update count.
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from lmlab.callbacks import NonFiniteLossError
 from lmlab.errors import LmlabError
 from torch.utils.data import DataLoader, IterableDataset
 
 from invariant_lm.data import EnvironmentStreams
 from invariant_lm.trainer import OptimSettings, build_optimizers, environment_update
+
+# consecutive fp16 overflows of one update (the loss scale halves each time) before it is an error
+MAX_OVERFLOWS = 64
 
 
 class _Ticks(IterableDataset):
@@ -130,21 +136,28 @@ class InvariantLightningModule(pl.LightningModule):
             else:
                 opt.optimizer.step()
 
-        reduce = None
-        if world > 1:
-            # average the body and head e gradients across ranks before clipping (invariant_lm.distributed)
-            from invariant_lm.distributed import GradientAllReduce
+        ckpt_dir = self.output_dir / "checkpoints" if self.output_dir is not None else None
+        for _ in range(MAX_OVERFLOWS + 1):  # fp16: an overflowing update steps nothing and is redone here
+            reduce = None
+            if world > 1:
+                # average the body and head e gradients across ranks before clipping (invariant_lm.distributed)
+                from invariant_lm.distributed import GradientAllReduce
 
-            reduce = GradientAllReduce(self.device, sum(int(b["attention_mask"].sum()) for b in mbs))
-        loss, norm, n_masked = environment_update(
-            self.model, env, mbs, opts[0], head_opts, scheds[0], head_scheds, self.mode,
-            self.settings.max_grad_norm, backward=self.manual_backward, step=step, sparse=self.sparse,
-            reduce=reduce, scaler=self.scaler, update_number=i + 1,
-            checkpoint_dir=self.output_dir / "checkpoints" if self.output_dir is not None else None,
-        )  # fmt: skip
-        if not math.isfinite(norm):  # fp16 overflow: nothing stepped; update i runs again at the lower scale
-            self.log("loss_scale", self.scaler.get_scale(), on_step=True)
-            return
+                reduce = GradientAllReduce(self.device, sum(int(b["attention_mask"].sum()) for b in mbs))
+            loss, norm, n_masked = environment_update(
+                self.model, env, mbs, opts[0], head_opts, scheds[0], head_scheds, self.mode,
+                self.settings.max_grad_norm, backward=self.manual_backward, step=step, sparse=self.sparse,
+                reduce=reduce, scaler=self.scaler, update_number=i + 1, checkpoint_dir=ckpt_dir,
+            )  # fmt: skip
+            if math.isfinite(norm):
+                break
+        else:
+            raise NonFiniteLossError(
+                i + 1,
+                f"the fp16 gradients overflowed {MAX_OVERFLOWS + 1} times, down to loss scale "
+                f"{self.scaler.get_scale():g}",
+                ckpt_dir,
+            )
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
@@ -157,7 +170,10 @@ class InvariantLightningModule(pl.LightningModule):
         self.env_loss_sum[env] += loss
         self.env_updates[env] += 1
         update = i + 1
-        self.log_dict({"loss": loss, "grad_norm": norm, "lr_body": lr_body}, prog_bar=True, on_step=True)
+        metrics = {"loss": loss, "grad_norm": norm, "lr_body": lr_body}
+        if self.scaler is not None:
+            metrics["loss_scale"] = self.scaler.get_scale()
+        self.log_dict(metrics, prog_bar=True, on_step=True)
         if self.global_rank == 0 and self.output_dir is not None:
             if update % self.logging_steps == 0 or update == self.total_updates:
                 row = {"update": update, "env": env, "loss": loss, "lr_body": lr_body, "lr_head": lr_head,
