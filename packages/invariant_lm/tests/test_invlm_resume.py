@@ -240,3 +240,32 @@ def test_crafted_pickles_are_refused_by_every_loading_path(workdir, tmp_path, ca
     _fails(capsys, argv, 1, "cannot load a masked LM")
     assert not (tmp_path / "out2").exists()
     assert not any(m.exists() for m in markers)
+
+
+def test_non_finite_gradient_norm_is_an_error_outside_fp16_only():
+    from invariant_lm._testing import args, batches, snapshot, tiny
+    from invariant_lm.model import InvariantMLM
+    from invariant_lm.trainer import InvariantTrainer, environment_update
+    from lmlab.callbacks import NonFiniteLossError
+
+    base, tok = tiny("bert")
+    model = InvariantMLM.from_base(base, ["x"])
+    trainer = InvariantTrainer(model, args(), tokenizer=tok)
+    first = next(model.body.parameters())
+
+    def poisoned(loss):  # a finite loss whose gradient overflows
+        loss.backward()
+        first.grad.fill_(float("inf"))
+
+    before = snapshot(model)
+    step_args = (model, "x", batches(tok, 1), trainer.body_opt, trainer.head_opts, trainer.body_sched)
+    with pytest.raises(NonFiniteLossError, match="step 7: the gradient norm of the body and head"):
+        environment_update(*step_args, trainer.head_scheds, backward=poisoned, update_number=7)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    _, norm, _ = environment_update(
+        *step_args, trainer.head_scheds, backward=lambda t: poisoned(t), scaler=scaler
+    )
+    assert (
+        not torch.isfinite(torch.tensor(norm)) and scaler.get_scale() == 2.0**15
+    )  # fp16: an overflow, redone
+    assert_same(snapshot(model), before, "nothing stepped")
