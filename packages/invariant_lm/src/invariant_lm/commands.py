@@ -176,6 +176,8 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
             resumed_step = int(state["global_step"])
             del state
     else:
+        if not cfg.model_name_or_path:
+            raise LmlabError("--do_eval without --do_train evaluates --model_name_or_path; give it")
         model = _load_for_eval(cfg.model_name_or_path)
     # ------------------------------------------------------------------ every input is valid: write the run
     if is_main:
