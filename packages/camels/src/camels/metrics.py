@@ -1,30 +1,26 @@
-"""Answer metrics of the reference (`util.py`): SQuAD normalisation, token F1 (0 when either side is empty) and
-exact match, by default the reference's lenient *prefix* match, `prefix=False` for strict SQuAD EM."""
+"""Answer metrics of the reference (`util.py`) on lmlab's official SQuAD definitions. Two things differ from
+SQuAD and are kept here: token F1 is 0 (not 1) when either side normalises to nothing, and exact match is by
+default the reference's lenient *prefix* match (`prefix=False`: strict SQuAD EM)."""
 
 from __future__ import annotations
 
-import collections
+from lmlab.metrics import normalize_answer, squad_exact_match, squad_f1
 
-from lmlab.metrics import normalize_answer as _squad_normalize
-
-
-def normalize_answer(s: str) -> str:
-    """Lower-case, drop punctuation, drop the articles a/an/the, collapse white space (SQuAD's normalisation)."""
-    return _squad_normalize(s)
+__all__ = ["exact_match", "f1_score", "normalize_answer"]
 
 
 def f1_score(prediction: str, gold: str) -> float:
-    """SQuAD token F1 of the normalised strings; 0 when there is no overlap (so also when either is empty)."""
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    same = sum((collections.Counter(pred) & collections.Counter(ref)).values())
-    if same == 0:
+    """SQuAD token F1, except 0 when either answer is empty after normalisation (SQuAD scores two empty answers
+    1; the reference scores them 0)."""
+    if not normalize_answer(prediction) or not normalize_answer(gold):
         return 0.0
-    precision, recall = same / len(pred), same / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    return squad_f1(prediction, gold)
 
 
 def exact_match(prediction: str, gold: str, prefix: bool = True) -> bool:
     """prefix=True (reference, lenient): the normalised prediction cut to the normalised gold's length equals
-    the gold ("Parisian" matches "Paris"; an empty gold always matches). prefix=False: strict equality."""
-    pred, ref = normalize_answer(prediction), normalize_answer(gold)
-    return pred[: len(ref)] == ref if prefix else pred == ref
+    the gold ("Parisian" matches "Paris"; an empty gold always matches). prefix=False: SQuAD's strict EM."""
+    if not prefix:
+        return bool(squad_exact_match(prediction, gold))
+    ref = normalize_answer(gold)
+    return normalize_answer(prediction)[: len(ref)] == ref
