@@ -22,8 +22,8 @@ STRATEGIES = ("group_beam", "beam", "greedy")
 
 def _forward(model: Any, ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
     pos = position_ids_from_mask(mask)[:, -ids.shape[1] :]
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
-    return out.logits[:, -1].float(), out.past_key_values
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+    return out.logits[:, -1].float(), out.cache
 
 
 @torch.no_grad()
