@@ -136,7 +136,7 @@ def test_non_finite_training_stops_with_the_step_and_term(setup, tmp_path, capsy
     assert not (out / "DONE").exists() and not (out / "results.json").exists()
     out = tmp_path / "meta"
     fails(capsys, meta_args(data, base, out, extra=["--outer_lr", "1e30"]), 1, "step 2", "not finite")
-    assert not (out / "results.json").exists() and not (out / "checkpoints" / "final.pt").exists()
+    assert not (out / "results.json").exists() and not (out / "DONE").exists()
 
 
 # ---------------------------------------------------------------------------------------------- pickles

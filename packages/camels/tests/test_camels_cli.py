@@ -67,6 +67,12 @@ def setup(tmp_path_factory):
     return root, data, base
 
 
+def _weighting_state(last_ckpt):
+    """The weighting model's state dict inside meta-train's last.ckpt (the final weights)."""
+    state = torch.load(last_ckpt, weights_only=True)["state_dict"]
+    return {k.removeprefix("weight_model."): v for k, v in state.items() if k.startswith("weight_model.")}
+
+
 def _run(args):
     return main([*args, "--progress_bar", "false"])
 
@@ -133,12 +139,20 @@ def test_p19_end_to_end_and_resume(setup, capsys):
         )
         == 0
     )
-    assert (qa / "best_nll" / "config.json").is_file() and (qa / "best_max_f1").is_dir()
     history = json.loads((qa / "val_history.json").read_text())
     assert history[0]["step"] == 0 and {"nll", "exact_match", "avg_f1", "max_f1"} <= set(history[0])
+    # model/ is the best model by validation NLL; results.json names where F1 and EM were best instead of copies
+    result = json.loads((qa / "results.json").read_text())
+    best = min(history, key=lambda h: h["nll"])
+    assert (result["best_nll"], result["best_nll_step"]) == (best["nll"], best["step"])
+    assert result["best_max_f1"] == max(h["max_f1"] for h in history)
+    assert (
+        [p.name for p in qa.glob("best_*")] == [] and (qa / "report.md").is_file() and (qa / "DONE").is_file()
+    )
+    assert (qa / "model" / "config.json").is_file() and (qa / "model" / "tokenizer.json").is_file()
     paths = [
         "--base_model",
-        str(qa / "best_nll"),
+        str(qa / "model"),
         "--pretrained_model",
         str(base),
         "--train_path",
@@ -169,8 +183,8 @@ def test_p19_end_to_end_and_resume(setup, capsys):
         )
         == 0
     )
-    resumed = torch.load(root / "mt" / "checkpoints" / "final.pt", weights_only=True)["state_dict"]
-    straight = torch.load(root / "mt_straight" / "checkpoints" / "final.pt", weights_only=True)["state_dict"]
+    resumed = _weighting_state(root / "mt" / "checkpoints" / "last.ckpt")
+    straight = _weighting_state(root / "mt_straight" / "checkpoints" / "last.ckpt")
     assert json.loads((root / "mt" / "results.json").read_text())["batches"] == 8
     for k in straight:
         assert torch.allclose(resumed[k], straight[k], rtol=1e-4, atol=1e-7), k
@@ -178,13 +192,13 @@ def test_p19_end_to_end_and_resume(setup, capsys):
     init = torch.zeros_like(straight[head])
     assert not torch.equal(straight[head], init)  # the weighting model learned something
     assert list((root / "mt" / "samples").glob("*.html"))
-    weights = root / "mt" / "checkpoints" / "best.pt"
+    weights = root / "mt" / "model"  # the best weighting model by validation loss
     common = [
         "eval",
         "--dataset",
         "synthetic",
         "--base_model",
-        str(qa / "best_nll"),
+        str(qa / "model"),
         "--test_path",
         str(data / "test.csv"),
         "--downsample_to",

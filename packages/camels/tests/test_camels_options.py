@@ -450,8 +450,8 @@ def test_meta_train_qa_loc_and_plateau_resume(setup):
     assert main([*args, "--output_dir", str(root / "mt"), "--max_steps", "2"]) == 0
     assert main([*args, "--output_dir", str(root / "mt"), "--max_steps", "4"]) == 0
     assert main([*args, "--output_dir", str(root / "st"), "--max_steps", "4"]) == 0
-    resumed = torch.load(root / "mt" / "checkpoints" / "final.pt", weights_only=True)["state_dict"]
-    straight = torch.load(root / "st" / "checkpoints" / "final.pt", weights_only=True)["state_dict"]
+    resumed = torch.load(root / "mt" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    straight = torch.load(root / "st" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     for k in straight:
         assert torch.allclose(resumed[k], straight[k], rtol=1e-4, atol=1e-7), k
     logged = list(csv.DictReader((root / "st" / "logs" / "version_0" / "metrics.csv").open()))

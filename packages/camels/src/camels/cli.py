@@ -43,6 +43,7 @@ COMMANDS = [
         "camels.meta_train:run_meta_train",
         "meta-train the CaMeLS weighting model",
         "camels.configs",
+        ALIASES,
     ),
     Command(
         "eval",

@@ -26,6 +26,17 @@ def _check_choice(name, value, choices):
 FULL_PASSAGE_HELP = "archivalqa: the document is the full article (column ans_text), not ans_paragraph"
 
 
+def validation_every(cfg) -> int:
+    """Training batches between two validations: --val_check_interval (batches, Lightning's meaning) when set,
+    else val_steps updates of accumulate_grad_batches batches each."""
+    return cfg.val_check_interval or cfg.val_steps * cfg.accumulate_grad_batches
+
+
+def validation_updates(cfg) -> int:
+    """Validation runs between updates, so the interval in batches is rounded up to whole updates."""
+    return -(-validation_every(cfg) // cfg.accumulate_grad_batches)
+
+
 def _check_full_passage(cfg) -> None:
     if cfg.full_passage and cfg.dataset != "archivalqa":
         raise ValueError(f"--full_passage applies to --dataset archivalqa only, got --dataset {cfg.dataset}")
@@ -48,13 +59,16 @@ class QaPretrainConfig(TrainerOptions):
     lt_batch_size: int = _help(32, "QA pairs per micro-batch", ge=1)
     accumulate_grad_batches: int = _help(2, "micro-batches per update (reference: grad_acc_steps)", ge=1)
     grad_clip_thresh: float = _help(100.0, "gradient-norm clip", gt=0)
-    val_steps: int = _help(512, "validate every N updates", ge=1)
+    val_steps: int = _help(
+        512,
+        "validate every N updates (the reference's spelling; --val_check_interval, if set, decides)",
+        ge=1,
+    )
     val_max_pairs: int = _help(2048, "at most this many validation pairs (greedy F1/EM and NLL)", ge=1)
     qa_eos: bool = _help(True, "append EOS to the answer")
     max_question_len: int = _help(128, "QA sequence length cap (question cut from the left)", ge=2)
     early_stop: bool = _help(False, "stop when validation NLL has not improved for stop_k validations")
     stop_k: int = _help(10, "early-stopping patience (validations)", ge=1)
-    attn_implementation: str = _help("sdpa", "sdpa | eager | flash_attention_2")
     max_steps: int = _help(10000, "optimizer updates", ge=1)
 
     def __post_init__(self) -> None:
@@ -92,7 +106,9 @@ class MetaTrainConfig(TrainerOptions):
     num_inner_steps: int = _help(1, "passes of the inner loop with the same weights", ge=1)
     inner_lr: float = _help(5e-4, "inner SGD learning rate", gt=0)
     outer_lr: float = _help(1e-5, "Adam learning rate of the weighting model", gt=0)
-    grad_acc_steps: int = _help(4, "meta-steps per weighting-model update", ge=1)
+    accumulate_grad_batches: int = _help(
+        4, "meta-steps (batches) per weighting-model update (reference: grad_acc_steps)", ge=1
+    )
     reset_base_freq: int = _help(
         24,
         "documents after which the base is reset to its start (multiple of update_batch_size; <= 1: every batch)",
@@ -122,7 +138,12 @@ class MetaTrainConfig(TrainerOptions):
     loss_norm: str = _help("padded", "padded (reference: B*(max_text_len-1)) | tokens | weights")
     inner_dropout: bool = _help(True, "base-model dropout on during the inner steps (reference)")
     log_metrics: str = _help("cheap", "cheap | full (extra forwards for text/qa gains)")
-    val_steps: int = _help(100, "validate every val_steps*grad_acc_steps batches (also at batch 0)", ge=1)
+    val_steps: int = _help(
+        100,
+        "validate every N weighting-model updates, also before the first (the reference's spelling; "
+        "--val_check_interval, if set, decides)",
+        ge=1,
+    )
     val_max_batches: int = _help(64, "at most this many validation batches", ge=1)
     sample_steps: int | None = _help(
         None, "write sample-weight pictures every N*grad_acc_steps batches (default val_steps)", ge=1
@@ -136,6 +157,11 @@ class MetaTrainConfig(TrainerOptions):
         ge=1,
     )
     precision: str = _help("32-true", "the tape runs in float32 (second-order terms in bf16 are noisy)")
+    attn_implementation: str = _help(
+        "eager",
+        "attention of the base and weighting models; eager by default: the inner-loop tape needs double "
+        "backward, which fused SDPA and flash-attention kernels lack",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -149,6 +175,11 @@ class MetaTrainConfig(TrainerOptions):
             raise ValueError(
                 f"--reset_base_freq ({self.reset_base_freq}) must be a multiple of --update_batch_size ({self.update_batch_size})"
             )
+
+    @property
+    def grad_acc_steps(self) -> int:
+        """The reference's name of accumulate_grad_batches, read by the meta-step (camels.meta)."""
+        return self.accumulate_grad_batches
 
 
 @dataclasses.dataclass

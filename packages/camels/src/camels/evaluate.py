@@ -16,12 +16,12 @@ from lmlab.device import torch_device
 from lmlab.errors import LmlabError
 from lmlab.io import (
     atomic_write,
+    finish_run,
     is_done,
     load_safetensors,
-    mark_done,
     prepare_run_dir,
+    results_report,
     save_safetensors,
-    write_json,
     write_results,
 )
 from lmlab.plots import plot_curves
@@ -299,14 +299,15 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         total = cfg.n_epochs * len(stream.docs)
         write_adaptation_curve(out, scores, total, f"{cfg.weight_model} lr={cfg.lr}")
     save_config(cfg, out / "config.yaml")
-    write_json(
-        out / "results.json",
-        {**summary, "weight_model": cfg.weight_model, "lr": cfg.lr, "dataset": cfg.dataset},
-    )
-    mark_done(out)
+    results = {**summary, "weight_model": cfg.weight_model, "lr": cfg.lr, "dataset": cfg.dataset}
+    finish_run(out, results, results_report(f"camels eval: {cfg.weight_model}, lr {cfg.lr:g}", results))
     if "em" in summary:
         print(
             f"[camels eval] {cfg.weight_model} lr={cfg.lr}: EM {100 * summary['em']:.2f} (strict {100 * summary['em_strict']:.2f}) F1 {100 * summary['avg_f1']:.2f} on {summary['n']} questions -> {out}"
+        )
+    else:
+        print(
+            f"[camels eval] {cfg.weight_model} lr={cfg.lr}: answer NLL {summary['final_nll']:.4f} (perplexity {summary['final_ppl']:.2f}) on {summary['n_questions']} questions -> {out}"
         )
     return {**summary, "weight_model": cfg.weight_model, "lr": cfg.lr}
 

@@ -1,11 +1,13 @@
 """`camels meta-train`: the bilevel loop on Lightning with manual optimisation. One training batch = one
-meta-step on `update_batch_size` rows; the weighting model's Adam steps every `grad_acc_steps` batches (so the
-Trainer's global step counts weighting-model updates). Validation runs inside the loop every
-val_steps·grad_acc_steps batches including batch 0, with the same base-reset schedule and no tape. Resumable:
-the current base parameters, the batch counter and the best validation loss travel in the checkpoint."""
+meta-step on `update_batch_size` rows; the weighting model's Adam steps every `accumulate_grad_batches`
+batches (so the Trainer's global step counts weighting-model updates). Validation runs inside the loop between
+updates, every val_check_interval batches (default val_steps updates) including batch 0, with the same
+base-reset schedule and no tape; the best weighting model is kept in `model/`. Resumable: the current base
+parameters, the batch counter and the best validation loss travel in the checkpoint."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -15,12 +17,14 @@ import pytorch_lightning as pl
 import torch
 from lmlab.callbacks import NonFiniteLossError, check_finite
 from lmlab.config import save_config
-from lmlab.io import write_json
+from lmlab.device import resolve_accelerator, resolve_attn_implementation
+from lmlab.errors import LmlabError
+from lmlab.io import DONE_MARKER, finish_run, results_report, write_json
 from lmlab.seed import seed_everything
 from lmlab.training import StepSampler, build_trainer
 from torch.utils.data import DataLoader
 
-from camels.config import MetaTrainConfig
+from camels.config import MetaTrainConfig, validation_updates
 from camels.data import collate_docs, load_rows, meta_batch, qa_loc_batch, read_loc_texts
 from camels.meta import MetaTrainer, NonFiniteInnerLoss, base_params
 from camels.models import check_vocab, checked_resume, load_causal_lm, load_tokenizer
@@ -30,7 +34,7 @@ from camels.weighting import CaMeLSWeightModel
 LOSS_TERMS = ("qa_loss", "total_loss")
 
 
-def build_weight_model(cfg: MetaTrainConfig, base: Any) -> CaMeLSWeightModel:
+def build_weight_model(cfg: MetaTrainConfig, base: Any, attn_implementation: str) -> CaMeLSWeightModel:
     encoder: Any
     if cfg.pretrained_model:
         encoder = cfg.pretrained_model
@@ -44,6 +48,7 @@ def build_weight_model(cfg: MetaTrainConfig, base: Any) -> CaMeLSWeightModel:
         non_linearity=cfg.non_linearity,
         normalize=cfg.normalize,
         freeze_base=cfg.freeze_base,
+        attn_implementation=attn_implementation,
     )
 
 
@@ -61,6 +66,9 @@ class MetaTrainModule(pl.LightningModule):
     ):
         super().__init__()
         self.automatic_optimization = False
+        # the frozen base model: lmlab's TrainMode leaves it in eval mode, and the meta-step sets its mode per
+        # phase (train for the inner steps when inner_dropout, eval for the outer loss)
+        self.eval_modules = ("base_model",)
         self.weight_model, self.base_model, self.tokenizer, self.cfg = (
             weight_model,
             base_model,
@@ -80,9 +88,6 @@ class MetaTrainModule(pl.LightningModule):
     # -------------------------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
         self.base_model.requires_grad_(False)
-
-    def on_train_start(self) -> None:
-        self.weight_model.train()
 
     def _meta_trainer(self) -> MetaTrainer:
         if self.meta is None:
@@ -153,10 +158,12 @@ class MetaTrainModule(pl.LightningModule):
 
     def _meta_step(self, rows: list) -> None:
         meta = self._meta_trainer()
-        every = self.cfg.val_steps * self.cfg.grad_acc_steps
+        # between updates: every trainer.val_check_interval batches, rounded up to whole updates
+        acc = self.cfg.accumulate_grad_batches
+        every = -(-self.trainer.val_check_interval // acc) * acc
         if meta.batches_seen % every == 0:
             self.validate_and_save()
-        sample_every = (self.cfg.sample_steps or self.cfg.val_steps) * self.cfg.grad_acc_steps
+        sample_every = self.cfg.sample_steps * acc if self.cfg.sample_steps else every
         if meta.batches_seen % sample_every == 0:
             self.write_samples()
         batch = self._to(meta_batch(self.tokenizer, rows, self.cfg.max_text_len, self.cfg.max_question_len))
@@ -176,7 +183,7 @@ class MetaTrainModule(pl.LightningModule):
         check_finite(self.global_step + 1, terms, Path(self.cfg.output_dir) / "checkpoints")
 
     def _log_update(self) -> None:
-        """One metrics row per weighting-model update (the mean over its grad_acc_steps meta-steps), logged
+        """One metrics row per weighting-model update (the mean over its meta-steps), logged
         under the update's global step - 1 like Lightning's automatic rows and the validation rows, so the
         rows of a resumed run replace exactly those the interrupted run wrote after its checkpoint."""
         step = self.global_step
@@ -212,13 +219,13 @@ class MetaTrainModule(pl.LightningModule):
             logger
         ) in self.loggers:  # direct logger calls: this also runs from on_train_end, where self.log is refused
             logger.log_metrics(metrics, step=self.global_step)
-        out = Path(self.cfg.output_dir) / "checkpoints"
+        out = Path(self.cfg.output_dir)
         if loss < self.best_val and self.trainer.global_rank == 0:
             self.best_val = loss
             epoch = meta.batches_seen * self.cfg.update_batch_size // max(1, len(self.rows))
-            self.weight_model.save(out / f"best_val_loss-{epoch}-{meta.batches_seen}.pt")
-            self.weight_model.save(out / "best.pt")
-            write_json(out / "best.json", {"val_total_loss": loss, "batches_seen": meta.batches_seen})
+            self.weight_model.save_pretrained(out / "model", self.tokenizer)
+            best = {"val_total_loss": loss, "epoch": epoch, "batches_seen": meta.batches_seen}
+            write_json(out / "checkpoints" / "best.json", best)
 
     @torch.no_grad()
     def write_samples(self) -> None:
@@ -240,8 +247,6 @@ class MetaTrainModule(pl.LightningModule):
     def on_train_end(self) -> None:
         self.validate_and_save(step_scheduler=False)
         self.write_samples()
-        if self.trainer.global_rank == 0:
-            self.weight_model.save(Path(self.cfg.output_dir) / "checkpoints" / "final.pt")
 
     # ------------------------------------------------------------------------------------------ resume
     def on_save_checkpoint(self, ckpt: dict[str, Any]) -> None:
@@ -274,10 +279,11 @@ def run_meta_train(cfg: MetaTrainConfig) -> dict[str, Any]:
     val_rows = load_rows(cfg.dataset, cfg.val_path, cfg.full_passage)
     loc = read_loc_texts(cfg.loc_train_path) if cfg.loc_train_path and cfg.web_text_loc else []
     val_loc = read_loc_texts(cfg.loc_val_path) if cfg.loc_val_path and cfg.web_text_loc else []
-    # the tape needs double backward: eager attention (fused SDPA kernels have none)
-    base = load_causal_lm(cfg.base_model, cfg.base_model_state_dict, attn_implementation="eager")
+    # the tape needs double backward: eager attention by default (fused SDPA kernels have none)
+    attn = resolve_attn_implementation(cfg.attn_implementation, resolve_accelerator(cfg.device))
+    base = load_causal_lm(cfg.base_model, cfg.base_model_state_dict, attn_implementation=attn)
     check_vocab(tok, base, f"--base_model {cfg.base_model}")
-    weight_model = build_weight_model(cfg, base)
+    weight_model = build_weight_model(cfg, base, attn)
     check_vocab(tok, weight_model.encoder, f"the weighting model's encoder ({cfg.pretrained_model})")
     out = Path(cfg.output_dir)
     ckpt = checked_resume(cfg, out, "meta-train", "batches_seen")
@@ -285,22 +291,39 @@ def run_meta_train(cfg: MetaTrainConfig) -> dict[str, Any]:
     trainer = build_trainer(
         cfg,
         out,
+        # manual optimisation: the module steps every cfg.accumulate_grad_batches batches itself (Lightning
+        # refuses its own accumulation here)
         accumulate_grad_batches=1,
         use_distributed_sampler=False,
-        val_check_interval=None,
+        # the module validates itself between updates (see _meta_step); Lightning's loop has nothing to run
+        val_check_interval=validation_updates(cfg) * cfg.accumulate_grad_batches,
         check_val_every_n_epoch=None,
         limit_val_batches=0,
     )
     out.mkdir(parents=True, exist_ok=True)  # every input checked: the run folder starts here
+    (out / DONE_MARKER).unlink(missing_ok=True)  # a rerun (e.g. with a larger --max_steps) is unfinished
     save_config(cfg, out / "config.yaml")
     trainer.fit(module, ckpt_path=ckpt, weights_only=True)
+    if not (out / "checkpoints" / "best.json").is_file():
+        raise LmlabError(
+            "no validation gave a finite total loss, so no weighting model was kept; check --val_path and "
+            "--loc_val_path, or lower --inner_lr"
+        )
+    best = json.loads((out / "checkpoints" / "best.json").read_text())
     result = {
         "best_val_total_loss": module.best_val,
-        "weight_model_path": str(out / "checkpoints" / "best.pt"),
+        "best_batches_seen": best["batches_seen"],
+        "weight_model_path": str(out / "model"),
         "batches": module.meta.batches_seen if module.meta else 0,
+        "steps": module.global_step,
     }
-    write_json(out / "results.json", result)
-    print(f"[camels meta-train] weighting model: {out}/checkpoints/best.pt (final: final.pt)")
+    text = (
+        f"`model/` is the weighting model of the lowest validation total loss (after {best['batches_seen']} "
+        "batches): its encoder loads with transformers' AutoModel, the head is weighting_head.safetensors "
+        "(`camels eval --weight_model_path model/` loads both). The final weights are in checkpoints/last.ckpt."
+    )
+    finish_run(out, result, results_report("camels meta-train", result, text))
+    print(f"[camels meta-train] weighting model (best validation loss): {out}/model")
     return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,17 @@ def load_tokenizer(name: str) -> Any:
     except OSError as err:
         raise LmlabError(f"cannot load tokenizer {name!r}: {str(err).splitlines()[0]}") from None
     if tok.eos_token_id is None:
-        raise LmlabError(f"tokenizer {name!r} has no EOS token; CaMeLS answers end with EOS")
+        if tok.sep_token_id is None:
+            raise LmlabError(
+                f"tokenizer {name!r} has neither an EOS nor a SEP token, and CaMeLS answers end with one: add an "
+                "EOS token to it (tokenizer.add_special_tokens, then resize the model's embeddings) and pass it "
+                "with --tokenizer_name"
+            )
+        print(
+            f"[camels] tokenizer {name!r} has no EOS token: its SEP token {tok.sep_token!r} ends answers instead",
+            file=sys.stderr,
+        )
+        tok.eos_token = tok.sep_token
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from lmlab.errors import LmlabError
-from lmlab.io import write_json, write_results
+from lmlab.io import is_done, write_json, write_results
 
 METHODS = {
     "uniform": [],
@@ -115,7 +115,7 @@ def run_pipeline(out: Path, seed: int, sizes: dict[str, Any]) -> dict[str, Any]:
     base = build_tiny_base(out / "tiny_base", _corpus(data), seed)
     common = ["--dataset", "synthetic", "--seed", str(seed), "--progress_bar", "false", "--logger", "none"]
     qa_dir = out / "qa_pretrain"
-    if not (qa_dir / "results.json").is_file():
+    if not is_done(qa_dir):
         _cli(
             [
                 "qa-pretrain",
@@ -144,9 +144,9 @@ def run_pipeline(out: Path, seed: int, sizes: dict[str, Any]) -> dict[str, Any]:
                 "100000",
             ]
         )
-    qa_model = qa_dir / "best_nll"
+    qa_model = qa_dir / "model"
     meta_dir = out / "meta_train"
-    if not (meta_dir / "results.json").is_file():
+    if not is_done(meta_dir):
         _cli(
             [
                 "meta-train",
@@ -183,7 +183,7 @@ def run_pipeline(out: Path, seed: int, sizes: dict[str, Any]) -> dict[str, Any]:
                 "100000",
             ]
         )
-    weights = meta_dir / "checkpoints" / "best.pt"
+    weights = meta_dir / "model"
     streams = {"synthetic": (data / "val.csv", data / "test.csv"), "squad_sample": (None, _squad_table(out))}
     rows = []
     for stream_name, (val_path, test_path) in streams.items():

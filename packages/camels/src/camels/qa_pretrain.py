@@ -1,5 +1,7 @@
 """`camels qa-pretrain`: fine-tune a causal LM on QA pairs (reference prompt format) with Lightning; validate
-NLL and greedy F1/EM; keep the best-by-NLL and best-by-F1/EM models as save_pretrained folders."""
+NLL and greedy F1/EM. `model/` holds the best model by validation NLL (the selection metric, also of early
+stopping); results.json names the validation step where F1 and EM were best instead of storing those models
+again."""
 
 from __future__ import annotations
 
@@ -11,12 +13,12 @@ import pytorch_lightning as pl
 import torch
 from lmlab.callbacks import check_finite
 from lmlab.config import save_config
-from lmlab.io import write_json
+from lmlab.io import DONE_MARKER, finish_run, results_report, write_json
 from lmlab.seed import seed_everything
 from lmlab.training import StepSampler, build_trainer
 from torch.utils.data import DataLoader
 
-from camels.config import QaPretrainConfig
+from camels.config import QaPretrainConfig, validation_updates
 from camels.data import collate_qa, load_rows
 from camels.models import check_vocab, checked_resume, load_causal_lm, load_tokenizer
 from camels.online import qa_scores
@@ -29,6 +31,7 @@ class QaPretrainModule(pl.LightningModule):
         self.train_pairs, self.val_pairs = train_pairs, val_pairs
         self.samples_seen = 0
         self.best = {"nll": math.inf, "max_f1": -math.inf, "exact_match": -math.inf}
+        self.best_step = {"nll": -1, "max_f1": -1, "exact_match": -1}
         self.history: list[dict[str, float]] = []
         self.bad_validations = 0
 
@@ -53,8 +56,10 @@ class QaPretrainModule(pl.LightningModule):
     def on_train_batch_start(self, batch: Any, i: int) -> int | None:
         """Validation due after update k runs before the first micro-batch of update k + 1, not at the end of
         update k: Lightning writes update k's checkpoint before the module's on_train_batch_end, so a run
-        resumed from it would skip that validation (its history entry, its best_* folders)."""
-        due = self.global_step % self.cfg.val_steps == 0
+        resumed from it would skip that validation (its history entry, its best model). It falls between
+        updates: every trainer.val_check_interval batches rounded up to whole updates."""
+        every = -(-self.trainer.val_check_interval // self.trainer.accumulate_grad_batches)
+        due = self.global_step % every == 0
         if due and (not self.history or self.history[-1]["step"] != self.global_step):
             self.run_validation()
             if self.trainer.should_stop:
@@ -79,9 +84,9 @@ class QaPretrainModule(pl.LightningModule):
             ("exact_match", scores["exact_match"] > self.best["exact_match"]),
         ):
             if better:
-                self.best[key] = scores[key]
-                self.model.save_pretrained(out / f"best_{key}")
-                self.tokenizer.save_pretrained(out / f"best_{key}")
+                self.best[key], self.best_step[key] = scores[key], self.global_step
+        if improved_nll:
+            save_model(self.model, self.tokenizer, out / "model")
         write_json(out / "val_history.json", self.history)
         self.bad_validations = 0 if improved_nll else self.bad_validations + 1
         if self.cfg.early_stop and self.bad_validations >= self.cfg.stop_k:
@@ -94,18 +99,35 @@ class QaPretrainModule(pl.LightningModule):
         ckpt["camels"] = {
             "samples_seen": self.samples_seen,
             "best": self.best,
+            "best_step": self.best_step,
             "history": self.history,
             "bad": self.bad_validations,
         }
 
     def on_load_checkpoint(self, ckpt: dict[str, Any]) -> None:
         state = ckpt["camels"]
-        self.samples_seen, self.best, self.history, self.bad_validations = (
+        self.samples_seen, self.best, self.best_step, self.history, self.bad_validations = (
             state["samples_seen"],
             state["best"],
+            state["best_step"],
             state["history"],
             state["bad"],
         )
+
+
+def save_model(model: Any, tokenizer: Any, folder: Path) -> None:
+    """`save_pretrained` of the model and its tokenizer into a temporary folder renamed over `folder`, so an
+    interrupted save never leaves half a model."""
+    import shutil
+
+    tmp = folder.with_name(f".{folder.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
 
 
 def run_qa_pretrain(cfg: QaPretrainConfig) -> dict[str, Any]:
@@ -123,17 +145,26 @@ def run_qa_pretrain(cfg: QaPretrainConfig) -> dict[str, Any]:
         out,
         gradient_clip_val=cfg.grad_clip_thresh,
         use_distributed_sampler=False,
-        val_check_interval=None,
+        # the module validates itself between updates (see on_train_batch_start); Lightning's own loop has
+        # nothing to run (limit_val_batches=0)
+        val_check_interval=validation_updates(cfg) * cfg.accumulate_grad_batches,
         check_val_every_n_epoch=None,
         limit_val_batches=0,
     )
     out.mkdir(parents=True, exist_ok=True)  # every input checked: the run folder starts here
+    (out / DONE_MARKER).unlink(missing_ok=True)  # a rerun (e.g. with a larger --max_steps) is unfinished
     save_config(cfg, out / "config.yaml")
     trainer.fit(module, ckpt_path=ckpt, weights_only=True)
     if not module.history or module.history[-1]["step"] != module.global_step:
         module.run_validation(log=False)
-    result = {f"best_{k}": v for k, v in module.best.items()}
-    result["best_nll_dir"] = str(out / "best_nll")
-    write_json(out / "results.json", result)
-    print(f"[camels qa-pretrain] best models in {out}/best_nll and {out}/best_max_f1")
+    result: dict[str, Any] = {"model": "model/", "selected_by": "nll", "steps": module.global_step}
+    for key, value in module.best.items():
+        result[f"best_{key}"], result[f"best_{key}_step"] = value, module.best_step[key]
+    text = (
+        f"`model/` is the model of the lowest validation answer NLL (step {module.best_step['nll']}). "
+        f"Best max F1 at step {module.best_step['max_f1']}, best EM at step {module.best_step['exact_match']} "
+        "(not stored separately; val_history.json has every validation)."
+    )
+    finish_run(out, result, results_report("camels qa-pretrain", result, text))
+    print(f"[camels qa-pretrain] best model (validation NLL) in {out}/model")
     return result

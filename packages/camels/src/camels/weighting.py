@@ -58,14 +58,15 @@ class CaMeLSWeightModel(nn.Module):
         non_linearity: str = "softplus",
         normalize: bool = False,
         freeze_base: bool = False,
+        attn_implementation: str | None = None,
     ):
         super().__init__()
         from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 
         if isinstance(encoder, PretrainedConfig):
-            encoder = AutoModel.from_config(encoder, attn_implementation="eager")
+            encoder = AutoModel.from_config(encoder, attn_implementation=attn_implementation or "eager")
         elif isinstance(encoder, str | os.PathLike):
-            encoder = AutoModel.from_pretrained(str(encoder))
+            encoder = AutoModel.from_pretrained(str(encoder), attn_implementation=attn_implementation)
         if not isinstance(encoder, PreTrainedModel):
             raise TypeError(
                 f"encoder must be a transformers model, a config or a path, got {type(encoder).__name__}"
@@ -117,6 +118,30 @@ class CaMeLSWeightModel(nn.Module):
         os.replace(tmp, path)
         return path
 
+    def save_pretrained(self, folder: str | os.PathLike, tokenizer: Any = None) -> Path:
+        """A folder that transformers' AutoModel loads as the encoder (`save_pretrained`), with the head in
+        `weighting_head.safetensors` and the head's options in `camels_weighting.json` (what `from_checkpoint`
+        needs besides), and the tokenizer if given. Written into a temporary folder renamed over `folder`."""
+        import json
+        import shutil
+
+        from lmlab.io import save_safetensors
+
+        folder = Path(folder)
+        tmp = folder.with_name(f".{folder.name}.partial")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self.encoder.save_pretrained(tmp)
+        save_safetensors(self.head.state_dict(), tmp / HEAD_FILE)
+        options = {k: v for k, v in self.hparams().items() if k != "encoder_config"}
+        (tmp / OPTIONS_FILE).write_text(json.dumps(options, indent=2) + "\n", encoding="utf-8")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+        return folder
+
     def load(self, path: str | os.PathLike) -> CaMeLSWeightModel:
         """Load a checkpoint strictly: missing or unexpected keys and shape mismatches are an LmlabError."""
         state = _read_checkpoint(path)["state_dict"]
@@ -131,9 +156,12 @@ class CaMeLSWeightModel(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> CaMeLSWeightModel:
-        """Rebuild the model from the hyper-parameters stored in a checkpoint, then load it strictly."""
+        """Rebuild the model from the hyper-parameters stored in a checkpoint (a `.pt` of `save`, or a folder of
+        `save_pretrained` such as meta-train's `model/`), then load it strictly."""
         from transformers import AutoConfig
 
+        if Path(path).is_dir():
+            return cls._from_folder(Path(path))
         hp = _read_checkpoint(path).get("hparams")
         if hp is None:
             raise LmlabError(f"{path} has no 'hparams'; build the model yourself and call .load(path)")
@@ -143,11 +171,47 @@ class CaMeLSWeightModel(nn.Module):
         model = cls(config, hidden=hp["hidden"], non_linearity=hp["non_linearity"], normalize=hp["normalize"])
         return model.load(path)
 
+    @classmethod
+    def _from_folder(cls, folder: Path) -> CaMeLSWeightModel:
+        import json
+
+        from lmlab.io import load_safetensors
+        from transformers import AutoModel
+
+        if not (folder / OPTIONS_FILE).is_file():
+            raise LmlabError(
+                f"{folder} is not a CaMeLS weighting model (no {OPTIONS_FILE}); pass meta-train's model/ folder "
+                "or a .pt weighting-model checkpoint"
+            )
+        options = json.loads((folder / OPTIONS_FILE).read_text(encoding="utf-8"))
+        try:
+            encoder, info = AutoModel.from_pretrained(str(folder), output_loading_info=True)
+        except (OSError, ValueError) as err:
+            raise LmlabError(f"cannot load the weighting model's encoder from {folder}: {err}") from None
+        wrong = [
+            k for key in ("missing_keys", "unexpected_keys", "mismatched_keys") for k in info.get(key, ())
+        ]
+        if wrong:
+            raise LmlabError(
+                f"the encoder in {folder} does not match its config: {[str(k) for k in wrong][:3]}"
+            )
+        model = cls(encoder, **options)
+        try:
+            model.head.load_state_dict(load_safetensors(folder / HEAD_FILE), strict=True)
+        except RuntimeError as err:
+            first = " ".join(str(err).strip().splitlines()[:3])[:300]
+            raise LmlabError(f"{folder / HEAD_FILE} does not match the head: {first}") from None
+        return model
+
+
+HEAD_FILE = "weighting_head.safetensors"
+OPTIONS_FILE = "camels_weighting.json"
+
 
 def _read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not Path(path).is_file():
         raise LmlabError(
-            f"weight-model checkpoint {path} does not exist; pass weight_model_path=<meta-train output>/checkpoints/<file>.pt"
+            f"weight-model checkpoint {path} does not exist; pass weight_model_path=<meta-train output>/model"
         )
     from camels.models import load_torch_file
 
