@@ -71,7 +71,7 @@ def test_two_process_ddp_matches_one_process_with_accumulation(tmp_path):
         torch.testing.assert_close(s2["state_dict"][key], w, atol=1e-4, rtol=1e-3)
     losses = [r["train/loss"] for r in read_jsonl(d / "two" / "metrics.jsonl") if "train/loss" in r]
     assert len(losses) == 8 and losses[-1] < losses[0]
-    assert (d / "two" / "student" / "config.json").is_file() and (d / "two" / "results.json").is_file()
+    assert (d / "two" / "model" / "config.json").is_file() and (d / "two" / "results.json").is_file()
     # the two-process run resumes from its last.ckpt at exactly the next batch of each rank
     t3 = run("two", 10, "--devices", "2", "--strategy", "ddp", "--gradient_accumulation_steps", "1", "--force",
              trace_name="resumed")  # fmt: skip

@@ -61,7 +61,7 @@ def test_eval_mlm_perplexity_matches_manual(student, tmp_path):
     assert a == b and a["masked_tokens"] > 0
 
 
-def test_eval_glue_mrpc_and_stsb(student, tmp_path):
+def test_eval_glue_mrpc_and_stsb(student, tmp_path, capsys):
     for task, folder, key in (("mrpc", "mrpc", "f1"), ("stsb", "sts-b", "pearson")):
         args = ["eval-glue", "--model_name_or_path", str(student), "--task_name", task, "--train_file", str(sample_path(f"glue/{folder}/train.tsv")),
                 "--validation_file", str(sample_path(f"glue/{folder}/dev.tsv")), "--output_dir", str(tmp_path / task), "--device", "cpu",
@@ -69,6 +69,26 @@ def test_eval_glue_mrpc_and_stsb(student, tmp_path):
         assert main(args) == 0
         res = json.loads((tmp_path / task / "results.json").read_text())
         assert key in res and "score" in res and res["n_eval"] > 0
+        # the one run-folder layout: results.json, a report naming the task and its scores, DONE last
+        report = (tmp_path / task / "report.md").read_text()
+        assert report.startswith(f"# diito eval-glue: {task}\n") and f"| task | {task} |" in report
+        assert f"| {key} | " in report and "None" not in report
+        assert (tmp_path / task / "DONE").stat().st_mtime >= (tmp_path / task / "report.md").stat().st_mtime
+        out, err = capsys.readouterr()
+        # the new head is said in one line instead of transformers' LOAD REPORT table; a progress bar shows
+        assert "LOAD REPORT" not in err and "new (random) classifier (2 weights), pre_classifier" in err
+        assert "not used from the checkpoint: vocab_layer_norm" in err and "Epoch 0" in out + err
+
+
+def test_eval_mlm_refuses_a_model_without_the_mlm_head(tmp_path, capsys):
+    bare = save_tiny_model(tmp_path / "bare", "bert", "base", layers=1, hidden=32, heads=2)
+    args = ["eval-mlm", "--model_name_or_path", str(bare), "--output_dir", str(tmp_path / "out"),
+            "--validation_file", str(sample_path("wikitext/sample_text.txt")), "--device", "cpu"]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and "is BertModel, without the masked-LM head" in line, line
+    assert "cls.predictions" in line and "--allow_random_head" not in line and not (tmp_path / "out").exists()
 
 
 def test_ner_labels_first_subtoken_only(student):

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from diito.cli import main
-from diito.trainer import linear_schedule
 from lmlab.logging import read_jsonl
 from lmlab.testing import save_tiny_model, write_text_corpus
 
@@ -114,7 +113,7 @@ def test_train_logs_every_term_loss_falls_and_exports_stock_model(assets):
     assert last < first
     from transformers import AutoModelForMaskedLM, DistilBertForMaskedLM
 
-    trained = AutoModelForMaskedLM.from_pretrained(assets / "run" / "student")
+    trained = AutoModelForMaskedLM.from_pretrained(assets / "run" / "model")
     init = DistilBertForMaskedLM.from_pretrained(assets / "student")
     assert isinstance(trained, DistilBertForMaskedLM)
     assert torch.equal(
@@ -127,8 +126,26 @@ def test_train_logs_every_term_loss_falls_and_exports_stock_model(assets):
     )
     params = json.loads((assets / "run" / "parameters.json").read_text())
     assert params["total_optimizer_steps"] == 25
-    # a finished run is refused without --force
-    assert main(_args(assets, "run", 25)) == 1
+    # the run folder closes like every lmlab run: model/, results.json, report.md, then DONE
+    results = json.loads((assets / "run" / "results.json").read_text())
+    assert results["optimizer_steps"] == 25
+    assert "| optimizer_steps | 25 |" in (assets / "run" / "report.md").read_text()
+    assert (assets / "run" / "DONE").stat().st_mtime >= (assets / "run" / "report.md").stat().st_mtime
+    assert not (assets / "run" / "student").exists()
+
+
+def test_finished_run_needs_overwrite_and_force_is_its_alias(assets, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(_args(assets, out, 1, "--save_each_epoch", "false")) == 0
+    capsys.readouterr()
+    assert main(_args(assets, out, 1)) == 1
+    assert "pass --overwrite true" in capsys.readouterr().err.strip().splitlines()[-1]
+    line = _one_line_failure(capsys, 2, _args(assets, out, 1, "--force", "--overwrite", "false"))
+    assert "--overwrite false and --force True set the same option (overwrite)" in line, line
+    done = (tmp_path / "run" / "DONE").stat().st_mtime
+    assert main(_args(assets, out, 2, "--force", "--resume", "never", "--save_each_epoch", "false")) == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["optimizer_steps"] == 2
+    assert (tmp_path / "run" / "DONE").stat().st_mtime > done
 
 
 def _config(assets, out, steps, *extra):
@@ -211,7 +228,7 @@ def test_each_epoch_exports_a_stock_student_with_that_steps_weights(assets):
     assert sorted(p.name for p in run.glob("epoch_*")) == ["epoch_0", "epoch_1"]
     assert (run / "epoch_0" / "config.json").is_file() and (run / "epoch_0" / "model.safetensors").is_file()
     epoch0, epoch1 = _state(run / "epoch_0"), _state(run / "epoch_1")
-    _assert_same(epoch1, _state(run / "student"))
+    _assert_same(epoch1, _state(run / "model"))
     assert not torch.equal(epoch0["vocab_projector.bias"], epoch1["vocab_projector.bias"])
     # epoch_0 holds the weights after the step that finished the first epoch: stop the same run there
     half = fit("epochs_half", per_epoch)
@@ -253,13 +270,66 @@ def test_repair_each_epoch_reaches_the_dataset(assets):
     assert not np.array_equal(repaired.dataset.pairing_for(1), repaired.dataset.pairing_for(0))
 
 
-def test_lr_schedule_values():
-    total, warmup = 101, 6  # ceil(0.05 * 101)
-    assert linear_schedule(0, warmup, total) == 0.0
-    assert linear_schedule(3, warmup, total) == 0.5
-    assert linear_schedule(warmup, warmup, total) == 1.0
-    assert linear_schedule(total, warmup, total) == 0.0
-    assert linear_schedule(total - 1, warmup, total) == pytest.approx(1 / 95)
+def test_lr_schedule_and_parameter_groups(assets):
+    from diito.trainer import build
+
+    module, total = build(_config(assets, "unused", 101, "--weight_decay", "0.01"))
+    configured = module.configure_optimizers()
+    factor = configured["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    warmup = 6  # ceil(0.05 * 101): linear warm-up, then linear decay to 0 at the last step
+    assert total == 101
+    assert [factor(s) for s in (0, 3, warmup, total)] == [0.0, 0.5, 1.0, 0.0]
+    assert factor(total - 1) == pytest.approx(1 / 95)
+    decay, rest = configured["optimizer"].param_groups
+    names = {id(p): n for n, p in module.student.named_parameters()}
+    assert decay["weight_decay"] == 0.01 and rest["weight_decay"] == 0.0
+    assert all(p.ndim == 2 for p in decay["params"])  # no decay on biases and LayerNorms
+    assert {names[id(p)] for p in rest["params"]} >= {"vocab_projector.bias", "vocab_layer_norm.weight"}
+    frozen = {id(p) for p in module.student.parameters() if not p.requires_grad}
+    assert not frozen & {id(p) for g in (decay, rest) for p in g["params"]}
+
+
+def test_student_trains_teacher_stays_frozen_and_common_flags_reach_both(assets, tmp_path, monkeypatch):
+    from diito.trainer import DiitoModule
+
+    seen = {}
+    original = DiitoModule.training_step
+
+    def spy(self, batch, batch_idx):
+        if not seen:
+            seen["student"] = {n for n, m in self.student.named_modules() if not m.training}
+            seen["teacher"] = {n for n, m in self.teacher.named_modules() if m.training}
+            seen["attn"] = {
+                self.teacher.config._attn_implementation,
+                self.student.config._attn_implementation,
+            }
+            seen["accumulate"] = self.trainer.accumulate_grad_batches
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(DiitoModule, "training_step", spy)
+    args = _args(
+        assets, str(tmp_path / "run"), 1, "--attn_implementation", "eager", "--save_each_epoch", "false"
+    )
+    args[args.index("--gradient_accumulation_steps") + 1] = "2"
+    assert main(args) == 0
+    # from_pretrained returns eval mode: lmlab's TrainMode turns the student's dropout on, the teacher (declared
+    # in eval_modules, held outside the module tree) stays in eval mode
+    assert seen["student"] == set() and seen["teacher"] == set()
+    assert seen["attn"] == {"eager"} and seen["accumulate"] == 2
+
+
+def test_a_teacher_without_the_mlm_head_is_refused_in_one_line(assets, tmp_path, capsys):
+    save_tiny_model(tmp_path / "bare", "bert", "base", layers=4, hidden=32, heads=2)  # a BertModel folder
+    args = _args(assets, str(tmp_path / "run"), 1, "--save_each_epoch", "false")
+    args[args.index("--teacher_name") + 1] = str(tmp_path / "bare")
+    line = _one_line_failure(capsys, 1, args)
+    assert "teacher" in line and "is BertModel, without the masked-LM head" in line, line
+    assert "cls.predictions" in line and "--allow_random_head true" in line, line
+    assert not (tmp_path / "run").exists()
+    assert main([*args, "--allow_random_head", "true"]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "RANDOM" in err and "LOAD REPORT" not in err
+    assert "teacher: checkpoint weights not used: pooler" in err
 
 
 def test_bad_inputs_are_one_line_errors(assets, tmp_path, capsys):
@@ -404,7 +474,7 @@ def test_roberta_student_with_causal_loss(tmp_path):
     assert main(args) == 0
     from transformers import AutoModelForMaskedLM, RobertaForMaskedLM
 
-    assert isinstance(AutoModelForMaskedLM.from_pretrained(tmp_path / "run" / "student"), RobertaForMaskedLM)
+    assert isinstance(AutoModelForMaskedLM.from_pretrained(tmp_path / "run" / "model"), RobertaForMaskedLM)
 
 
 def test_student_from_reference_style_config(assets, tmp_path):
@@ -440,7 +510,7 @@ def test_student_from_reference_style_config(assets, tmp_path):
         )
     )
     assert main(args) == 0
-    student = DistilBertForMaskedLM.from_pretrained(tmp_path / "run" / "student")
+    student = DistilBertForMaskedLM.from_pretrained(tmp_path / "run" / "model")
     assert student.config.n_layers == 1
     fresh = DistilBertForMaskedLM(student.config)  # sinusoidal table, deterministic
     assert torch.equal(
@@ -492,12 +562,12 @@ def test_killed_run_resumes_bit_exactly_with_dropout(
         assert main(args("killed")) == 1
     killed = tmp_path / "killed"
     assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
-    assert not (killed / "student").exists() and not (killed / "DONE").exists()
+    assert not (killed / "model").exists() and not (killed / "DONE").exists()
     assert main(args("killed")) == 0  # the same command again resumes
     same_training_state(
         tmp_path / "straight" / "checkpoints" / "last.ckpt", killed / "checkpoints" / "last.ckpt"
     )
-    _assert_equal_states(_state(tmp_path / "straight" / "student"), _state(killed / "student"))
+    _assert_equal_states(_state(tmp_path / "straight" / "model"), _state(killed / "model"))
     steps = [r["step"] for r in read_jsonl(killed / "metrics.jsonl") if "train/loss" in r]
     assert steps == list(range(6))
     straight = [
@@ -522,7 +592,7 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_checkpoint(asset
     assert "Traceback" not in err and last.startswith("diito train: error: step "), last
     assert "step 2: loss term 'loss_" in last, last
     assert (
-        not (run / "DONE").exists() and not (run / "student").exists() and not (run / "results.json").exists()
+        not (run / "DONE").exists() and not (run / "model").exists() and not (run / "results.json").exists()
     )
     assert not list(run.glob("epoch_*"))
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)

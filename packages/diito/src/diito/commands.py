@@ -22,6 +22,7 @@ def run_extract(cfg: ExtractConfig) -> dict:
         student_type=cfg.student_type,
         vocab_transform=cfg.vocab_transform,
         student_config=student_config,
+        allow_random_head=cfg.allow_random_head,
     )
     print(f"[diito extract] student saved to {out}")
     return {"path": str(out)}

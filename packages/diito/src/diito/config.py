@@ -1,6 +1,6 @@
 """Config dataclasses of every `diito` subcommand. Defaults are the reference's (`causal_train.py`), option names
 kept so recipes translate 1:1 (`--gradient_accumulation_steps` is an alias of `--accumulate_grad_batches`,
-`--dump_path` of `--output_dir`)."""
+`--dump_path` of `--output_dir`, `--force` of the common `--overwrite`)."""
 
 from __future__ import annotations
 
@@ -75,6 +75,10 @@ class ExtractConfig:
     student_type: str = h("distilbert (from BERT) | same (the teacher's architecture)", "distilbert")
     vocab_transform: bool = h("also copy the MLM head transform (the reference's default was off)", True)
     student_config: str = h("optional DistilBERT config JSON (e.g. a reference student config)", "")
+    allow_random_head: bool = h(
+        "accept a teacher without its LM head (e.g. a BertModel folder): the student's copied head is random",
+        False,
+    )
 
     def __post_init__(self):
         if not self.teacher_name:
@@ -139,13 +143,15 @@ class TrainConfig(TrainerOptions):
     max_grad_norm: float = h("global gradient-norm clip", 5.0, ge=0)
     max_model_input_size: int = h("split longer sequences (-1: the teacher's max positions)", -1, ge=-1)
     num_workers: int = h("data-loader workers", 0, ge=0)
-    force: bool = h("overwrite a finished run in --output_dir", False)
+    allow_random_head: bool = h(
+        "accept a teacher/student checkpoint without the LM head (e.g. a BertModel folder): that head starts random",
+        False,
+    )
     max_steps: int = h("optimizer steps (-1: from --n_epoch as the reference computes it)", -1, ge=-1)
     accumulate_grad_batches: int = h("micro-batches per optimizer step", 50, ge=1)
     seed: int = h("seed of everything (python, numpy, torch, pairing, masks, positions)", 56)
     log_every_n_steps: int = h("log every N optimizer steps", 10, ge=1)
     checkpoint_every_n_steps: int = h("resumable checkpoint every N optimizer steps", 4000, ge=1)
-    attn_implementation: str = h("sdpa | eager | flash_attention_2", "sdpa")
 
     def __post_init__(self):
         requested = self.max_steps
@@ -193,6 +199,7 @@ TRAIN_ALIASES = {
     "dump_path": "output_dir",
     "log_interval": "log_every_n_steps",
     "checkpoint_interval": "checkpoint_every_n_steps",
+    "force": "overwrite",
 }
 
 
@@ -254,6 +261,7 @@ class FinetuneOptions:
         ge=1,
     )
     resume: str = h("auto (from <output_dir>/checkpoints/last.ckpt if there) | never | PATH", "auto")
+    progress_bar: bool = h("show a progress bar while fine-tuning", True)
 
 
 @dataclass

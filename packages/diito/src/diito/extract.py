@@ -146,16 +146,29 @@ def extract(
     student_type: str = "distilbert",
     vocab_transform: bool = True,
     student_config: dict | None = None,
+    allow_random_head: bool = False,
 ) -> Path:
-    """Build and save the initialised student; returns the output folder."""
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+    """Build and save the initialised student; returns the output folder. A teacher checkpoint without its LM
+    head is refused (or, with `allow_random_head`, used with a random head and a warning)."""
+    from transformers import (
+        MODEL_FOR_MASKED_LM_MAPPING,
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoTokenizer,
+    )
 
+    from diito.loading import load_with_head
     from diito.sites import model_dims
 
     try:
-        teacher = AutoModelForMaskedLM.from_pretrained(teacher_name)
-    except ValueError:
-        teacher = AutoModelForCausalLM.from_pretrained(teacher_name)
+        masked = type(AutoConfig.from_pretrained(teacher_name)) in MODEL_FOR_MASKED_LM_MAPPING
+    except (OSError, ValueError) as err:
+        raise LmlabError(f"cannot load teacher {teacher_name}: {str(err).strip().splitlines()[0]}") from err
+    cls, head = (
+        (AutoModelForMaskedLM, "masked-LM head") if masked else (AutoModelForCausalLM, "causal-LM head")
+    )
+    teacher = load_with_head(cls, teacher_name, "teacher", head, "diito extract", allow_random_head)
     layers = list(layers) if layers else default_layers(num_layers, model_dims(teacher)[0])
     with torch.no_grad():
         if student_type == "distilbert" and teacher.config.model_type == "bert":

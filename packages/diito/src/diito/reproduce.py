@@ -55,7 +55,7 @@ class Recipe:
 class TeacherMLM(pl.LightningModule):
     def __init__(self, model, dataset, collator, batch_size: int, lr: float, total: int, seed: int):
         super().__init__()
-        self.model = model.train()
+        self.model = model  # lmlab's TrainMode puts it in train mode when fitting starts
         self.dataset, self.collator, self.bs, self.lr, self.total, self.seed = (
             dataset,
             collator,
@@ -73,19 +73,12 @@ class TeacherMLM(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        from diito.trainer import linear_schedule
+        from transformers import get_scheduler
 
         opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, betas=(0.9, 0.98), eps=1e-6)
         warm = math.ceil(0.05 * self.total)
-        return {
-            "optimizer": opt,
-            "lr_scheduler": {
-                "scheduler": torch.optim.lr_scheduler.LambdaLR(
-                    opt, lambda s: linear_schedule(s, warm, self.total)
-                ),
-                "interval": "step",
-            },
-        }
+        sched = get_scheduler("linear", opt, num_warmup_steps=warm, num_training_steps=self.total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def train_dataloader(self):
         from torch.utils.data import DataLoader
@@ -329,6 +322,7 @@ def glue_scores(student_dir: Path, task: str, recipe: Recipe, device: str, seed:
         per_device_train_batch_size=8,
         device=device,
         seed=seed,
+        progress_bar=False,
     )
     return run_eval_glue(cfg)
 
@@ -373,11 +367,11 @@ def run_pipeline(out: Path, recipe: Recipe, device: str, corpus: str = "wikitext
             row = {
                 "method": method,
                 "seed": seed,
-                **heldout_metrics(teacher, run / "student", paths, mapping, recipe, device),
+                **heldout_metrics(teacher, run / "model", paths, mapping, recipe, device),
             }
             if glue:
                 for task in recipe.glue_tasks:
-                    res = glue_scores(run / "student", task, recipe, device, seed, run / f"glue-{task}")
+                    res = glue_scores(run / "model", task, recipe, device, seed, run / f"glue-{task}")
                     row[f"{task}"] = 100 * res["score"]
             rows.append(row)
             log = [r for r in read_jsonl(run / "metrics.jsonl") if "train/loss_ce" in r]

@@ -2,8 +2,9 @@
 
 Lightning does devices/DDP, precision (bf16 autocast; the loss maths is fp32 in `losses`), gradient accumulation
 (no remainder leaking across epochs: the data stream is endless and the budget is counted in optimiser steps),
-norm clipping, checkpoints and resume. The teacher is kept out of the module's parameters (never checkpointed,
-never wrapped by DDP), in eval mode, run under `inference_mode`, and cast to bf16 when training in bf16.
+norm clipping, checkpoints and resume; lmlab's TrainMode sets the modes (the student trains with dropout, the teacher,
+declared in `eval_modules`, stays in eval mode). The teacher is kept out of the module's parameters (never
+checkpointed, never wrapped by DDP), run under `inference_mode`, and cast to bf16 when training in bf16.
 An "epoch" is one pass over the dataset in that stream: with `--save_each_epoch` the student is exported to
 `<output_dir>/epoch_<k>/` after the optimiser step that consumed epoch k's last micro-batch.
 """
@@ -26,13 +27,6 @@ from diito.data.dataset import GroupedBatchSampler, batches_per_epoch
 from diito.distill import LossWeights, distill_losses
 
 
-def linear_schedule(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up over `warmup` steps, then linear decay to 0 at `total` (HF's linear schedule)."""
-    if step < warmup:
-        return step / max(1, warmup)
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
 def position_embedding_modules(model: nn.Module) -> list[nn.Module]:
     return [
         m
@@ -41,21 +35,11 @@ def position_embedding_modules(model: nn.Module) -> list[nn.Module]:
     ]
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No decay for biases and every LayerNorm parameter; frozen parameters left out."""
-    no_decay: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, nn.LayerNorm):
-            no_decay.update(id(p) for p in module.parameters(recurse=False))
-    decay, rest = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (rest if (id(p) in no_decay or name.endswith("bias")) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-
-
 class DiitoModule(pl.LightningModule):
+    eval_modules = (
+        "teacher",
+    )  # frozen, dropout off; held outside the module tree (TrainMode still finds it)
+
     def __init__(
         self,
         cfg: TrainConfig,
@@ -68,7 +52,7 @@ class DiitoModule(pl.LightningModule):
     ):
         super().__init__()
         self.cfg = cfg
-        self.student = student.train()
+        self.student = student  # lmlab's TrainMode puts it in train mode (dropout on) when fitting starts
         self.__dict__["teacher"] = teacher  # not a registered submodule: not checkpointed, not DDP-wrapped
         self.dataset, self.collator, self.entries = dataset, collator, entries
         self.total_steps = total_steps
@@ -94,8 +78,6 @@ class DiitoModule(pl.LightningModule):
         self.teacher.to(self.device)
         if dtype is not None:
             self.teacher.to(dtype)
-        self.teacher.eval()
-        self.student.train()  # from_pretrained returns eval mode; distillation trains with dropout
         for p in self.teacher.parameters():
             p.requires_grad_(False)
 
@@ -144,14 +126,17 @@ class DiitoModule(pl.LightningModule):
         return out["loss"]
 
     def configure_optimizers(self):
+        from lmlab.training import param_groups
+        from transformers import get_scheduler
+
         opt = torch.optim.AdamW(
             param_groups(self.student, self.cfg.weight_decay),
             lr=self.cfg.learning_rate,
             betas=(0.9, 0.98),
             eps=self.cfg.adam_epsilon,
         )
-        warmup = math.ceil(self.cfg.warmup_prop * self.total_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, warmup, self.total_steps))
+        warmup = math.ceil(self.cfg.warmup_prop * self.total_steps)  # then linear decay to 0 at the last step
+        sched = get_scheduler("linear", opt, num_warmup_steps=warmup, num_training_steps=self.total_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def train_dataloader(self):
@@ -204,29 +189,39 @@ class DiitoModule(pl.LightningModule):
         self.batches_seen = int(checkpoint.get("batches_seen", 0))
 
 
-def _load_teacher(cfg: TrainConfig, attn: str):
+def _lm_head(cfg: TrainConfig) -> tuple[type, str]:
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    return (AutoModelForMaskedLM, "masked-LM head") if cfg.mlm else (AutoModelForCausalLM, "causal-LM head")
+
+
+def _load_teacher(cfg: TrainConfig, attn: str):
+    from diito.loading import load_with_head
 
     if not cfg.teacher_name:
         raise LmlabError("--teacher_name is required")
-    cls = AutoModelForMaskedLM if cfg.mlm else AutoModelForCausalLM
-    try:
-        return cls.from_pretrained(cfg.teacher_name, attn_implementation=attn)
-    except OSError as err:
-        raise LmlabError(f"cannot load teacher {cfg.teacher_name}: {str(err).splitlines()[0]}") from err
+    cls, head = _lm_head(cfg)
+    return load_with_head(
+        cls, cfg.teacher_name, "teacher", head, "diito train", cfg.allow_random_head, attn_implementation=attn
+    )
 
 
 def _load_student(cfg: TrainConfig, attn: str):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, DistilBertConfig
+    from transformers import AutoConfig, DistilBertConfig
 
-    cls = AutoModelForMaskedLM if cfg.mlm else AutoModelForCausalLM
+    from diito.loading import load_with_head
+
+    cls, head = _lm_head(cfg)
     if cfg.student_pretrained_weights:
-        try:
-            return cls.from_pretrained(cfg.student_pretrained_weights, attn_implementation=attn)
-        except OSError as err:
-            raise LmlabError(
-                f"cannot load student {cfg.student_pretrained_weights}: {str(err).splitlines()[0]}"
-            ) from err
+        return load_with_head(
+            cls,
+            cfg.student_pretrained_weights,
+            "student",
+            head,
+            "diito train",
+            cfg.allow_random_head,
+            attn_implementation=attn,
+        )
     if not cfg.student_config:
         raise LmlabError("give --student_pretrained_weights (from `diito extract`) or --student_config")
     path = resolve_shipped(cfg.student_config)
@@ -393,18 +388,18 @@ def run_train(cfg: TrainConfig) -> dict:
     """Every input (models, data, mapping, counts, resume checkpoint) is loaded and checked before anything is
     written, so a failed start leaves no half-made run folder that would later look resumable."""
     from lmlab.config import save_config
-    from lmlab.io import is_done, mark_done, prepare_run_dir, write_json
+    from lmlab.io import finish_run, is_done, prepare_run_dir, results_report, write_json
     from lmlab.seed import seed_everything
     from lmlab.training import resume_checkpoint
 
-    if is_done(cfg.output_dir) and not cfg.force:
+    if is_done(cfg.output_dir) and not cfg.overwrite:
         raise LmlabError(
-            f"{cfg.output_dir} holds a finished run; pass --force or choose another --output_dir"
+            f"{cfg.output_dir} holds a finished run; pass --overwrite true or choose another --output_dir"
         )
     seed_everything(cfg.seed)
     module, total = build(cfg)
     ckpt = checked_checkpoint(resume_checkpoint(cfg, cfg.output_dir))
-    out = prepare_run_dir(cfg.output_dir, overwrite=cfg.force)
+    out = prepare_run_dir(cfg.output_dir, overwrite=cfg.overwrite)
     save_config(cfg, out / "config.yaml")
     write_json(
         out / "parameters.json", {**{k: v for k, v in vars(cfg).items()}, "total_optimizer_steps": total}
@@ -413,13 +408,19 @@ def run_train(cfg: TrainConfig) -> dict:
     trainer.fit(module, ckpt_path=ckpt, weights_only=True)
     result = {"optimizer_steps": int(trainer.global_step), "micro_batches": module.batches_seen}
     if trainer.is_global_zero:
-        student_dir = out / "student"
-        export_student(cfg, module.student, student_dir, trainer.global_step)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        result.update(metrics)
-        write_json(out / "results.json", result)
-        mark_done(out)
-        print(f"[diito train] student saved to {student_dir}; logs in {out / 'metrics.jsonl'}")
+        result.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        text = (
+            f"Student distilled from teacher `{cfg.teacher_name}` on `{cfg.data_file}` (seed {cfg.seed}); "
+            "`model/` is a stock `save_pretrained` folder, `metrics.jsonl` has every loss term per step. "
+            "The values below are the last step's."
+        )
+        finish_run(
+            out,
+            result,
+            results_report("diito train", result, text),
+            export=lambda folder: export_student(cfg, module.student, folder, trainer.global_step),
+        )
+        print(f"[diito train] student saved to {out / 'model'}; logs in {out / 'metrics.jsonl'}")
     return result
 
 

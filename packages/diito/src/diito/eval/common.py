@@ -1,11 +1,13 @@
 """Fine-tuning shared by eval-glue / eval-ner / eval-qa: a small LightningModule around a stock HF head model
-(AdamW, linear decay with optional warm-up), trained by lmlab's Trainer; evaluation in a plain no-grad loop.
+(AdamW with lmlab's parameter groups, transformers' linear schedule with optional warm-up), trained by lmlab's
+Trainer with a progress bar; evaluation in a plain no-grad loop. A run folder closes like every lmlab run:
+`results.json`, `report.md`, then `DONE` (lmlab.io.finish_run).
 
 A fine-tune is resumable like `diito train`: lmlab's `build_trainer` (randomness keyed on the micro-batch, the
 non-finite guard, `last.ckpt` every `--checkpoint_every_n_steps`) and an endless `StepSampler` started at the
 samples already seen, so a killed fine-tune run again continues bit-exactly. Its checkpoints and metrics.jsonl
-live in `<output_dir>/finetune/`; the checkpoints are removed once results.json is written, so a finished
-evaluation run again starts afresh instead of resuming a stale state.
+live in `<output_dir>/finetune/`; the checkpoints are removed just before the results are written, so a finished
+evaluation run again starts afresh (its DONE removed first) instead of resuming a stale state.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
-
-from diito.trainer import linear_schedule
 
 
 class FinetuneModule(pl.LightningModule):
@@ -36,11 +36,12 @@ class FinetuneModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        from diito.trainer import param_groups
+        from lmlab.training import param_groups
+        from transformers import get_scheduler
 
         opt = torch.optim.AdamW(param_groups(self.model, self.cfg.weight_decay), lr=self.cfg.learning_rate)
         warm = math.ceil(self.cfg.warmup_ratio * self.total)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, warm, self.total))
+        sched = get_scheduler("linear", opt, num_warmup_steps=warm, num_training_steps=self.total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def train_dataloader(self):  # called after a checkpoint is restored: starts at the next unseen sample
@@ -76,8 +77,10 @@ def resume_point(cfg) -> str | None:
 def finetune(model, features: list[dict], cfg, ckpt: str | None) -> None:
     """Train `model` on `features` (dicts of tensors, labels included) for cfg.num_train_epochs passes counted
     in samples (batches run on across epoch ends), resuming from `ckpt` (see `resume_point`)."""
+    from lmlab.io import DONE_MARKER
     from lmlab.training import TrainerOptions, build_trainer
 
+    Path(cfg.output_dir, DONE_MARKER).unlink(missing_ok=True)  # a rerun: not finished until its results are
     total = max(1, math.ceil(len(features) * cfg.num_train_epochs / cfg.per_device_train_batch_size))
     opts = TrainerOptions(
         output_dir=str(finetune_dir(cfg)),
@@ -87,7 +90,7 @@ def finetune(model, features: list[dict], cfg, ckpt: str | None) -> None:
         log_every_n_steps=1,
         checkpoint_every_n_steps=cfg.checkpoint_every_n_steps,
         logger="none",
-        progress_bar=False,
+        progress_bar=cfg.progress_bar,
         seed=cfg.seed,
     )
     metrics = finetune_dir(cfg) / "metrics.jsonl"
@@ -99,8 +102,18 @@ def finetune(model, features: list[dict], cfg, ckpt: str | None) -> None:
 
 
 def drop_checkpoints(cfg) -> None:
-    """Remove the fine-tune's checkpoints once its results are written (they only serve a resume)."""
+    """Remove the fine-tune's checkpoints once it is evaluated (they only serve a resume)."""
     shutil.rmtree(finetune_dir(cfg) / "checkpoints", ignore_errors=True)
+
+
+def finish(cfg, title: str, result: dict, text: str) -> Path:
+    """Close the run folder: the fine-tune's checkpoints removed, then results.json, report.md and DONE last
+    (lmlab.io.finish_run). Returns the path of results.json."""
+    from lmlab.io import finish_run, results_report
+
+    drop_checkpoints(cfg)
+    out = finish_run(cfg.output_dir, result, results_report(title, result, text))
+    return out / "results.json"
 
 
 def device_of(model) -> torch.device:

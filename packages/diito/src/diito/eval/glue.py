@@ -1,10 +1,8 @@
 """`diito eval-glue`: fine-tune a student with a stock sequence-classification head on a GLUE task read from
 local files or folders by `lmlab.glue` (GLUE .tsv as distributed, or csv/jsonl with the HF column names) and
-write results.json."""
+close the run folder with results.json, report.md (the task's scores) and DONE."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from lmlab.errors import LmlabError
@@ -41,12 +39,12 @@ def _encode(tokenizer, texts, labels, max_len, regression):
 
 def run_eval_glue(cfg: EvalGlueConfig) -> dict:
     from lmlab.glue import TASKS, normalise_task
-    from lmlab.io import write_json
     from lmlab.metrics import glue_metrics
     from lmlab.seed import seed_everything
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from diito.eval.common import device_of, drop_checkpoints, finetune, resume_point
+    from diito.eval.common import device_of, finetune, finish, resume_point
+    from diito.loading import load_for_finetuning
 
     task = normalise_task(cfg.task_name)
     if not cfg.train_file or not cfg.validation_file:
@@ -57,7 +55,9 @@ def run_eval_glue(cfg: EvalGlueConfig) -> dict:
     ckpt = resume_point(cfg)
     seed_everything(cfg.seed)  # the new head's initialisation depends on the seed, not on what ran before
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
-    model = AutoModelForSequenceClassification.from_pretrained(cfg.model_name_or_path, num_labels=n_labels)
+    model = load_for_finetuning(
+        AutoModelForSequenceClassification, cfg.model_name_or_path, "diito eval-glue", num_labels=n_labels
+    )
     if cfg.max_train_samples > 0:
         tr_x, tr_y = tr_x[: cfg.max_train_samples], tr_y[: cfg.max_train_samples]
     if cfg.max_eval_samples > 0:
@@ -82,7 +82,11 @@ def run_eval_glue(cfg: EvalGlueConfig) -> dict:
         "n_eval": len(evals),
         **metrics,
     }
-    write_json(Path(cfg.output_dir) / "results.json", result)
-    drop_checkpoints(cfg)
-    print(f"[diito eval-glue] {task}: {metrics} -> {Path(cfg.output_dir) / 'results.json'}")
+    text = (
+        f"`{cfg.model_name_or_path}` fine-tuned on GLUE {task} ({len(train)} training examples, "
+        f"{cfg.num_train_epochs:g} epochs, seed {cfg.seed}), scored on {len(evals)} validation examples; `score` "
+        "is the mean of the task's metrics."
+    )
+    path = finish(cfg, f"diito eval-glue: {task}", result, text)
+    print(f"[diito eval-glue] {task}: {metrics} -> {path}")
     return result

@@ -82,13 +82,17 @@ def mlm_perplexity(
 def run_eval_mlm(cfg: EvalMlmConfig) -> dict:
     from lmlab.data import load_corpus
     from lmlab.device import torch_device
-    from lmlab.io import write_json
+    from lmlab.io import finish_run, results_report
     from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from diito.loading import load_with_head
 
     if not cfg.model_name_or_path or not cfg.validation_file:
         raise LmlabError("--model_name_or_path and --validation_file are required")
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
-    model = AutoModelForMaskedLM.from_pretrained(cfg.model_name_or_path).to(torch_device(cfg.device))
+    model = load_with_head(
+        AutoModelForMaskedLM, cfg.model_name_or_path, "model", "masked-LM head", "diito eval-mlm"
+    ).to(torch_device(cfg.device))
     max_len = cfg.max_seq_length
     if max_len == -1:
         max_len = min(512, getattr(model.config, "max_position_embeddings", 512), tokenizer.model_max_length)
@@ -111,8 +115,10 @@ def run_eval_mlm(cfg: EvalMlmConfig) -> dict:
             cfg.max_eval_samples,
         ),
     }
-    write_json(Path(cfg.output_dir) / "results.json", result)
-    print(
-        f"[diito eval-mlm] perplexity {result['perplexity']:.3f} -> {Path(cfg.output_dir) / 'results.json'}"
+    text = (
+        f"Masked-LM perplexity of `{cfg.model_name_or_path}` on `{cfg.validation_file}`: exp(total NLL / masked "
+        f"tokens), {cfg.mlm_probability:g} of the tokens masked (80/10/10), seed {cfg.seed}."
     )
+    out = finish_run(cfg.output_dir, result, results_report("diito eval-mlm", result, text))
+    print(f"[diito eval-mlm] perplexity {result['perplexity']:.3f} -> {out / 'results.json'}")
     return result

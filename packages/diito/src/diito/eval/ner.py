@@ -58,11 +58,11 @@ def encode(tokenizer, rows, label2id, max_len):
 
 
 def run_eval_ner(cfg: EvalNerConfig) -> dict:
-    from lmlab.io import write_json
     from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from diito.eval.common import device_of, drop_checkpoints, finetune, resume_point
+    from diito.eval.common import device_of, finetune, finish, resume_point
+    from diito.loading import load_for_finetuning
 
     if not cfg.train_file:
         raise LmlabError("--train_file is required")
@@ -81,8 +81,13 @@ def run_eval_ner(cfg: EvalNerConfig) -> dict:
 
     seed_everything(cfg.seed)  # the new head's initialisation depends on the seed, not on what ran before
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
-    model = AutoModelForTokenClassification.from_pretrained(
-        cfg.model_name_or_path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id
+    model = load_for_finetuning(
+        AutoModelForTokenClassification,
+        cfg.model_name_or_path,
+        "diito eval-ner",
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id=label2id,
     )
     max_len = min(cfg.max_seq_length, tokenizer.model_max_length)
     finetune(model, encode(tokenizer, train_rows, label2id, max_len), cfg, ckpt)
@@ -106,7 +111,10 @@ def run_eval_ner(cfg: EvalNerConfig) -> dict:
         "n_train": len(train_rows),
         "n_eval": len(eval_rows),
     }
-    write_json(Path(cfg.output_dir) / "results.json", result)
-    drop_checkpoints(cfg)
-    print(f"[diito eval-ner] f1 {result['f1']:.4f} -> {Path(cfg.output_dir) / 'results.json'}")
+    text = (
+        f"`{cfg.model_name_or_path}` fine-tuned for NER on `{cfg.train_file}` ({len(train_rows)} sentences, "
+        f"seed {cfg.seed}), scored with seqeval (entity level) on {len(eval_rows)} sentences."
+    )
+    path = finish(cfg, "diito eval-ner", result, text)
+    print(f"[diito eval-ner] f1 {result['f1']:.4f} -> {path}")
     return result

@@ -114,7 +114,8 @@ def run_eval_qa(cfg: EvalQaConfig) -> dict:
     from lmlab.metrics import max_over_ground_truths, squad_exact_match, squad_f1
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from diito.eval.common import drop_checkpoints, finetune, resume_point
+    from diito.eval.common import finetune, finish, resume_point
+    from diito.loading import load_for_finetuning
 
     if not cfg.train_file:
         raise LmlabError("--train_file is required")
@@ -132,7 +133,7 @@ def run_eval_qa(cfg: EvalQaConfig) -> dict:
     if cfg.max_seq_length > tokenizer.model_max_length:
         cfg.max_seq_length = tokenizer.model_max_length
         cfg.doc_stride = min(cfg.doc_stride, cfg.max_seq_length // 4)
-    model = AutoModelForQuestionAnswering.from_pretrained(cfg.model_name_or_path)
+    model = load_for_finetuning(AutoModelForQuestionAnswering, cfg.model_name_or_path, "diito eval-qa")
     finetune(model, train_features(tokenizer, train, cfg), cfg, ckpt)
     preds = predict(model, tokenizer, evals, cfg)
     em = f1 = 0.0
@@ -148,9 +149,12 @@ def run_eval_qa(cfg: EvalQaConfig) -> dict:
         "n_train": len(train),
         "n_eval": len(evals),
     }
-    out = Path(cfg.output_dir)
-    write_json(out / "results.json", result)
-    write_json(out / "predictions.json", preds)
-    drop_checkpoints(cfg)
-    print(f"[diito eval-qa] EM {result['exact_match']:.2f} F1 {result['f1']:.2f} -> {out / 'results.json'}")
+    write_json(Path(cfg.output_dir) / "predictions.json", preds)
+    text = (
+        f"`{cfg.model_name_or_path}` fine-tuned for extractive QA on `{cfg.train_file}` ({len(train)} questions, "
+        f"seed {cfg.seed}), scored with the official SQuAD EM/F1 on {len(evals)} questions; answers in "
+        "`predictions.json`."
+    )
+    path = finish(cfg, "diito eval-qa", result, text)
+    print(f"[diito eval-qa] EM {result['exact_match']:.2f} F1 {result['f1']:.2f} -> {path}")
     return result
