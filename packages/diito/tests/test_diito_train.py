@@ -241,6 +241,41 @@ def test_each_epoch_exports_a_stock_student_with_that_steps_weights(assets):
     _assert_same(epoch1, _state(assets / "epochs_half" / "epoch_1"))
 
 
+def test_validation_file_is_scored_every_val_check_interval(assets, tmp_path, capsys):
+    from diito.data.binarized import load_binarized, save_binarized
+    from diito.trainer import build, make_trainer
+    from lmlab.seed import seed_everything
+
+    data = load_binarized(assets / "bin.train.teacher.npz")  # 12 held-out sequences, split at max length
+    data.ids, data.offsets = data.ids[: data.offsets[12]], data.offsets[:13]
+    save_binarized(data, tmp_path / "valid.npz")
+    extra = ("--validation_file", str(tmp_path / "valid.npz"), "--val_check_interval", "2")
+    cfg = _config(assets, str(tmp_path / "run"), 4, *extra)
+    seed_everything(cfg.seed)
+    module, _ = build(cfg)
+    assert len(module.val_dataset) > 8  # several batches of 8, the last one partial
+    make_trainer(cfg, cfg.output_dir, 4).fit(module)
+    rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "val/loss" in r]
+    assert len(rows) == 2  # after micro-batches 2 and 4
+    assert rows[0]["val/loss"] != rows[1]["val/loss"]
+    # the last row is the size-weighted mean over the held-out batches with the final weights, in eval mode
+    module.student.eval()
+    sums, n = {}, 0
+    with torch.no_grad():
+        for batch in module.val_dataloader():
+            size = batch["base_ids"].shape[0]
+            n += size
+            for k, v in module.losses(batch).items():
+                sums[k] = sums.get(k, 0.0) + float(v) * size
+    for k in ("loss", "loss_ce", "loss_mlm", "loss_cos", "loss_causal_ce", "loss_causal_cos"):
+        assert rows[-1][f"val/{k}"] == pytest.approx(sums[k] / n, rel=1e-5), k
+    # without held-out data the flag says it does nothing; held-out data without the interval is a usage error
+    assert main(_args(assets, str(tmp_path / "plain"), 1, "--val_check_interval", "2")) == 0
+    assert "--val_check_interval 2 has no effect without --validation_file" in capsys.readouterr().err
+    line = _one_line_failure(capsys, 2, _args(assets, str(tmp_path / "r"), 1, extra[0], extra[1]))
+    assert "--validation_file needs --val_check_interval" in line, line
+
+
 def test_epoch_ends_at_the_optimiser_step_holding_its_last_micro_batch(assets):
     from types import SimpleNamespace
 

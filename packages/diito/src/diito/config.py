@@ -54,6 +54,11 @@ class CombineConfig:
 @dataclass
 class TokenCountsConfig:
     data_file: str = h("binarized .npz", "")
+    validation_file: str = h(
+        "binarized .npz of held-out sequences: every loss term on it is logged as val/<term> "
+        "every --val_check_interval micro-batches",
+        "",
+    )
     token_counts_dump: str = h("output .npy", "data/token_counts.npy")
     vocab_size: int = h("length of the counts array (-1: the file's vocabulary)", -1, ge=-1)
 
@@ -96,6 +101,11 @@ class TrainConfig(TrainerOptions):
     teacher_name: str = h("teacher folder", "")
     tokenizer_name: str = h("tokenizer folder (default: the teacher's)", "")
     data_file: str = h("binarized .npz", "")
+    validation_file: str = h(
+        "binarized .npz of held-out sequences: every loss term on it is logged as val/<term> "
+        "every --val_check_interval micro-batches",
+        "",
+    )
     token_counts: str = h("token counts (.npy/.json) for MLM smoothing", "")
     neuron_mapping: str = h(
         "neuron mapping .nm file (a shipped name like single_middle_layer_6.nm works)", ""
@@ -152,6 +162,9 @@ class TrainConfig(TrainerOptions):
     seed: int = h("seed of everything (python, numpy, torch, pairing, masks, positions)", 56)
     log_every_n_steps: int = h("log every N optimizer steps", 10, ge=1)
     checkpoint_every_n_steps: int = h("resumable checkpoint every N optimizer steps", 4000, ge=1)
+    val_check_interval: int | None = h(
+        "validate on --validation_file every N micro-batches (None: never)", None, ge=1
+    )
 
     def __post_init__(self):
         requested = self.max_steps
@@ -190,6 +203,10 @@ class TrainConfig(TrainerOptions):
             raise ValueError("--site_convention must be consistent or reference")
         if 0 <= self.max_model_input_size < 3:
             raise ValueError("--max_model_input_size must be -1 or at least 3 (room for [CLS] x [SEP])")
+        if self.validation_file and self.val_check_interval is None:
+            raise ValueError(
+                "--validation_file needs --val_check_interval N (validate every N micro-batches)"
+            )
         if (self.alpha_causal_ce > 0 or self.alpha_causal_cos > 0) and not self.neuron_mapping:
             raise ValueError("--alpha_causal_ce/--alpha_causal_cos need --neuron_mapping")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -94,11 +95,12 @@ class DiitoModule(pl.LightningModule):
             self._site_cache[key] = (move(t), move(s))
         return self._site_cache[key]
 
-    def training_step(self, batch, batch_idx):
+    def losses(self, batch) -> dict:
+        """Every loss term of one batch (the total under "loss")."""
         t_sites = s_sites = None
         if self.weights.causal:
             t_sites, s_sites = self.sites_for(batch["entry"])
-        out = distill_losses(
+        return distill_losses(
             self.teacher,
             self.student,
             batch,
@@ -111,6 +113,9 @@ class DiitoModule(pl.LightningModule):
             restrict_ce_to_mask=self.cfg.restrict_ce_to_mask,
             fused=self.cfg.fused,
         )
+
+    def training_step(self, batch, batch_idx):
+        out = self.losses(batch)
         from lmlab.callbacks import check_finite
 
         # one sync for all terms: a non-finite term stops the run, naming it, before backward and any save
@@ -159,6 +164,21 @@ class DiitoModule(pl.LightningModule):
         )
 
     dataset_max_len = 512
+    val_dataset = None  # held-out sequences (--validation_file), paired and masked like the training data
+
+    def val_dataloader(self):
+        """The held-out set in order, batch b masked from (seed, b) as in training: the same masks, positions and
+        pairs at every validation, so successive val/ losses are comparable."""
+        if self.val_dataset is None:
+            return []
+        bs, n = self.cfg.batch_size, len(self.val_dataset)
+        batches = [[(b, 0, i) for i in range(s, min(s + bs, n))] for b, s in enumerate(range(0, n, bs))]
+        return DataLoader(self.val_dataset, batch_sampler=batches, collate_fn=self.collator)
+
+    def validation_step(self, batch, batch_idx):
+        bs = batch["base_ids"].shape[0]
+        for name, value in self.losses(batch).items():
+            self.log(f"val/{name}", value, on_epoch=True, batch_size=bs, sync_dist=True)
 
     def epochs_done(self) -> int:
         """Data epochs (passes over the dataset, all ranks together) whose micro-batches are all inside finished
@@ -279,24 +299,45 @@ def build(cfg: TrainConfig):
         for name, m in student.named_modules():
             if name.endswith("token_type_embeddings"):
                 m.weight.requires_grad_(False)
-    data = load_binarized(cfg.data_file)
-    if data.vocab_size > teacher.config.vocab_size or int(data.ids.max()) >= teacher.config.vocab_size:
-        raise LmlabError(
-            f"{cfg.data_file} has ids beyond the teacher's vocabulary ({teacher.config.vocab_size}); binarize with its tokenizer"
-        )
+    vocab = teacher.config.vocab_size
+
+    def read(path: str):
+        data = load_binarized(path)
+        if data.vocab_size > vocab or int(data.ids.max()) >= vocab:
+            raise LmlabError(
+                f"{path} has ids beyond the teacher's vocabulary ({vocab}); binarize with its tokenizer"
+            )
+        return data
+
+    data = read(cfg.data_file)
     sp = data.special
     max_len = cfg.max_model_input_size if cfg.max_model_input_size != -1 else _max_positions(teacher)
     cls_id = sp.get("cls", sp.get("bos", -1))
     sep_id = sp.get("sep", sp.get("eos", -1))
-    dataset = PairedSeqDataset(
-        data.sequences(),
-        cls_id,
-        sep_id,
-        sp.get("unk"),
-        max_len,
-        seed=cfg.seed,
-        repair_each_epoch=cfg.repair_each_epoch,
-    )
+
+    def paired(sequences):
+        return PairedSeqDataset(
+            sequences,
+            cls_id,
+            sep_id,
+            sp.get("unk"),
+            max_len,
+            seed=cfg.seed,
+            repair_each_epoch=cfg.repair_each_epoch,
+        )
+
+    dataset = paired(data.sequences())
+    val_dataset = None
+    if cfg.validation_file:
+        val_data = read(cfg.validation_file)
+        if val_data.special != sp:
+            raise LmlabError(
+                f"{cfg.validation_file} was binarized with other special tokens than {cfg.data_file}; "
+                "binarize both with the teacher's tokenizer"
+            )
+        val_dataset = paired(val_data.sequences())
+        if len(val_dataset) == 0:
+            raise LmlabError(f"{cfg.validation_file} holds no sequence long enough to validate on")
     weights = None
     if cfg.mlm:
         if not cfg.token_counts:
@@ -334,6 +375,7 @@ def build(cfg: TrainConfig):
     )
     module = DiitoModule(cfg, student, teacher, dataset, collator, entries, total)
     module.dataset_max_len = max_len
+    module.val_dataset = val_dataset
     return module, total
 
 
@@ -395,6 +437,12 @@ def run_train(cfg: TrainConfig) -> dict:
     if is_done(cfg.output_dir) and not cfg.overwrite:
         raise LmlabError(
             f"{cfg.output_dir} holds a finished run; pass --overwrite true or choose another --output_dir"
+        )
+    if cfg.val_check_interval is not None and not cfg.validation_file:
+        print(
+            f"[diito train] --val_check_interval {cfg.val_check_interval} has no effect without --validation_file "
+            "(no held-out data to validate on)",
+            file=sys.stderr,
         )
     seed_everything(cfg.seed)
     module, total = build(cfg)
