@@ -11,6 +11,7 @@ tokens, like current transformers). Returned sequences hold new tokens only, wit
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -22,8 +23,10 @@ STRATEGIES = ("group_beam", "beam", "greedy")
 
 def _forward(model: Any, ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
     pos = position_ids_from_mask(mask)[:, -ids.shape[1] :]
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
-    return out.logits[:, -1].float(), out.cache
+    # transformers 5 renames past_key_values to cache (the old name warns on every call, then goes in 5.40)
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{name: cache})
+    return out.logits[:, -1].float(), getattr(out, name)
 
 
 @torch.no_grad()
