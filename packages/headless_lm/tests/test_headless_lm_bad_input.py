@@ -92,7 +92,7 @@ def test_config_not_utf8_is_a_usage_error(tmp_path, capsys, command):
 )
 def test_out_of_range_is_a_usage_error(tmp_path, capsys, command, flag, value, expect):
     out = tmp_path / "run"
-    where = "--output" if command in ("glue", "preprocess") else "--output_dir"
+    where = "--output" if command == "preprocess" else "--output_dir"
     extra = ["--model", "m"] if command == "glue" else []
     assert main([command, flag, value, where, str(out), *extra]) == 2
     line = _error_line(capsys, command)
@@ -124,8 +124,18 @@ def test_preprocess_counts_dropped_empty_documents(tmp_path, capsys):
 def test_glue_ragged_row_is_an_error_before_anything_is_written(tmp_path, capsys):
     data = _glue_dir(tmp_path, "0\ta\tb\tentailment\n1\tc\td\tnot_entailment\tstray\n")
     model = save_tiny_model(tmp_path / "bert", "bert", "base")
-    out = tmp_path / "res" / "glue.json"
-    args = ["glue", "--model", str(model), "--tasks", "rte", "--data_dir", str(data), "--output", str(out)]
+    out = tmp_path / "res" / "glue"
+    args = [
+        "glue",
+        "--model",
+        str(model),
+        "--tasks",
+        "rte",
+        "--data_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+    ]
     assert main([*args, "--seeds", "0", "--device", "cpu"]) == 1
     line = _error_line(capsys, "glue")
     assert "train.tsv, line 3" in line and "5 fields" in line
@@ -147,7 +157,7 @@ def test_malicious_checkpoints_are_refused(tmp_path, capsys, malicious_pickle):
     glue_marker = malicious_pickle(model / "pytorch_model.bin", wrap=lambda payload: {"weight": payload})
     data = _glue_dir(tmp_path, "0\ta\tb\tentailment\n")
     args = ["glue", "--model", str(model), "--tasks", "rte", "--data_dir", str(data), "--device", "cpu"]
-    assert main([*args, "--output", str(tmp_path / "g" / "glue.json")]) == 1
+    assert main([*args, "--output_dir", str(tmp_path / "g")]) == 1
     assert "cannot load --model" in _error_line(capsys, "glue")
     causal = save_tiny_model(tmp_path / "gpt", "gpt_neox", "clm")
     for weights in causal.glob("*.safetensors"):
@@ -174,7 +184,7 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, capsys):
     last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == step - 1
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
-    assert not (out / "summary.json").exists()
+    assert not (out / "results.json").exists() and not (out / "DONE").exists()
 
 
 def test_resume_from_another_model_is_refused_before_writing(tmp_path, capsys):

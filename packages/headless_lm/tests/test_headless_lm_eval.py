@@ -81,7 +81,7 @@ def test_glue_smoke_run_on_sample(tmp_path):
         (tmp_path / "glue" / "MRPC" / f"{split}.tsv").write_text(
             sample_path(f"glue/mrpc/{split}.tsv").read_text()
         )
-    out = tmp_path / "glue.json"
+    out = tmp_path / "glue"
     args = [
         "glue",
         "--model",
@@ -97,13 +97,13 @@ def test_glue_smoke_run_on_sample(tmp_path):
         "4",
         "--data_dir",
         str(tmp_path / "glue"),
-        "--output",
+        "--output_dir",
         str(out),
         "--device",
         "cpu",
     ]
     assert main(args) == 0
-    res = json.loads(out.read_text())
+    res = json.loads((out / "results.json").read_text())
     assert len(res["per_epoch"]["mrpc"]) == 2 and len(res["per_epoch"]["mrpc"][0]) == 2
     assert res["average"] == pytest.approx(res["tasks"]["mrpc"]["mean"])
     assert res["protocol"]["loss"] == "balanced"

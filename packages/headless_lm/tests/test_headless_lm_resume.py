@@ -215,8 +215,8 @@ def test_glue_resumes_exactly_with_dropout(tmp_path, monkeypatch):
             "1",
             "--data_dir",
             str(tmp_path / "glue"),
-            "--output",
-            str(tmp_path / f"{name}.json"),
+            "--output_dir",
+            str(tmp_path / name),
             "--device",
             "cpu",
         ]
@@ -234,21 +234,22 @@ def test_glue_resumes_exactly_with_dropout(tmp_path, monkeypatch):
         assert main(args("cut")) == 1
     run = tmp_path / "cut" / "mrpc" / "seed3"
     assert _load(run / "checkpoints" / "last.ckpt")["global_step"] == 4
-    assert not (tmp_path / "cut.json").exists()
+    assert not (tmp_path / "cut" / "results.json").exists()
     assert main(args("cut")) == 0
     a = _load(tmp_path / "full" / "mrpc" / "seed3" / "checkpoints" / "last.ckpt")
     b = _load(run / "checkpoints" / "last.ckpt")
     _assert_same_state(a, b)
     assert len(b["dev_history"]) == 2 and a["dev_history"] == b["dev_history"]
     full, cut = (
-        json.loads((tmp_path / "full.json").read_text()),
-        json.loads((tmp_path / "cut.json").read_text()),
+        json.loads((tmp_path / "full" / "results.json").read_text()),
+        json.loads((tmp_path / "cut" / "results.json").read_text()),
     )
     assert cut["per_epoch"] == full["per_epoch"]
     assert _rows(run) == _rows(tmp_path / "full" / "mrpc" / "seed3")
     assert [r["step"] for r in _rows(run) if "train/loss" in r] == list(range(6)), "each step once"
     assert [r["step"] for r in _rows(run) if "dev/score" in r] == [2, 5]  # after epochs 1 and 2
-    # a finished (task, seed) is not trained again: its dev scores are read back
+    # a finished (task, seed) is not trained again: its dev scores are read back (--overwrite: DONE is there)
     (run / "checkpoints" / "last.ckpt").unlink()
-    assert main(args("cut")) == 0
-    assert json.loads((tmp_path / "cut.json").read_text())["per_epoch"] == full["per_epoch"]
+    assert main(args("cut")) == 1
+    assert main([*args("cut"), "--overwrite"]) == 0
+    assert json.loads((tmp_path / "cut" / "results.json").read_text())["per_epoch"] == full["per_epoch"]

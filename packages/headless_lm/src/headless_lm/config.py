@@ -1,8 +1,10 @@
 """Config dataclasses of the subcommands. Field names are the reference's JSON keys and flags, so the reference
 configs (`--config gpt_headless_70m`) load unchanged; unknown keys are an error (as in the reference).
 
-Batch sizes count *sequences of the model length* (`max_seq_len` for mlm, the packed row length for gpt);
-accumulation = global_bs / (devices * num_nodes * gpu_bs) and must be an integer.
+Batch sizes count *sequences of the model length* (`max_seq_len` for mlm, the packed row length for gpt).
+One rule for the batch: `--global_bs` sets the accumulation (global_bs / (devices * num_nodes * gpu_bs), an
+integer); `--accumulate_grad_batches`, when also given, must equal it (a conflict is a usage error), and with
+`--global_bs none` it alone sets the accumulation.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ PRETRAIN_ALIASES = {
     "total_nb_steps": "max_steps",
     "ckpt_path": "resume",
     "last_every": "checkpoint_every_n_steps",
+    "accelerator": "attn_implementation",
 }
 
 
@@ -48,8 +51,23 @@ class _PretrainBase(TrainerOptions):
     model_max_seq_len: int = field(
         default=2048, metadata=_h("model positions (max_position_embeddings)", ge=1)
     )
-    accelerator: str = field(
-        default="sdpa", metadata=_h("attention backend: hf | sdpa | flash_attention | xformers")
+    init_from: str | None = field(
+        default=None,
+        metadata=_h(
+            "start from these pretrained weights (model folder or hub name) instead of a fresh --hf_path"
+        ),
+    )
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata=_h(
+            "sdpa | eager | flash_attention_2 (GPU) | xformers (GPU); reference names hf, flash_attention"
+        ),
+    )
+    accumulate_grad_batches: int | None = field(
+        default=None,
+        metadata=_h(
+            "micro-batches per optimizer step (default: set by --global_bs; must agree with it)", ge=1
+        ),
     )
     run_name: str | None = field(
         default=None, metadata=_h("run name (checkpoint sub-folder; default: output_dir name)")
@@ -96,7 +114,8 @@ class _PretrainBase(TrainerOptions):
         default="identity", metadata=_h("emb_predictor: identity | linear (D x D, ablation)")
     )
     val_every: int | None = field(
-        default=None, metadata=_h("validate every N optimizer steps (default 10% of the run)", ge=1)
+        default=None,
+        metadata=_h("validate every N optimizer steps (reference key; default 10% of the run)", ge=1),
     )
     val_batches: int = field(default=10, metadata=_h("validation batches per validation", ge=1))
     valid_fraction: float = field(
@@ -105,8 +124,26 @@ class _PretrainBase(TrainerOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.accelerator not in ATTENTION:
-            raise ValueError(f"--accelerator must be one of {', '.join(ATTENTION)}, got {self.accelerator!r}")
+        if self.attn_implementation not in ATTENTION:
+            raise ValueError(
+                f"--attn_implementation must be one of {', '.join(ATTENTION)}, got {self.attn_implementation!r}"
+            )
+        self.attn_implementation = ATTENTION[self.attn_implementation]
+        if self.val_every is not None and self.val_check_interval is not None:
+            raise ValueError(
+                f"--val_every {self.val_every} (optimizer steps) and --val_check_interval {self.val_check_interval} "
+                "(micro-batches) set the same thing; give one"
+            )
+        if self.global_bs is not None and self.global_bs < self.gpu_bs:
+            raise ValueError("--global_bs must be at least --gpu_bs")
+        implied = self.accumulation()  # checks that --global_bs splits into whole micro-batches
+        if self.accumulate_grad_batches is not None and implied != self.accumulate_grad_batches:
+            world = world_size(self.devices, self.num_nodes, self.device)
+            raise ValueError(
+                f"--accumulate_grad_batches {self.accumulate_grad_batches} disagrees with --global_bs "
+                f"{self.global_bs} (= {implied} x {world} devices x --gpu_bs {self.gpu_bs}); give one of them "
+                "(--global_bs none lets --accumulate_grad_batches set the batch)"
+            )
         if self.schedule_type not in SCHEDULES:
             raise ValueError(
                 f"--schedule_type must be one of {', '.join(SCHEDULES)}, got {self.schedule_type!r}"
@@ -123,12 +160,38 @@ class _PretrainBase(TrainerOptions):
             raise ValueError(f"--predictor must be identity or linear, got {self.predictor!r}")
         if len(self.adam_betas) != 2:
             raise ValueError("--adam_betas must be two numbers")
-        if self.global_bs is not None and self.global_bs < self.gpu_bs:
-            raise ValueError("--global_bs must be at least --gpu_bs")
 
     @property
     def ce_weight(self) -> float:
         raise NotImplementedError
+
+    def accumulation(self) -> int:
+        """Micro-batches per optimizer step: global_bs / (devices * nodes * gpu_bs), which must be an integer, or
+        --accumulate_grad_batches (1 when neither is given)."""
+        if self.global_bs is None:
+            return self.accumulate_grad_batches or 1
+        per_step = world_size(self.devices, self.num_nodes, self.device) * self.gpu_bs
+        if self.global_bs % per_step:
+            raise ValueError(
+                f"--global_bs {self.global_bs} is not a multiple of devices*nodes*gpu_bs = {per_step}; "
+                "change one of them"
+            )
+        return self.global_bs // per_step
+
+
+def world_size(devices: int | str, num_nodes: int, device: str) -> int:
+    """Processes of a run: devices per node (an int, a list, -1 or auto: every visible GPU, else 1) x nodes."""
+    text = str(devices).strip()
+    if text.startswith("[") or "," in text:
+        n = len([d for d in text.strip("[]").split(",") if d.strip()])
+    elif text.lstrip("-").isdigit() and int(text) != -1:
+        n = int(text)
+    else:  # auto or -1: every visible GPU when training on them
+        import torch
+        from lmlab.device import resolve_accelerator
+
+        n = torch.cuda.device_count() if resolve_accelerator(device) == "gpu" else 1
+    return max(1, n) * num_nodes
 
 
 @dataclass
@@ -234,7 +297,6 @@ class FtGptConfig(GptConfig):
     )
     learning_rate: float = field(default=1e-4, metadata=_h("peak learning rate", gt=0))
     ckpt_every: int = field(default=2500, metadata=_h("keep a checkpoint forever every N steps", ge=1))
-    val_every: int | None = field(default=2500, metadata=_h("validate every N optimizer steps", ge=1))
     global_bs: int | None = field(default=1024, metadata=_h("global batch in sequences", ge=1))
 
     def __post_init__(self) -> None:
@@ -245,9 +307,15 @@ class FtGptConfig(GptConfig):
             raise ValueError("--lm_loss_weight must be non-zero for ft-gpt")
         if self.emb_loss_weight != 0:
             raise ValueError("ft-gpt trains with CE only: --emb_loss_weight must be 0")
+        if self.init_from is not None:
+            raise ValueError("ft-gpt starts from --ckpt_path (a headless checkpoint); drop --init_from")
 
 
-FT_ALIASES = {"total_nb_steps": "max_steps", "last_every": "checkpoint_every_n_steps"}
+FT_ALIASES = {
+    "total_nb_steps": "max_steps",
+    "last_every": "checkpoint_every_n_steps",
+    "accelerator": "attn_implementation",
+}
 
 
 @dataclass
@@ -267,10 +335,16 @@ class PreprocessConfig:
         default="./dataset_storage/owt2_pythia.hf", metadata=_h("output folder (save_to_disk)")
     )
     max_seq_len: int = field(default=2048, metadata=_h("row length", ge=2))
-    append_eos: bool = field(default=True, metadata=_h("EOS between documents (false = reference)"))
+    append_eos: bool = field(
+        default=True,
+        metadata=_h("EOS (SEP where the tokenizer has no EOS) after each document; false = reference"),
+    )
     seed: int = field(default=0, metadata=_h("shuffle seed"))
     val_fraction: float = field(default=0.0, metadata=_h("share of rows in a validation split", ge=0, lt=1))
-    documents: str = field(default="paragraph", metadata=_h("txt files: one document per line or paragraph"))
+    documents: str = field(
+        default="paragraph",
+        metadata=_h("txt files: paragraph (blank-line separated documents) | line (one document per line)"),
+    )
     batch_docs: int = field(default=100_000, metadata=_h("documents tokenised per batch", ge=1))
     num_proc: int | None = field(default=None, metadata=_h("processes for save_to_disk", ge=1))
 
@@ -372,17 +446,35 @@ class ReproduceConfig(DemoConfig):
 
 
 @dataclass
-class GlueConfig:
+class GlueConfig(TrainerOptions):
+    """The GLUE protocol; the common flags apply to every (task, seed) run. `--max_steps` (when given) replaces
+    `--epochs`; `--batch_size` is the micro-batch, so a step sees batch_size x accumulate_grad_batches rows."""
+
     model: str = field(
-        default="", metadata={"help": "exported encoder/decoder folder (export --mode mlm|lm)"}
+        default="", metadata={"help": "exported encoder/decoder folder (export --mode mlm|lm) or hub name"}
     )
     tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS), metadata={"help": "GLUE tasks"})
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "fine-tuning seeds"})
+    seeds: list[int] = field(
+        default_factory=lambda: [0, 1, 2],
+        metadata={"help": "fine-tuning seeds: run k uses --seed + seeds[k] (paper: 0 1 2 with --seed 0)"},
+    )
+    seed: int = field(default=0, metadata={"help": "base seed, added to each of --seeds"})
     learning_rate: float = field(
         default=1e-5, metadata={"help": "AdamW learning rate (regular-CE protocol: 5e-6)", "gt": 0}
     )
-    batch_size: int = field(default=32, metadata={"help": "batch size", "ge": 1})
+    batch_size: int = field(default=32, metadata={"help": "micro-batch size", "ge": 1})
     epochs: int = field(default=10, metadata={"help": "epochs; the best dev epoch is kept", "ge": 1})
+    max_steps: int | None = field(
+        default=None,
+        metadata={"help": "optimizer steps per run (default: --epochs of the train split)", "ge": 1},
+    )
+    val_check_interval: int | None = field(
+        default=None,
+        metadata={
+            "help": "score the dev set every N micro-batches (default: at the end of every epoch)",
+            "ge": 1,
+        },
+    )
     warmup_ratio: float = field(
         default=0.1, metadata={"help": "linear warm-up share, then constant", "ge": 0, "le": 1}
     )
@@ -395,29 +487,29 @@ class GlueConfig:
     max_train_samples: int | None = field(
         default=None, metadata={"help": "cap on training rows (smoke tests)", "ge": 1}
     )
-    output: str = field(default="glue_results.json", metadata={"help": "results JSON"})
-    output_dir: str | None = field(
-        default=None,
+    output_dir: str = field(
+        default="runs/glue",
         metadata={
-            "help": "runs of every task and seed, resumed by a rerun (default: --output without its suffix)"
+            "help": "results.json, report.md, model/ and one folder per task and seed, resumed by a rerun"
         },
     )
-    checkpoint_every_n_steps: int = field(
-        default=500, metadata={"help": "save a resumable checkpoint every N steps", "ge": 1}
-    )
-    log_every_n_steps: int = field(
-        default=10, metadata={"help": "write the training loss to metrics.jsonl every N steps", "ge": 1}
+    logger: str = field(
+        default="none",
+        metadata={"help": "csv | tensorboard | wandb | none (metrics.jsonl is always written)"},
     )
     keep_checkpoints: bool = field(
-        default=False, metadata={"help": "keep each finished run's last.ckpt (else only its dev scores)"}
+        default=False,
+        metadata={"help": "keep each finished run's last.ckpt in its folder (else only the latest run's)"},
     )
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.model:
             raise ValueError("--model is required")
         if self.loss not in ("balanced", "ce"):
             raise ValueError("--loss must be balanced or ce")
+        if not self.tasks or not self.seeds:
+            raise ValueError("--tasks and --seeds need at least one value each")
 
 
 @dataclass

@@ -94,6 +94,7 @@ def _load_texts(cfg) -> list[str]:
                 values = load_corpus(path, text_column=cfg.text_column, documents=cfg.documents)[
                     cfg.text_column
                 ]
+                _warn_one_document(path, values, cfg.documents)
             texts += documents_of(values, source, cfg.text_column)
     elif cfg.dataset_name:
         import datasets
@@ -117,6 +118,40 @@ def _load_texts(cfg) -> list[str]:
     return texts
 
 
+def _warn_one_document(path: Path, values: Sequence, documents: str) -> None:
+    """Say so when a text file of several lines became a single document (no blank line between paragraphs)."""
+    from lmlab.data import TEXT_SUFFIXES
+
+    if documents != "paragraph" or path.suffix.lower() not in TEXT_SUFFIXES or len(values) != 1:
+        return
+    lines = sum(1 for line in str(values[0]).splitlines() if line.strip())
+    if lines > 1:
+        print(
+            f"[headless-lm preprocess] warning: {path} has no blank line, so its {lines} lines are one document; "
+            "pass --documents line if each line is a document",
+            file=sys.stderr,
+        )
+
+
+def document_separator(tokenizer, append_eos: bool) -> int | None:
+    """The token put after each document: EOS, or SEP for tokenizers without EOS (BERT's), None when
+    `append_eos` is off. Says which when it is not EOS."""
+    if not append_eos:
+        return None
+    if tokenizer.eos_token_id is not None:
+        return int(tokenizer.eos_token_id)
+    if tokenizer.sep_token_id is not None:
+        print(
+            f"[headless-lm preprocess] the tokenizer has no EOS token: documents end with its SEP token "
+            f"{tokenizer.sep_token!r} (id {tokenizer.sep_token_id})",
+            file=sys.stderr,
+        )
+        return int(tokenizer.sep_token_id)
+    raise LmlabError(
+        "the tokenizer has neither an EOS nor a SEP token to end documents; pass --append_eos false"
+    )
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
@@ -134,9 +169,7 @@ def preprocess(cfg) -> dict:
 
     tokenizer = load_tokenizer(cfg.hf_tokenizer)
     texts = _load_texts(cfg)
-    eos = tokenizer.eos_token_id if cfg.append_eos else None
-    if cfg.append_eos and eos is None:
-        raise LmlabError("the tokenizer has no EOS token; pass --append_eos false")
+    eos = document_separator(tokenizer, cfg.append_eos)
 
     def docs() -> Iterator[list[int]]:
         for start in range(0, len(texts), 1000):

@@ -140,6 +140,8 @@ def _train_args(
         str(max(cfg.seq_len, 128)),
         "--resume",
         "auto",
+        "--overwrite",  # a rerun of the demo re-closes finished runs (resumed at their last step)
+        "true",
     ]
 
 
@@ -274,7 +276,7 @@ def pipeline(cfg: DemoConfig) -> dict:
         )
         model = AutoModelForCausalLM.from_pretrained(folder, weights_only=True)
         lam = evaluate(model, tokenizer, sentences, batch_size=16)
-        summary = json.loads((out / run / "summary.json").read_text())
+        summary = json.loads((out / run / "results.json").read_text())
         results["decoder"][label] = {
             "next_token_acc": next_token_accuracy(model, rows),
             "last_word_acc": lam["acc"],
@@ -341,7 +343,7 @@ def _encoders(cfg: DemoConfig, out: Path, data: Path, tok_dir: Path) -> dict:
                 str(folder),
             ]
         )
-        glue_out = out / f"glue_{name}.json"
+        glue_out = out / f"glue_{name}"
         _cli(
             [
                 "glue",
@@ -361,14 +363,16 @@ def _encoders(cfg: DemoConfig, out: Path, data: Path, tok_dir: Path) -> dict:
                 "1e-4",
                 "--data_dir",
                 str(glue_dir),
-                "--output",
+                "--output_dir",
                 str(glue_out),
+                "--overwrite",
+                "true",
                 "--device",
                 "cpu",
             ]
         )
-        summary = json.loads((out / name / "summary.json").read_text())
-        glue = json.loads(glue_out.read_text())
+        summary = json.loads((out / name / "results.json").read_text())
+        glue = json.loads((glue_out / "results.json").read_text())
         res[name] = {
             "val_loss": summary.get("val/loss"),
             "val_accuracy": summary.get("val/accuracy"),

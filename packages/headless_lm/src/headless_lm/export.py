@@ -15,7 +15,7 @@ from pathlib import Path
 from lmlab.errors import LmlabError
 
 from headless_lm.modeling import add_lm_head, is_headless
-from headless_lm.train import load_checkpoint, model_from_checkpoint
+from headless_lm.train import HeadlessLMModule, load_checkpoint, model_from_checkpoint
 
 
 def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, mode: str) -> Path:
@@ -23,20 +23,30 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, mode: str) 
     if mode not in ("mlm", "add_head", "lm"):
         raise LmlabError(f"mode must be mlm, add_head or lm, got {mode!r}")
     ckpt = load_checkpoint(ckpt_path)
-    hp = ckpt["hyper_parameters"]
+    return export_module(
+        model_from_checkpoint(ckpt), output_dir, mode, ckpt.get("global_step"), str(ckpt_path)
+    )
+
+
+def export_module(
+    module: HeadlessLMModule, output_dir: str | Path, mode: str, global_step: int | None, source: str
+) -> Path:
+    """Write the model of a training module to `output_dir` in `mode` (mlm | add_head | lm), with its tokenizer
+    and `headless_lm.json`; `source` names the checkpoint it comes from. Returns the folder."""
+    hp = module.hparams
     kind = hp["kind"]
-    model = model_from_checkpoint(ckpt).model
+    model = module.model
     headless = is_headless(model)
     if mode == "mlm" and kind != "mlm":
-        raise LmlabError(f"{ckpt_path} is a causal (gpt) checkpoint; export it with --mode add_head or lm")
+        raise LmlabError(f"{source} is a causal (gpt) checkpoint; export it with --mode add_head or lm")
     if mode in ("add_head", "lm") and kind != "clm":
-        raise LmlabError(f"{ckpt_path} is a masked (mlm) checkpoint; export it with --mode mlm")
+        raise LmlabError(f"{source} is a masked (mlm) checkpoint; export it with --mode mlm")
     if mode == "add_head":
         if not headless:
-            raise LmlabError(f"{ckpt_path} already has an LM head; export it with --mode lm")
+            raise LmlabError(f"{source} already has an LM head; export it with --mode lm")
         model = add_lm_head(model)
     if mode == "lm" and headless:
-        raise LmlabError(f"{ckpt_path} is headless; use --mode add_head, or fine-tune it with ft-gpt first")
+        raise LmlabError(f"{source} is headless; use --mode add_head, or fine-tune it with ft-gpt first")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
@@ -54,8 +64,8 @@ def export_checkpoint(ckpt_path: str | Path, output_dir: str | Path, mode: str) 
         "emb_loss_weight": task.get("emb_loss_weight"),
         "lm_loss_weight": task.get("lm_loss_weight", task.get("mlm_loss_weight")),
         "contrastive_temperature": task.get("contrastive_temperature"),
-        "global_step": ckpt.get("global_step"),
-        "source_checkpoint": str(ckpt_path),
+        "global_step": global_step,
+        "source_checkpoint": source,
         "auto_class": type(model).__name__,
     }
     (out / "headless_lm.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 import warnings
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,8 @@ import torch
 from lmlab.callbacks import check_finite
 from lmlab.errors import LmlabError
 from lmlab.logging import get_logger
+from lmlab.training import param_groups
+from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -39,34 +39,23 @@ from headless_lm.objectives import causal_lm_loss, masked_lm_loss
 # ----------------------------------------------------------------------------------------------- optimisation
 
 
-def no_decay(name: str, param: nn.Parameter, module: nn.Module) -> bool:
-    """Biases, 1-D parameters and every parameter of a normalisation module (LayerNorm, RMSNorm, any
-    naming style) get no weight decay."""
-    return name.endswith("bias") or param.ndim < 2 or "norm" in type(module).__name__.lower()
+def lr_scheduler(optimizer, *, schedule: str, warmup: int, total: int, min_ratio: float = 0.0):
+    """transformers' schedules: linear warm-up from 0 over `warmup` steps, then cosine to `min_ratio` of the peak
+    at `total` (`cosine_with_min_lr`), constant, or triangular/linear decay to `min_ratio` (`polynomial` of
+    power 1 ending at min_ratio x peak)."""
+    from transformers import get_scheduler
 
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, skip, seen = [], [], set()
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if id(param) in seen or not param.requires_grad:
-                continue
-            seen.add(id(param))
-            (skip if no_decay(name, param, module) else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": skip, "weight_decay": 0.0}]
-
-
-def lr_factor(step: int, *, warmup: int, total: int, schedule: str, min_ratio: float = 0.0) -> float:
-    """LR multiplier: linear warm-up from 0 over `warmup` steps, then cosine to `min_ratio` at `total`,
-    constant, or triangular/linear decay to `min_ratio` at `total`."""
-    if warmup > 0 and step < warmup:
-        return step / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "constant" or min_ratio == 1.0:
+        return get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=warmup)
+    kwargs = {"num_warmup_steps": warmup, "num_training_steps": total}
     if schedule == "cosine":
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return min_ratio + (1.0 - min_ratio) * (1.0 - progress)
+        return get_scheduler(
+            "cosine_with_min_lr", optimizer, **kwargs, scheduler_specific_kwargs={"min_lr_rate": min_ratio}
+        )
+    lr_end = min_ratio * optimizer.defaults["lr"]
+    return get_scheduler(
+        "polynomial", optimizer, **kwargs, scheduler_specific_kwargs={"lr_end": lr_end, "power": 1.0}
+    )
 
 
 # ----------------------------------------------------------------------------------------------- module
@@ -92,7 +81,7 @@ class HeadlessLMModule(pl.LightningModule):
         self.ce_weight = float(task["lm_loss_weight"] if kind == "clm" else task["mlm_loss_weight"])
         self.emb_weight = float(task["emb_loss_weight"])
         attn = attention_implementation(
-            task.get("accelerator", "sdpa"), "cuda" if torch.cuda.is_available() else "cpu"
+            task["attn_implementation"], "cuda" if torch.cuda.is_available() else "cpu"
         )
         self.model = build_model(kind, arch, attn_implementation=attn, headless=self.ce_weight == 0)
         self.predictor = None
@@ -208,14 +197,13 @@ class HeadlessLMModule(pl.LightningModule):
         opt = torch.optim.AdamW(
             groups, lr=t["learning_rate"], betas=tuple(t["adam_betas"]), eps=t["adam_eps"], fused=fused
         )
-        fn = partial(
-            lr_factor,
+        sched = lr_scheduler(
+            opt,
+            schedule=t["schedule_type"],
             warmup=int(t["warmup_steps"]),
             total=int(t["max_steps"]),
-            schedule=t["schedule_type"],
             min_ratio=float(t["min_lr_ratio"]),
         )
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --- exact resume
@@ -270,36 +258,6 @@ def _output_dir(cfg) -> Path:
     return Path(cfg.output_dir)
 
 
-def _world_size(cfg) -> int:
-    from lmlab.device import resolve_accelerator
-
-    devices = cfg.devices
-    if isinstance(devices, str):
-        if devices == "auto":
-            n = torch.cuda.device_count() if resolve_accelerator(cfg.device) == "gpu" else 1
-        elif devices.startswith("[") or "," in devices:
-            n = len([d for d in devices.strip("[]").split(",") if d.strip()])
-        else:
-            n = int(devices) if devices.lstrip("-").isdigit() else 1
-            if n == -1:
-                n = torch.cuda.device_count() or 1
-    else:
-        n = int(devices)
-    return max(1, n) * cfg.num_nodes
-
-
-def accumulation(cfg) -> int:
-    """global_bs / (devices * nodes * gpu_bs), an error unless it is a positive integer."""
-    if cfg.global_bs is None:
-        return cfg.accumulate_grad_batches
-    per_step = _world_size(cfg) * cfg.gpu_bs
-    if cfg.global_bs % per_step:
-        raise LmlabError(
-            f"--global_bs {cfg.global_bs} is not a multiple of devices*nodes*gpu_bs = {per_step}; change one of them"
-        )
-    return cfg.global_bs // per_step
-
-
 def _task_dict(cfg) -> dict:
     from lmlab.config import config_to_dict
 
@@ -314,11 +272,7 @@ def _arch_dict(cfg, kind: str, tokenizer) -> dict:
         arch.n_positions = cfg.model_max_seq_len
     else:
         arch.max_position_embeddings = cfg.model_max_seq_len
-    data = json.loads(arch.to_json_string(use_diff=False))
-    data["model_type"] = arch.model_type
-    for key in ("transformers_version", "architectures", "_name_or_path", "dtype", "torch_dtype"):
-        data.pop(key, None)
-    return data
+    return _plain_arch(arch)
 
 
 def _mask_ids(cfg, tokenizer) -> tuple[int | None, list[int]]:
@@ -360,21 +314,33 @@ def _data(cfg, kind: str, module: HeadlessLMModule) -> None:
         )
 
 
+class KeptCheckpoint(ModelCheckpoint):
+    """The checkpoints kept forever (`periodic/step-N.ckpt` every `--ckpt_every` steps), except at the last step,
+    which `checkpoints/last.ckpt` holds: each checkpoint is stored once."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step < (trainer.max_steps or 0):
+            super().on_train_batch_end(trainer, *args)
+
+
 def _fit(cfg, module: HeadlessLMModule, out_dir: Path, extra_callbacks=()) -> dict:
     from lmlab.config import save_config
+    from lmlab.io import prepare_run_dir
     from lmlab.seed import seed_everything
     from lmlab.training import build_trainer, resume_checkpoint
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.callbacks import LearningRateMonitor
 
     seed_everything(cfg.seed)
-    accum = accumulation(cfg)
+    accum = cfg.accumulation()
     ckpt = resume_checkpoint(cfg, out_dir)
     if ckpt is not None:
         check_resumable(ckpt, module)
-    val_every = cfg.val_every or max(1, cfg.max_steps // 10)
-    periodic = ModelCheckpoint(
+    # --val_check_interval counts micro-batches (Lightning's unit); the reference's --val_every optimizer steps
+    val_batches = cfg.val_check_interval or (cfg.val_every or max(1, cfg.max_steps // 10)) * accum
+    periodic = KeptCheckpoint(
         dirpath=out_dir / "periodic",
         filename="step-{step}",
+        auto_insert_metric_name=False,
         every_n_train_steps=cfg.ckpt_every,
         save_top_k=-1,
     )
@@ -388,47 +354,128 @@ def _fit(cfg, module: HeadlessLMModule, out_dir: Path, extra_callbacks=()) -> di
         gradient_clip_val=cfg.gradient_clip if cfg.gradient_clip > 0 else None,
         use_distributed_sampler=False,
         accumulate_grad_batches=accum,
-        val_check_interval=val_every * accum,
+        val_check_interval=val_batches,
         check_val_every_n_epoch=None,
         limit_val_batches=cfg.val_batches,
     )
     # every input is checked above: only now is the run folder written
-    out_dir.mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero:
+        prepare_run_dir(out_dir, cfg.overwrite)
         save_config(cfg, out_dir / "config.yaml")
     module.checkpoint_dir = out_dir / "checkpoints"
     trainer.fit(module, ckpt_path=ckpt, weights_only=True)
     metrics = {
         k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
     }
-    summary = {
+    results = {
         "output_dir": str(out_dir),
         "global_step": trainer.global_step,
         "accumulation": accum,
         **metrics,
     }
     if trainer.is_global_zero:
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"[headless-lm] finished at step {trainer.global_step}; results in {out_dir}")
-    return summary
+        _finish(cfg, module, out_dir, results)
+    return results
+
+
+def _finish(cfg, module: HeadlessLMModule, out_dir: Path, results: dict) -> None:
+    """results.json, report.md, model/ (the `export` command's folder for this model), then DONE."""
+    from lmlab.io import finish_run, results_report
+
+    from headless_lm.export import export_module
+    from headless_lm.modeling import is_headless
+
+    mode = "mlm" if module.kind == "mlm" else "add_head" if is_headless(module.model) else "lm"
+    objective = (
+        "headless (CWT)" if module.ce_weight == 0 else "vanilla (CE)" if module.emb_weight == 0 else "mixed"
+    )
+    text = (
+        f"{module.kind} {module.mode} run, {objective}, {results['global_step']} optimizer steps of "
+        f"{results['accumulation']} micro-batch(es). `model/` is the `export --mode {mode}` folder of the last step."
+    )
+    report = results_report(f"headless-lm {module.kind} run", results, text)
+    step = int(results["global_step"])
+    finish_run(
+        out_dir,
+        results,
+        report,
+        export=lambda folder: export_module(
+            module, folder, mode, step, str(out_dir / "checkpoints" / "last.ckpt")
+        ),
+    )
+    print(f"[headless-lm] finished at step {step}; results in {out_dir}")
 
 
 def run_pretrain(cfg, kind: str, callbacks=()) -> dict:
     """Pre-train a `kind` (clm | mlm) model from a config; `callbacks` are extra Lightning callbacks."""
+    from lmlab.seed import seed_everything
+    from lmlab.training import resume_checkpoint
+
     out_dir = _output_dir(cfg)
     tokenizer = load_tokenizer(cfg.hf_tokenizer) if cfg.hf_tokenizer else None
     mask_id, specials = _mask_ids(cfg, tokenizer) if kind == "mlm" else (None, [])
+    weights = None
+    if cfg.init_from:
+        arch, weights = pretrained_weights(cfg.init_from, kind, cfg.ce_weight == 0)
+        cfg = dataclasses.replace(cfg, model_max_seq_len=_positions(arch))
+    else:
+        arch = _arch_dict(cfg, kind, tokenizer)
     task = _task_dict(cfg)
-    from lmlab.seed import seed_everything
-
     seed_everything(cfg.seed)  # the same seed gives the same initial weights
     if kind == "clm":
         task.setdefault("mlm_loss_weight", 0.0)
-    module = HeadlessLMModule(
-        kind, _arch_dict(cfg, kind, tokenizer), task, cfg.hf_tokenizer, mask_id, specials
-    )
+    module = HeadlessLMModule(kind, arch, task, cfg.hf_tokenizer, mask_id, specials)
+    if weights is not None and resume_checkpoint(cfg, out_dir) is None:
+        module.model.load_state_dict(weights)
     _data(cfg, kind, module)
     return _fit(cfg, module, out_dir, callbacks)
+
+
+def _positions(arch: dict) -> int:
+    return int(arch.get("max_position_embeddings") or arch.get("n_positions"))
+
+
+def _plain_arch(config) -> dict:
+    """A transformers config as the plain dict kept in checkpoints (no version or naming keys)."""
+    data = json.loads(config.to_json_string(use_diff=False))
+    data["model_type"] = config.model_type
+    for key in ("transformers_version", "architectures", "_name_or_path", "dtype", "torch_dtype"):
+        data.pop(key, None)
+    return data
+
+
+def pretrained_weights(name_or_path: str, kind: str, headless: bool) -> tuple[dict, dict]:
+    """(architecture dict, state dict) to start pre-training from a pretrained model (folder or hub name): the
+    backbone for a headless run, backbone and LM head otherwise. A missing LM head is said in one line (it
+    starts fresh); any other missing weight is an error."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    auto = AutoModelForCausalLM if kind == "clm" else AutoModelForMaskedLM
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the load report: the keys that matter are said below
+    try:
+        model, info = auto.from_pretrained(name_or_path, output_loading_info=True, weights_only=True)
+    except Exception as err:  # OSError, ValueError (unknown architecture), pickle errors, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise LmlabError(f"cannot load --init_from {name_or_path} ({type(err).__name__}: {first})") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    body = backbone(model)
+    prefix = model.base_model_prefix + "."
+    missing = list(info.get("missing_keys", ()))
+    in_body = [k for k in missing if k.startswith(prefix) or body is model]
+    if in_body:
+        raise LmlabError(
+            f"--init_from {name_or_path} lacks backbone weights ({in_body[0]}, {len(in_body)} in all); "
+            "give a folder with the whole model"
+        )
+    if missing and not headless:
+        get_logger("headless_lm").warning(
+            f"--init_from {name_or_path} has no LM head ({missing[0]}): the head starts from fresh weights"
+        )
+    source = body if headless else model
+    return _plain_arch(model.config), {k: v.detach().clone() for k, v in source.state_dict().items()}
 
 
 def run_gpt(cfg) -> dict:
@@ -470,7 +517,7 @@ def check_resumable(path: str | Path, module: HeadlessLMModule) -> None:
 
 def model_from_checkpoint(ckpt: dict) -> HeadlessLMModule:
     hp = dict(ckpt["hyper_parameters"])
-    hp["task"] = {**hp["task"], "accelerator": "sdpa"}
+    hp["task"] = {**hp["task"], "attn_implementation": "sdpa"}
     module = HeadlessLMModule(**hp)
     module.load_state_dict(ckpt["state_dict"])
     return module

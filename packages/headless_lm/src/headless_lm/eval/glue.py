@@ -16,8 +16,10 @@ in `history.json`, so running the same command again skips it and resumes the in
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
+import os
 import shutil
 import statistics
 from pathlib import Path
@@ -130,7 +132,8 @@ class GlueModule(pl.LightningModule):
         self.head = nn.Linear(dim, num_labels)
         self.task, self.num_labels, self.cfg, self.total = task, num_labels, cfg, total_steps
         self.train_items, self.collate, self.seed = train_items, collate, seed
-        self.history: list[float] = []
+        self.history: list[float] = []  # dev scores
+        self.history_steps: list[int] = []  # the optimizer step of each
         self.samples_seen = 0
 
     def forward(self, ids, mask):
@@ -172,20 +175,24 @@ class GlueModule(pl.LightningModule):
         return float(metrics.get(MAIN_METRIC.get(self.task, "accuracy"), 0.0))
 
     def configure_optimizers(self):
+        from transformers import get_scheduler
+
         opt = torch.optim.AdamW(
             self.parameters(), lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay
         )
         warm = max(1, int(self.cfg.warmup_ratio * self.total))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, s / warm))
+        sched = get_scheduler("constant_with_warmup", opt, num_warmup_steps=warm)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["samples_seen"] = self.samples_seen
         checkpoint["dev_history"] = list(self.history)
+        checkpoint["dev_steps"] = list(self.history_steps)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.samples_seen = int(checkpoint["samples_seen"])
         self.history = [float(x) for x in checkpoint["dev_history"]]
+        self.history_steps = [int(x) for x in checkpoint["dev_steps"]]
 
     def train_dataloader(self) -> DataLoader:
         from lmlab.training import StepSampler
@@ -197,18 +204,28 @@ class GlueModule(pl.LightningModule):
 
 
 class DevEvaluation(pl.Callback):
-    """Scores the dev set after the last step of every epoch (ceil(train rows / batch size) steps). It runs
-    before that step's checkpoint is written (Lightning calls checkpoint callbacks last), so a checkpoint holds
-    every dev score up to its step and a resumed run never repeats or loses one."""
+    """Scores the dev set at the end of every epoch (`steps_per_epoch` optimizer steps) and after the last step,
+    or every `every` micro-batches (`--val_check_interval`). It runs before that step's checkpoint is written
+    (Lightning calls checkpoint callbacks last), so a checkpoint holds every dev score up to its step and a
+    resumed run never repeats or loses one."""
 
-    def __init__(self, loader: DataLoader, steps_per_epoch: int):
-        self.loader, self.steps_per_epoch = loader, steps_per_epoch
+    def __init__(self, loader: DataLoader, steps_per_epoch: int, total: int, every: int | None):
+        self.loader, self.steps_per_epoch, self.total, self.every = loader, steps_per_epoch, total, every
+
+    def _due(self, trainer: pl.Trainer, module: GlueModule) -> int:
+        """How many dev scores the run should hold by now."""
+        last = int(trainer.global_step >= self.total)
+        if self.every:
+            micro = module.samples_seen // module.cfg.batch_size
+            return micro // self.every + (last if micro % self.every else 0)
+        step = trainer.global_step
+        return step // self.steps_per_epoch + (last if step % self.steps_per_epoch else 0)
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: GlueModule, *args: Any) -> None:
-        epoch, rest = divmod(trainer.global_step, self.steps_per_epoch)
-        if rest == 0 and len(module.history) < epoch:
+        if len(module.history) < self._due(trainer, module):
             with trainer.precision_plugin.val_step_context():
                 module.history.append(module.evaluate(self.loader))
+            module.history_steps.append(trainer.global_step)
             for logger in trainer.loggers:  # one row, under Lightning's step of this step's training loss
                 logger.log_metrics({"dev/score": module.history[-1]}, step=trainer.global_step - 1)
 
@@ -233,44 +250,33 @@ def aggregate(per_task_seed_history: dict[str, list[list[float]]]) -> dict:
 
 def finetune_task(
     cfg: GlueConfig, task: str, seed: int, tokenizer, backbone: nn.Module, data: dict, run_dir: Path
-) -> list[float]:
-    """Fine-tune one (task, seed) in `run_dir` and return the dev score of every epoch. A finished run's scores
-    are read back from its `history.json`; an interrupted one resumes from its `checkpoints/last.ckpt`."""
-    from lmlab.io import atomic_write
+) -> dict:
+    """Fine-tune one (task, seed) in `run_dir`; returns {"history": dev score per evaluation, "steps": their
+    optimizer steps}. A finished run's scores are read back from its `history.json`; an interrupted one resumes
+    from its `checkpoints/last.ckpt`."""
+    from lmlab.io import write_json
     from lmlab.seed import seed_everything
-    from lmlab.training import TrainerOptions, build_trainer, resume_checkpoint
+    from lmlab.training import build_trainer, resume_checkpoint
 
     done = run_dir / "history.json"
     if done.is_file():
-        return [float(x) for x in json.loads(done.read_text())["history"]]
+        return json.loads(done.read_text())
     seed_everything(seed)  # the head's initialisation
     n_labels = TASKS[task].num_labels
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     coll = _collate(pad if pad is not None else 0, n_labels == 1)
-    steps_per_epoch = math.ceil(len(data["train"]) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
+    micro_batches = math.ceil(len(data["train"]) / cfg.batch_size)
+    steps_per_epoch = math.ceil(micro_batches / cfg.accumulate_grad_batches)
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
     dev = DataLoader(data["dev"], batch_size=cfg.batch_size, collate_fn=coll)
     module = GlueModule(copy.deepcopy(backbone), n_labels, task, cfg, total, data["train"], coll, seed)
-    opts = TrainerOptions(
-        output_dir=str(run_dir),
-        device=cfg.device,
-        devices=1,
-        max_steps=total,
-        checkpoint_every_n_steps=cfg.checkpoint_every_n_steps,
-        log_every_n_steps=cfg.log_every_n_steps,
-        logger="none",
-        progress_bar=False,
-        seed=seed,
-    )
-    trainer = build_trainer(
-        opts, run_dir, callbacks=[DevEvaluation(dev, steps_per_epoch)], use_distributed_sampler=False
-    )
+    opts = dataclasses.replace(cfg, output_dir=str(run_dir), max_steps=total, seed=seed)
+    evaluation = DevEvaluation(dev, steps_per_epoch, total, cfg.val_check_interval)
+    trainer = build_trainer(opts, run_dir, callbacks=[evaluation], use_distributed_sampler=False)
     trainer.fit(module, ckpt_path=resume_checkpoint(opts, run_dir), weights_only=True)
-    with atomic_write(done) as fh:
-        json.dump({"task": task, "seed": seed, "history": module.history}, fh)
-    if not cfg.keep_checkpoints:
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    return module.history
+    result = {"task": task, "seed": seed, "history": module.history, "steps": module.history_steps}
+    write_json(done, result)
+    return result
 
 
 # the options a finished (task, seed) run depends on: a rerun into the same folder must use the same values
@@ -278,7 +284,10 @@ PROTOCOL_KEYS = (
     "model",
     "learning_rate",
     "batch_size",
+    "accumulate_grad_batches",
     "epochs",
+    "max_steps",
+    "val_check_interval",
     "warmup_ratio",
     "weight_decay",
     "loss",
@@ -305,22 +314,102 @@ def _check_same_protocol(cfg: GlueConfig, root: Path) -> None:
             )
 
 
-def _load_backbone(model_dir: str) -> nn.Module:
+def _load_backbone(model_dir: str, attn_implementation: str) -> nn.Module:
     from transformers import AutoModel
 
     try:
-        return AutoModel.from_pretrained(model_dir, weights_only=True)
+        return AutoModel.from_pretrained(
+            model_dir, weights_only=True, attn_implementation=attn_implementation
+        )
     except Exception as err:  # transformers raises OSError, ValueError, pickle errors, ...
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise LmlabError(f"cannot load --model {model_dir} ({type(err).__name__}: {first})") from None
 
 
+def _keep_latest_checkpoint(cfg: GlueConfig, root: Path, run_dir: Path) -> None:
+    """`<output_dir>/checkpoints/last.ckpt` links to the checkpoint of the run that finished last; without
+    --keep_checkpoints the earlier runs' checkpoints are deleted (their dev scores stay in history.json)."""
+    link = root / "checkpoints" / "last.ckpt"
+    if link.is_symlink() and not cfg.keep_checkpoints:
+        previous = link.resolve().parent
+        if previous != (run_dir / "checkpoints").resolve():
+            shutil.rmtree(previous, ignore_errors=True)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(os.path.relpath(run_dir / "checkpoints" / "last.ckpt", link.parent))
+
+
+def _metrics_rows(tasks: list[str], runs: dict[str, dict[int, dict]]) -> list[dict]:
+    """metrics.jsonl of the whole protocol: every dev score as {"step": s, "<task>/seed<k>/dev": score}."""
+    rows = []
+    for task in tasks:
+        for seed, run in runs.get(task, {}).items():
+            rows += [
+                {"step": step, f"{task}/seed{seed}/dev": score}
+                for step, score in zip(run["steps"], run["history"], strict=True)
+            ]
+    return rows
+
+
+def _export_latest(root: Path, backbone: nn.Module, tokenizer, last: tuple[str, int]):
+    """model/: the fine-tuned backbone of the run that finished last (save_pretrained, loads with AutoModel),
+    its tokenizer, and its classifier (`classifier.safetensors`: dropout 0.1 + linear on the first token)."""
+
+    def export(folder: Path) -> None:
+        from lmlab.io import save_safetensors, write_json
+
+        ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        state = ckpt["state_dict"]
+        model = copy.deepcopy(backbone)
+        model.load_state_dict(
+            {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+        )
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        save_safetensors(
+            {k: v for k, v in state.items() if k.startswith("head.")}, folder / "classifier.safetensors"
+        )
+        task, seed = last
+        write_json(
+            folder / "glue_head.json",
+            {
+                "task": task,
+                "seed": seed,
+                "num_labels": TASKS[task].num_labels,
+                "labels": list(TASKS[task].label_names),
+                "head": "dropout 0.1 + linear (classifier.safetensors) on the first token's last hidden state",
+            },
+        )
+
+    return export
+
+
+def _report(result: dict) -> str:
+    from lmlab.io import results_report
+
+    lines = [
+        f"- {t}: {v['mean']:.4f} ± {v['std']:.4f} (best dev epoch, {len(v['best_per_seed'])} seed(s))"
+        for t, v in result["tasks"].items()
+    ]
+    if "average" in result and len(result["tasks"]) > 1:
+        lines.append(
+            f"- average over the tasks without {', '.join(EXCLUDED_FROM_AVERAGE)}: {result['average']:.4f}"
+        )
+    text = "\n".join(lines) + "\n\n`model/` is the fine-tuned model of the run that finished last."
+    return results_report("headless-lm GLUE fine-tuning", result, text)
+
+
 def run_glue(cfg: GlueConfig) -> dict:
     from lmlab.config import save_config
+    from lmlab.device import resolve_accelerator, resolve_attn_implementation
+    from lmlab.io import atomic_write, finish_run, prepare_run_dir, write_json
 
+    from headless_lm.config import world_size
     from headless_lm.data import load_tokenizer
 
-    root = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.output).with_suffix("")
+    root = Path(cfg.output_dir)
+    if world_size(cfg.devices, cfg.num_nodes, cfg.device) > 1:
+        raise LmlabError("glue fine-tunes each (task, seed) on one device: give --devices 1 --num_nodes 1")
     tasks = [normalise_task(t) for t in cfg.tasks]
     _check_same_protocol(cfg, root)
     # every input is read and checked before anything is written
@@ -329,7 +418,8 @@ def run_glue(cfg: GlueConfig) -> dict:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
         pad_choice = "eos as pad"
-    backbone = _load_backbone(cfg.model)
+    accelerator = resolve_accelerator(cfg.device)
+    backbone = _load_backbone(cfg.model, resolve_attn_implementation(cfg.attn_implementation, accelerator))
     data = {}
     for task in tasks:
         data[task] = {}
@@ -338,25 +428,48 @@ def run_glue(cfg: GlueConfig) -> dict:
                 cfg.data_dir, task, split, cfg.max_train_samples if split == "train" else None
             )
             data[task][split] = list(zip(encode_pairs(tokenizer, a, b, cfg.max_seq_len), y, strict=True))
-    root.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(root, cfg.overwrite)
     save_config(cfg, root / "config.yaml")
-    histories = {
-        t: [finetune_task(cfg, t, s, tokenizer, backbone, data[t], root / t / f"seed{s}") for s in cfg.seeds]
-        for t in tasks
-    }
-    result = aggregate(histories)
-    result["per_epoch"] = histories
-    result["protocol"] = {
+    protocol = {
         "loss": cfg.loss,
         "learning_rate": cfg.learning_rate,
         "epochs": cfg.epochs,
-        "seeds": cfg.seeds,
+        "seeds": [cfg.seed + s for s in cfg.seeds],
         "weight_decay": cfg.weight_decay,
         "pair_separator": "tokenizer sep" if tokenizer.sep_token_id is not None else "eos",
         "padding": pad_choice,
         "mnli_dev": "matched+mismatched concatenated",
     }
-    Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(cfg.output).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"[headless-lm glue] average (without RTE) {result['average']}; results in {cfg.output}")
-    return {"average": result["average"]}
+    runs: dict[str, dict[int, dict]] = {}
+    for task in tasks:
+        for offset in cfg.seeds:
+            seed = cfg.seed + offset
+            run_dir = root / task / f"seed{seed}"
+            runs.setdefault(task, {})[seed] = finetune_task(
+                cfg, task, seed, tokenizer, backbone, data[task], run_dir
+            )
+            _keep_latest_checkpoint(cfg, root, run_dir)
+            with atomic_write(root / "metrics.jsonl") as fh:
+                fh.writelines(json.dumps(row) + "\n" for row in _metrics_rows(tasks, runs))
+        done = aggregate({task: [r["history"] for r in runs[task].values()]})["tasks"][task]
+        write_json(root / task / "results.json", {**done, "protocol": protocol})
+        print(
+            f"[headless-lm glue] {task}: {done['mean']:.4f} ± {done['std']:.4f} over {len(cfg.seeds)} seed(s)"
+        )
+    result = aggregate({t: [r["history"] for r in runs[t].values()] for t in tasks})
+    if result["average"] is None:
+        del result["average"]
+    result["per_epoch"] = {t: [r["history"] for r in runs[t].values()] for t in tasks}
+    result["protocol"] = protocol
+    last = (tasks[-1], cfg.seed + cfg.seeds[-1])
+    export = None
+    if (root / "checkpoints" / "last.ckpt").is_file():
+        export = _export_latest(root, backbone, tokenizer, last)
+    else:  # every run had finished before and the latest one's checkpoint was deleted since
+        print(f"[headless-lm glue] no checkpoint of {last[0]} seed {last[1]} left: model/ is not rewritten")
+    finish_run(root, result, _report(result), export=export)
+    if "average" in result and len(tasks) > 1:
+        print(f"[headless-lm glue] average (without RTE) {result['average']:.4f}; results in {root}")
+    else:
+        print(f"[headless-lm glue] results in {root}")
+    return {t: v["mean"] for t, v in result["tasks"].items()}
