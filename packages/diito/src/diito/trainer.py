@@ -169,8 +169,6 @@ class DiitoModule(pl.LightningModule):
     def val_dataloader(self):
         """The held-out set in order, batch b masked from (seed, b) as in training: the same masks, positions and
         pairs at every validation, so successive val/ losses are comparable."""
-        if self.val_dataset is None:
-            return []
         bs, n = self.cfg.batch_size, len(self.val_dataset)
         batches = [[(b, 0, i) for i in range(s, min(s + bs, n))] for b, s in enumerate(range(0, n, bs))]
         return DataLoader(self.val_dataset, batch_sampler=batches, collate_fn=self.collator)
@@ -397,13 +395,15 @@ def _max_positions(model) -> int:
 
 
 def make_trainer(cfg: TrainConfig, output_dir, max_steps: int):
-    """The Lightning Trainer of a run: lmlab's, plus norm clipping and our own rank-aware batch sampler."""
+    """The Lightning Trainer of a run: lmlab's, plus norm clipping and our own rank-aware batch sampler; the
+    validation loop only runs with held-out data (--validation_file)."""
     from lmlab.training import build_trainer
 
     return build_trainer(
         cfg,
         output_dir,
         max_steps=max_steps,
+        limit_val_batches=1.0 if cfg.validation_file else 0,
         gradient_clip_val=cfg.max_grad_norm,
         gradient_clip_algorithm="norm",
         use_distributed_sampler=False,
