@@ -3,7 +3,6 @@ and exact resume of an interrupted training job."""
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -52,9 +51,8 @@ def test_cartography_json_shape_and_ranges(tiny, tmp_path):
     for rec in data.values():
         assert len(rec["acc"]) == 2 and len(rec["confidence"]) == 2
         assert all(a in (0.0, 1.0) for a in rec["acc"]) and all(0.0 <= c <= 1.0 for c in rec["confidence"])
-    job = out / "lr_0.01_bsz_8_seed_20"
-    assert not list(job.glob("checkpoint@*"))  # no interval checkpoints in cartography mode
-    assert (job / "checkpoint-last").is_dir()
+    assert not list(out.glob("checkpoint@*"))  # no interval checkpoints in cartography mode
+    assert (out / "model" / "weights.safetensors").is_file() and (out / "DONE").is_file()
 
 
 def test_candidate_probabilities_sum_to_one(tiny):
@@ -149,24 +147,24 @@ def test_interrupted_training_resumes_exactly(tiny, tmp_path, method):
         "2",
     ]
     assert main(_train_args(tiny, tmp_path / "full", *common, method=method)) == 0
-    # an interrupted run: stop after 2 updates, drop the end-of-job markers, start the same command again
+    # an interrupted run: stop after 2 updates, drop what the end of the run writes, start the same command again
     part = tmp_path / "part"
     assert main(_train_args(tiny, part, *common[:1], "2", *common[2:], method=method)) == 0
-    job = part / "lr_0.01_bsz_8_seed_20"
-    shutil.rmtree(job / "checkpoint-last")
-    (job / "done.json").unlink()
+    job = part
+    shutil.rmtree(job / "model")
+    (job / "DONE").unlink()
     assert (job / "checkpoints" / "last.ckpt").is_file()
     step2 = (job / "checkpoint@2" / "weights.safetensors").stat().st_mtime_ns
     assert main(_train_args(tiny, part, *common, method=method)) == 0
     # it continued from last.ckpt: updates 1-2 were not run again (their checkpoint was not rewritten)
     assert (job / "checkpoint@2" / "weights.safetensors").stat().st_mtime_ns == step2
-    a = load_file(str(tmp_path / "full" / "lr_0.01_bsz_8_seed_20" / "checkpoint@4" / "weights.safetensors"))
+    a = load_file(str(tmp_path / "full" / "checkpoint@4" / "weights.safetensors"))
     b = load_file(str(job / "checkpoint@4" / "weights.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    meta = json.loads((job / "checkpoint-last" / "meta.json").read_text())
+    meta = json.loads((job / "model" / "meta.json").read_text())
     assert meta["step"] == 4
-    # a finished job is skipped on a rerun
-    before = (job / "checkpoint-last" / "weights.safetensors").stat().st_mtime_ns
-    assert main(_train_args(tiny, part, *common, method=method)) == 0
-    assert (job / "checkpoint-last" / "weights.safetensors").stat().st_mtime_ns == before
-    assert Path(job / "done.json").is_file()
+    # a finished run is not run again by accident: refused in one line (--overwrite trains it again)
+    before = (job / "model" / "weights.safetensors").stat().st_mtime_ns
+    assert main(_train_args(tiny, part, *common, method=method)) == 1
+    assert (job / "model" / "weights.safetensors").stat().st_mtime_ns == before
+    assert (job / "DONE").is_file()

@@ -43,11 +43,11 @@ def _train(tiny, out, *extra, method="adapter", steps=4, seed=20):
     args = [
         "train", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", method, *DELTA_ARGS,
         "--learning_rate_list", "1e-2", "--bsz_list", "8", "--train_iters", str(steps), "--valid_interval", "2",
-        "--output_interval", "2", "--eval_mode", "rank", "--output_dir", str(out), "--progress_bar", "false",
+        "--output_interval", "2", "--eval_mode", "rank", "--output_dir", str(Path(out) / f"seed_{seed}"), "--progress_bar", "false",
         "--logger", "none", "--seed", str(seed), "--device", "cpu", *TOL_ARGS, *extra,
     ]  # fmt: skip
     assert main(args) == 0
-    return Path(out) / f"lr_0.01_bsz_8_seed_{seed}"
+    return Path(out) / f"seed_{seed}"
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +71,12 @@ def adapter_runs(runs):
 
 def test_adapter_training_freezes_backbone_and_saves_only_adapters(tiny, adapter_runs):
     job = adapter_runs[20]
-    for name in ("checkpoint@2", "checkpoint@4", "checkpoint-best", "checkpoint-last"):
+    for name in ("checkpoint@2", "checkpoint@4", "checkpoint-best", "model"):
         assert (job / name / "weights.safetensors").is_file(), name
-    tensors = load_file(str(job / "checkpoint-last" / "weights.safetensors"))
+    tensors = load_file(str(job / "model" / "weights.safetensors"))
     assert tensors and all("adapter_" in k for k in tensors)
     assert len(tensors) == 2 * (2 * 1 + 3 * 1)  # (W_A, W_B) x (2 L_enc + 3 L_dec)
-    meta = json.loads((job / "checkpoint-last" / "meta.json").read_text())
+    meta = json.loads((job / "model" / "meta.json").read_text())
     assert meta["kind"] == "adapter" and meta["step"] == 4 and meta["args"]["seed"] == 20
     # the full Lightning checkpoint holds the backbone after training: bit-identical to the PLM
     plm = load_t5(tiny["model"]).state_dict()
@@ -89,9 +89,16 @@ def test_adapter_training_freezes_backbone_and_saves_only_adapters(tiny, adapter
         tensors[next(iter(tensors))],
         load_file(str(job / "checkpoint@2" / "weights.safetensors"))[next(iter(tensors))],
     )
-    rows = _csv(job.parent / "result.csv")
-    assert rows[0] == ["prefix", "metric", "lr", "bsz", "dev_performance", "test_performance"]
-    assert rows[1][:4] == ["tiny-nli", "ACC", "0.01", "8"]
+    results = json.loads((job / "results.json").read_text())
+    assert (results["task"], results["metric"], results["lr"], results["bsz"]) == ("tiny-nli", "ACC", 0.01, 8)
+    assert (job / "DONE").is_file() and (job / "report.md").is_file()
+    # model/ loads with the Auto class as the frozen backbone (the adapters are weights.safetensors beside it)
+    from transformers import AutoModelForSeq2SeqLM
+
+    exported = AutoModelForSeq2SeqLM.from_pretrained(job / "model").state_dict()
+    assert all(torch.equal(exported[k], plm[k]) for k in plm)
+    # checkpoint-best saved at a step that checkpoint@N holds already is a link to it, not a second copy
+    assert (job / "checkpoint-best" / "weights.safetensors").is_symlink()
 
 
 def test_same_seed_identical_different_seed_differs_and_sgd_noise_shares_init(tiny, adapter_runs, tmp_path):
@@ -130,7 +137,7 @@ def _evaluate(tiny, out, path, method="adapter", eval_mode="rank"):
         "--load_PET_path", str(path), "--eval_mode", eval_mode, "--output_dir", str(out), "--device", "cpu", *TOL_ARGS,
     ]  # fmt: skip
     assert main(args) == 0
-    return json.loads((Path(out) / "eval.json").read_text())
+    return json.loads((Path(out) / "results.json").read_text())
 
 
 def test_interpolate_ends_equal_evaluate_and_outputs(tiny, adapter_runs, tmp_path):
@@ -147,7 +154,7 @@ def test_interpolate_ends_equal_evaluate_and_outputs(tiny, adapter_runs, tmp_pat
         "test_loss",
     ]
     assert [r[2] for r in rows[1:7]] == ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"] and rows[7][0] == "average"
-    summary = json.loads((tmp_path / "itp" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "itp" / "results.json").read_text())
     for idx, path in ((0, p1), (-1, p2)):
         ev = _evaluate(tiny, tmp_path / f"ev{idx}", path)
         assert summary["dev"]["metric"][idx] == ev["dev_performance"]  # exactly, not approximately
@@ -174,7 +181,7 @@ def test_identical_endpoints_flat_path(tiny, adapter_runs, tmp_path):
     assert _interpolate(tiny, tmp_path / "flat", p, p) == 0
     rows = _csv(tmp_path / "flat" / "result.csv")[1:27]
     assert len(rows) == 26 and all(r[3:] == rows[0][3:] for r in rows)
-    summary = json.loads((tmp_path / "flat" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "flat" / "results.json").read_text())
     assert summary["dev"]["perf_barrier"] == 0 and summary["dev"]["loss_barrier"] == 0
 
 
@@ -184,11 +191,16 @@ def test_full_model_train_interpolate_and_dist(tiny, tmp_path):
     assert "shared.weight" in tensors and "encoder.embed_tokens.weight" not in tensors  # tied copies once
     p1, p2 = jobs[0] / "checkpoint@2", jobs[1] / "checkpoint@2"
     assert _interpolate(tiny, tmp_path / "itp", p1, p2, "--itpl_points", "3", method="model") == 0
-    summary = json.loads((tmp_path / "itp" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "itp" / "results.json").read_text())
     ev = _evaluate(tiny, tmp_path / "ev", p2, method="model")
     assert (
         summary["test"]["metric"][-1] == ev["test_performance"]
         and summary["test"]["loss"][-1] == ev["test_loss"]
+    )
+    # model/ of a full fine-tuning run is a save_pretrained folder that --load_PET_path reads too (the last step)
+    exported = _evaluate(tiny, tmp_path / "evm", jobs[1] / "model", method="model")
+    assert (
+        exported["test_loss"] == ev["test_loss"] and not (jobs[1] / "model" / "weights.safetensors").exists()
     )
     assert (
         main(
@@ -281,8 +293,8 @@ def test_curve_keeps_endpoints_and_writes_best_row(tiny, runs, tmp_path, method)
     )
     itp = tmp_path / "itp"
     assert _interpolate(tiny, itp, p1, p2, "--itpl_points", "3", method=method) == 0
-    curve_summary = json.loads((out / "summary.json").read_text())
-    line_summary = json.loads((itp / "summary.json").read_text())
+    curve_summary = json.loads((out / "results.json").read_text())
+    line_summary = json.loads((itp / "results.json").read_text())
     for idx in (0, -1):  # the curve's ends are the endpoints, exactly
         assert curve_summary["dev"]["loss"][idx] == line_summary["dev"]["loss"][idx]
     best = load_file(str(out / "checkpoint-best" / "weights.safetensors"))
@@ -296,7 +308,7 @@ def test_generate_mode_matches_its_predictions(tiny, adapter_runs, tmp_path):
         str(tmp_path / "gen"), "--device", "cpu", *TOL_ARGS,
     ]  # fmt: skip
     assert main(args) == 0
-    ev = json.loads((tmp_path / "gen" / "eval.json").read_text())
+    ev = json.loads((tmp_path / "gen" / "results.json").read_text())
     preds = json.loads((tmp_path / "gen" / "predictions.json").read_text())
     from mode_connectivity.data import load_split
     from mode_connectivity.metrics import evaluate_predictions
@@ -313,7 +325,7 @@ def test_cuda_sweep_exact_ends_and_bf16_eval(tiny, adapter_runs, tmp_path):
     p1, p2 = adapter_runs[20] / "checkpoint@4", adapter_runs[30] / "checkpoint@4"
     args = ["--device", "cuda", "--bf16"]
     assert _interpolate(tiny, tmp_path / "gpu", p1, p2, "--itpl_points", "3", *args) == 0
-    summary = json.loads((tmp_path / "gpu" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "gpu" / "results.json").read_text())
     assert all(0.0 <= m <= 1.0 for m in summary["dev"]["metric"])
     from mode_connectivity.models import build_for_method, delta_state, load_checkpoint
     from mode_connectivity.sweep import InterpolationSweep
@@ -355,7 +367,7 @@ def test_peft_training_interpolation_and_dist(tiny, runs, adapter_runs, tmp_path
         _interpolate(tiny, tmp_path / "itp", p1, p2, "--itpl_points", "3", method=method, eval_mode=eval_mode)
         == 0
     )
-    summary = json.loads((tmp_path / "itp" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "itp" / "results.json").read_text())
     for idx, path in ((0, p1), (-1, p2)):
         ev = _evaluate(tiny, tmp_path / f"ev{idx}", path, method=method, eval_mode=eval_mode)
         for split in ("dev", "test"):
@@ -401,6 +413,73 @@ def test_layer_mix_groups_and_run(tiny, adapter_runs, tmp_path):
         "--device", "cpu", *TOL_ARGS,
     ]  # fmt: skip
     assert main(args) == 0
-    out = json.loads((tmp_path / "mix" / "mix.json").read_text())
+    out = json.loads((tmp_path / "mix" / "results.json").read_text())
+    assert (tmp_path / "mix" / "DONE").is_file() and (tmp_path / "mix" / "model" / "config.json").is_file()
     assert len(out["weights_of_endpoint_1"]) == 2 * 1 + 3 * 1  # one group per T5 sublayer holding adapters
     assert all(0.0 <= w <= 1.0 for w in out["weights_of_endpoint_1"].values()) and "dev_performance" in out
+
+
+def test_train_sweep_one_folder_per_job_and_a_table_that_keeps_every_seed(tiny, tmp_path):
+    """Several learning rates: one run folder per job; results.csv has a column per swept value and the seed, and a
+    second seed into the same --output_dir adds its rows instead of overwriting the first seed's."""
+    out = tmp_path / "sweep"
+    for seed in (20, 30):
+        args = [
+            "train", "--task_dir", tiny["task"], "--model", tiny["model"], "--tune_method", "adapter", *DELTA_ARGS,
+            "--learning_rate_list", "1e-2", "2e-2", "--bsz_list", "4", "--train_iters", "1", "--do_valid", "false",
+            "--do_predict", "false", "--output_dir", str(out), "--seed", str(seed), "--progress_bar", "false",
+            "--logger", "none", "--device", "cpu", *TOL_ARGS,
+        ]  # fmt: skip
+        assert main(args) == 0
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted((r["lr"], r["seed"]) for r in rows) == [
+        ("0.01", "20"),
+        ("0.01", "30"),
+        ("0.02", "20"),
+        ("0.02", "30"),
+    ]
+    for r in rows:
+        run = Path(r["run"])
+        assert (
+            run.parent == out
+            and run.name == f"lr_{r['lr']}_bsz_4_seed_{r['seed']}"
+            and (run / "DONE").is_file()
+        )
+        assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "model" / "config.json").is_file()
+
+
+def test_batch_accumulation_and_model_are_checked_before_training(tiny, tmp_path, capsys):
+    """--bsz_list is the global batch, read in --accumulate_grad_batches micro-batches: one that does not divide it
+    is a usage error; a folder that is not a T5 is refused in one line; nothing is written."""
+    from lmlab.testing import save_tiny_model
+
+    roberta = save_tiny_model(tmp_path / "roberta", "roberta")
+    capsys.readouterr()
+    base = [
+        "train",
+        "--task_dir",
+        tiny["task"],
+        "--model",
+        tiny["model"],
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
+    assert main([*base, "--bsz_list", "6", "--accumulate_grad_batches", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--bsz_list" in err and "--accumulate_grad_batches 4" in err and err.count("\n") == 0
+    base[4] = str(roberta)
+    assert main(base) == 1
+    err = capsys.readouterr().err.strip()
+    assert "is a 'roberta' model, not a T5" in err and err.count("\n") == 0
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_attn_implementation_reaches_the_model(tiny, attn):
+    from mode_connectivity.config import TrainConfig
+
+    cfg = TrainConfig(
+        model=tiny["model"], task_dir=tiny["task"], tune_method="adapter", attn_implementation=attn
+    )
+    assert build_for_method(cfg).config._attn_implementation == attn

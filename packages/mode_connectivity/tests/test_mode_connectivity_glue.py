@@ -1,14 +1,12 @@
-"""RoBERTa GLUE path: local GLUE folders (real MRPC sample + synthetic MNLI/SST-2), the bottleneck adapter,
-glue-train checkpoints, and glue-interpolate's head policy across label spaces."""
+"""RoBERTa GLUE path: local GLUE folders (a raw RTE folder with string labels, synthetic MNLI/SST-2), the bottleneck
+adapter, glue-train checkpoints and model/ export, and glue-interpolate's head policy across label spaces."""
 
 import csv
 import json
-import shutil
 from types import SimpleNamespace
 
 import pytest
 import torch
-from lmlab.data import sample_path
 from lmlab.errors import LmlabError
 from mode_connectivity.cli import main
 from mode_connectivity.glue import add_roberta_adapters, glue_sweep, load_glue_checkpoint, load_glue_split
@@ -32,31 +30,61 @@ def glue(tmp_path_factory):
             "--output_dir", str(out), "--progress_bar", "false", "--logger", "none", "--device", "cpu",
         ]  # fmt: skip
         assert main(args) == 0
-        runs[name] = out / "checkpoint-4"
+        runs[name] = out / "model"  # the last weights (checkpoint-2 is the kept one)
     return {"model": str(model), "data": data, "runs": runs, "root": root}
 
 
-@pytest.mark.parametrize("task,folder", [("mrpc", "glue/mrpc"), ("stsb", "glue/sts-b")])
-def test_real_glue_samples_load_with_raw_headers(tmp_path, task, folder):
-    src = sample_path(folder)
-    lines = (src / "dev.tsv").read_text(encoding="utf-8").splitlines()
-    shutil.copy(src / "dev.tsv", tmp_path / "validation.tsv")
-    ds = load_glue_split(tmp_path, task, "validation")
-    assert len(ds) == len([line for line in lines[1:] if line.strip()])
-    fields = lines[1].split("\t")
-    assert ds[0]["sentence1"] == fields[3 if task == "mrpc" else 7]
-    if task == "mrpc":
-        assert set(ds["label"]) <= {0, 1} and ds[0]["label"] == int(lines[1].split("\t")[0])
-    else:
-        assert all(0.0 <= float(x) <= 5.0 for x in ds["label"])
+RTE_TRAIN = [
+    ("The cat sat on the mat.", "A cat is on a mat.", "entailment"),
+    ("Paris is the capital of France.", "Berlin is in France.", "not_entailment"),
+    ("It rained all day in Oslo.", "Oslo had rain.", "entailment"),
+    ("The shop opens at nine.", "The shop is closed all week.", "not_entailment"),
+]
 
 
-def test_missing_columns_and_splits_are_errors(tmp_path):
+def _raw_rte(folder):
+    """An RTE folder as the GLUE distribution ships it: train.tsv and dev.tsv, string labels."""
+    folder.mkdir(parents=True)
+    for split, rows in (("train", RTE_TRAIN), ("dev", RTE_TRAIN[:2])):
+        lines = ["index\tsentence1\tsentence2\tlabel"] + [
+            f"{i}\t{a}\t{b}\t{c}" for i, (a, b, c) in enumerate(rows)
+        ]
+        (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_glue_train_reads_a_raw_rte_folder_and_exports_an_auto_model(glue, tmp_path):
+    """A raw RTE folder (dev.tsv, string labels) trains; model/ loads with the Auto class and scores like the run."""
+    from transformers import AutoModelForSequenceClassification
+
+    data = _raw_rte(tmp_path / "RTE")
+    args = [
+        "glue-train", "--task_name", "rte", "--data_dir", str(data), "--model_name_or_path", glue["model"],
+        "--max_steps", "2", "--per_device_train_batch_size", "2", "--eval_steps", "100", "--save_steps", "1",
+        "--output_dir", str(tmp_path / "run"), "--progress_bar", "false", "--logger", "none", "--device", "cpu",
+    ]  # fmt: skip
+    assert main(args) == 0
+    out = tmp_path / "run"
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["validation"]) == {"accuracy", "loss"} and (out / "DONE").is_file()
+    # the kept checkpoint is step 1; the last step is model/ only (not a copy of checkpoints/last.ckpt)
+    assert (out / "checkpoint-1").is_dir() and not (out / "checkpoint-2").exists()
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
+    tensors, meta = load_glue_checkpoint(out / "model")
+    assert meta["task_name"] == "rte" and model.config.num_labels == 2
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in tensors.items())
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(ckpt[f"model.{k}"], v) for k, v in tensors.items())
+
+
+def test_glue_reader_errors_are_one_line(tmp_path):
     (tmp_path / "train.csv").write_text("text,label\nhello,1\n")
-    with pytest.raises(LmlabError, match="missing column"):
+    with pytest.raises(LmlabError, match="no column 'sentence'"):
         load_glue_split(tmp_path, "sst2", "train")
-    with pytest.raises(LmlabError, match="no validation split"):
-        load_glue_split(tmp_path, "sst2", "validation")
+    (tmp_path / "train.csv").write_text("sentence\nhello\n")
+    with pytest.raises(LmlabError, match="no label column"):
+        load_glue_split(tmp_path, "sst2", "train")
 
 
 def test_bottleneck_adapter_placement_and_identity_init(glue):
@@ -81,6 +109,7 @@ def test_glue_train_checkpoints(glue):
     assert meta["task_name"] == "mnli" and meta["num_labels"] == 3 and meta["delta_type"] == "adapter"
     assert tensors["classifier.out_proj.weight"].shape[0] == 3
     assert (glue["runs"]["mnli20"].parent / "checkpoint-2").is_dir()
+    assert not (glue["runs"]["mnli20"].parent / "checkpoint-4").exists()  # the last weights are model/
     results = json.loads((glue["runs"]["mnli20"].parent / "results.json").read_text())
     assert {"validation_matched", "validation_mismatched"} <= set(results)
     # the frozen backbone (not adapters, layer norms or classifier) is unchanged by adapter training
@@ -140,6 +169,6 @@ def test_glue_interpolate_cli_same_task(glue, tmp_path):
         "test_loss",
     ]
     assert [r[2] for r in rows[1:4]] == ["0.0", "0.5", "1.0"] and rows[4][0] == "average"
-    summary = json.loads((tmp_path / "gi" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "gi" / "results.json").read_text())
     assert summary["head_policy"] == "interpolate" and "perf_barrier" in summary["validation_matched"]
     assert (tmp_path / "gi" / "path.png").is_file()

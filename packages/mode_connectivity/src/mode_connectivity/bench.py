@@ -1,4 +1,4 @@
-"""`bench-sweep` (spec §12): the in-place sweep engine against the reference's reload-per-point approach, in one
+"""`bench` (spec §12): the in-place sweep engine against the reference's reload-per-point approach, in one
 run, on a randomly initialised T5 (no download).
 
 naive (per point): re-read both endpoint files, build the model from its directory, load the interpolated
@@ -100,7 +100,7 @@ def _build(model_dir: Path, tune_method: str, device: torch.device):
     return model.to(device).eval()
 
 
-def run_bench_sweep(cfg) -> dict[str, Any]:
+def run_bench(cfg) -> dict[str, Any]:
     import transformers
     from lmlab.device import torch_device
 
@@ -210,7 +210,7 @@ def run_bench_sweep(cfg) -> dict[str, Any]:
 
 def bench_markdown(r: dict[str, Any]) -> str:
     lines = [
-        f"# bench-sweep: {r['config']} T5, tune_method {r['tune_method']}, eval {r['bench_eval']}, "
+        f"# bench: {r['config']} T5, tune_method {r['tune_method']}, eval {r['bench_eval']}, "
         f"{r['n_eval']} examples x {r['points']} points on {r['device']} ({r['device_name']}, {r['dtype']})",
         "",
         "| engine | s / point | eval-only s / point | overhead s / point | overhead / eval |",

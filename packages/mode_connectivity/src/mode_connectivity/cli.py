@@ -9,7 +9,7 @@ from lmlab.cli import Command, run_cli
 from mode_connectivity.config import (
     CURVE_ALIASES,
     TRAIN_ALIASES,
-    BenchSweepConfig,
+    BenchConfig,
     CartographyProcessConfig,
     CurveConfig,
     DemoConfig,
@@ -86,9 +86,9 @@ COMMANDS = [
         f"{PKG}.configs",
     ),
     Command(
-        "bench-sweep",
-        BenchSweepConfig,
-        f"{PKG}.bench:run_bench_sweep",
+        "bench",
+        BenchConfig,
+        f"{PKG}.bench:run_bench",
         "time the in-place sweep engine against reloading per point",
         f"{PKG}.configs",
     ),

@@ -78,7 +78,9 @@ class MethodOptions:
 
 @dataclass
 class TrainConfig(TaskOptions, MethodOptions, TrainerOptions):
-    output_dir: str = _h("runs/train", "jobs go to <output_dir>/lr_<lr>_bsz_<bsz>_seed_<seed>/")
+    output_dir: str = _h(
+        "runs/train", "the run folder; a sweep over the lists: one per job in lr_<lr>_bsz_<bsz>_seed_<seed>/"
+    )
     seed: int = _h(20, "seeds python/numpy/torch before model construction: adapter init AND data order")
     max_steps: int = _h(10_000_000, "stop after this many updates (--train_iters)", ge=1)
     train_epochs: int = _h(
@@ -86,7 +88,7 @@ class TrainConfig(TaskOptions, MethodOptions, TrainerOptions):
     )
     learning_rate_list: list[float] = _hl([5e-5], "one training job per learning rate")
     bsz_list: list[int] = _hl(
-        [32], "one training job per batch size (> 16: micro-batch 16 with accumulation)"
+        [32], "one training job per global batch size (split over processes and --accumulate_grad_batches)"
     )
     weight_decay: float = _h(
         0.01, "Adafactor weight decay (full fine-tuning only; none for biases/layer norms)", ge=0
@@ -132,8 +134,12 @@ class TrainConfig(TaskOptions, MethodOptions, TrainerOptions):
             raise ValueError("--lr_decay_style must be constant or linear")
         if not self.learning_rate_list or any(lr <= 0 for lr in self.learning_rate_list):
             raise ValueError("--learning_rate_list must hold positive learning rates")
-        if not self.bsz_list or any(b < 1 or (b > 16 and b % 16) for b in self.bsz_list):
-            raise ValueError("--bsz_list entries must be >= 1 and multiples of 16 above 16")
+        accum = self.accumulate_grad_batches
+        if not self.bsz_list or any(b < 1 or b % accum for b in self.bsz_list):
+            raise ValueError(
+                f"--bsz_list entries must be positive multiples of --accumulate_grad_batches {accum} "
+                "(each update reads bsz examples in that many micro-batches)"
+            )
 
 
 TRAIN_ALIASES = {
@@ -148,7 +154,7 @@ TRAIN_ALIASES = {
 @dataclass
 class EvaluateConfig(TaskOptions, MethodOptions):
     load_PET_path: str = _h("", "checkpoint to evaluate (empty: the bare PLM, or fresh adapters from --seed)")
-    output_dir: str = _h("runs/evaluate", "where eval.json goes")
+    output_dir: str = _h("runs/evaluate", "where results.json, report.md and predictions.json go")
     do_valid: bool = _h(True, "evaluate the dev split")
     do_predict: bool = _h(True, "evaluate the test split")
     itp_on_train: bool = _h(False, "evaluate the full train file instead of dev")
@@ -167,7 +173,9 @@ class InterpolateConfig(EvaluateConfig):
     load_PET_path_2: str = _h("", "endpoint at a=1")
     itpl_points: int = _h(26, "grid points including both ends (26: a = 0, 0.04, ..., 1)", ge=2)
     barrier_tol: float = _h(0.01, "connected = perf_barrier <= this (absolute)", ge=0)
-    output_dir: str = _h("runs/interpolate", "result.csv, analyses, summary.json and plots go here")
+    output_dir: str = _h(
+        "runs/interpolate", "result.csv, analyses, results.json, report.md and plots go here"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -177,7 +185,9 @@ class InterpolateConfig(EvaluateConfig):
 
 @dataclass
 class CurveConfig(TaskOptions, MethodOptions, TrainerOptions):
-    output_dir: str = _h("runs/curve", "control points, result.csv, summary.json and plots go here")
+    output_dir: str = _h(
+        "runs/curve", "control points, result.csv, results.json, report.md, model/ and plots go here"
+    )
     load_stage1_pet_path_list: list[str] = _hl([], "the two endpoints (checkpoints of the same method)")
     bend_num: int = _h(3, "number of control points n (Bezier degree n+1); the scripts use 1", ge=1)
     curve: str = _h("bezier", "bezier | polychain")
@@ -226,7 +236,9 @@ CURVE_ALIASES = {"train_iters": "max_steps", "log_interval": "log_every_n_steps"
 
 @dataclass
 class LayerMixConfig(TaskOptions, MethodOptions, TrainerOptions):
-    output_dir: str = _h("runs/layer-mix", "mix.json (learned group weights, dev/test metric) goes here")
+    output_dir: str = _h(
+        "runs/layer-mix", "results.json (learned group weights, dev/test metric), model/ go here"
+    )
     load_stage1_pet_path_list: list[str] = _hl([], "the two endpoints (checkpoints of the same method)")
     layer_filter: str = _h("block", "group = block | layer (T5 sublayer) | weight (one tensor)")
     init_std: float = _h(10.0, "std of the Normal init of the group logits", ge=0)
@@ -295,7 +307,7 @@ class MakeTinyConfig:
 
 
 @dataclass
-class BenchSweepConfig:
+class BenchConfig:
     model_config: str = _h(
         "tiny", "tiny | t5-base-shaped (random weights, no download); `--config tiny` sets it"
     )

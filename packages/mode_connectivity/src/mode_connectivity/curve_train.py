@@ -25,14 +25,15 @@ import torch
 from lmlab.callbacks import check_finite
 from lmlab.config import config_to_dict, save_config
 from lmlab.errors import LmlabError
+from lmlab.io import finish_run, is_done
 from lmlab.logging import get_logger
 from lmlab.seed import seed_everything
 from lmlab.training import build_trainer, resume_checkpoint
 
 from mode_connectivity.curves import Curve, CurveSweep, curve_loss
 from mode_connectivity.data import EncodedSplit, TextTaskOptions, load_split, train_loader
-from mode_connectivity.interpolate import EvalContext, load_endpoint, write_path_outputs
-from mode_connectivity.models import build_for_method, check_same_keys, delta_state
+from mode_connectivity.interpolate import EvalContext, load_endpoint, path_report, write_path_outputs
+from mode_connectivity.models import build_for_method, check_same_keys, delta_state, export_model
 from mode_connectivity.sweep import interpolation_grid
 
 log = get_logger("mode-connectivity")
@@ -163,20 +164,25 @@ def run_curve(cfg) -> dict[str, Any]:
         load_split(cfg.task_dir, "test")  # a missing or malformed test split fails now, not after training
     if not cfg.do_train and not (out / "checkpoint-best").is_dir():
         raise LmlabError(f"{out} has no checkpoint-best; run `curve` with --do_train")
+    if cfg.do_train and is_done(out) and not cfg.overwrite:
+        raise LmlabError(
+            f"{out} holds a finished curve; pass --overwrite true to train again or --do_train false to "
+            "evaluate its checkpoint-best"
+        )
+    fresh = cfg.do_train and is_done(out)  # --overwrite: train again from the start
     out.mkdir(parents=True, exist_ok=True)
+    (out / "DONE").unlink(missing_ok=True)
     save_config(cfg, out / "config.yaml")
-    if cfg.do_train and not (out / "done.json").is_file():
+    step = None
+    if cfg.do_train:
         module = CurveModule(cfg, model, curve, train, ctx.tokenizer.pad_token_id, out / "checkpoints")
         callback = CurveValidation(cfg, ctx, sweep, out)
         trainer = build_trainer(cfg, out, callbacks=[callback], use_distributed_sampler=False)
-        model.train()
-        trainer.fit(module, ckpt_path=resume_checkpoint(cfg, out), weights_only=True)
-        if not (out / "checkpoint-best").is_dir():
-            save_control_points(out / "checkpoint-best", curve, {"step": trainer.global_step})
-        save_control_points(
-            out / "checkpoint-last", curve, {"step": trainer.global_step, "args": config_to_dict(cfg)}
-        )
-        (out / "done.json").write_text(json.dumps({"step": trainer.global_step}))
+        ckpt = None if fresh else resume_checkpoint(cfg, out)
+        trainer.fit(module, ckpt_path=ckpt, weights_only=True)
+        step = trainer.global_step
+        if not (out / "checkpoint-best").is_dir():  # no validation ran: the last control points
+            save_control_points(out / "checkpoint-best", curve, {"step": step, "args": config_to_dict(cfg)})
     device = next(model.parameters()).device
     load_control_points(out / "checkpoint-best", curve)
     curve.to(device)
@@ -194,6 +200,22 @@ def run_curve(cfg) -> dict[str, Any]:
         rows.append(ctx.evaluate())
     summary = write_path_outputs(
         out, grid, rows, ctx.task_name, ctx.metric, cfg.barrier_tol, "curve parameter t", best_row=True
+    )
+    if step is not None:
+        summary["step"] = step
+    best_t = summary["dev"]["best_x"] if "dev" in summary else 0.5
+    summary["model_t"] = best_t
+    sweep.set(best_t)
+    report = path_report("curve", summary, p1, p2) + (
+        f"\nmodel/ is the point of the curve (best control points) at t={best_t}, the best on dev.\n"
+    )
+    finish_run(
+        out,
+        summary,
+        report,
+        export=lambda folder: export_model(
+            folder, model, ctx.tokenizer, cfg.tune_method, {"curve_t": best_t, "args": config_to_dict(cfg)}
+        ),
     )
     for split in ("dev", "test"):
         if split in summary:

@@ -1,15 +1,15 @@
 """RoBERTa GLUE path (spec §3, §7): `glue-train` (full fine-tuning or a bottleneck adapter) and
 `glue-interpolate` with a head policy for endpoints trained on different label spaces.
 
-Data: local files only (`train`, `validation` / `validation_matched` / `validation_mismatched` as csv, jsonl,
-json or tsv with GLUE column names and an integer `label`, or a `datasets.save_to_disk` folder). CSV/TSV go
-through `lmlab.data.read_table`: a ragged row, an empty text or label cell, or a label that is not a number is
-an error naming the file and the row.
+Data: read by `lmlab.glue.read_glue`: a raw GLUE task folder as distributed (`train.tsv`, `dev.tsv` /
+`dev_matched.tsv`, the original columns, string labels such as `entailment`), files with the Hugging Face
+columns (`validation.csv`, ...), or a `datasets.save_to_disk` folder.
 Adapter (OpenDelta's default placement, reimplemented with hooks): a bottleneck h + up(act(down(h))) on the
 output of every layer's attention output projection and FFN output projection, bottleneck 24; trainable =
 adapters + layer norms + classifier. Init (our choice, not OpenDelta's exact one): down ~ N(0, 0.01), up = 0,
 zero biases, so the untrained adapter is the identity.
-Checkpoints `checkpoint-<N>/` hold the full state dict (safetensors, tied copies once) + meta.json.
+Checkpoints `checkpoint-<N>/` (every `--save_steps`) hold the full state dict (safetensors, tied copies once) +
+meta.json; the run's `model/` export (the last weights) is read the same way by glue-interpolate.
 Fixes relative to the reference: it rebuilt three models from disk at each of the 26 points; here the model is
 built once and the interpolated tensors are written in place; the output projection is selected by name.
 """
@@ -24,10 +24,12 @@ import pytorch_lightning as pl
 import torch
 from lmlab.config import config_to_dict, save_config
 from lmlab.errors import LmlabError
+from lmlab.glue import GlueSplit, eval_splits, read_glue
+from lmlab.io import finish_run, is_done, results_report
 from lmlab.logging import get_logger
 from lmlab.metrics import glue_metrics
 from lmlab.seed import seed_everything
-from lmlab.training import StepSampler, build_trainer, resume_checkpoint
+from lmlab.training import StepSampler, build_trainer, param_groups, resume_checkpoint
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -35,114 +37,24 @@ from mode_connectivity.sweep import InterpolationSweep, interpolation_grid
 
 log = get_logger("mode-connectivity")
 
-TASK_KEYS = {
-    "cola": ("sentence", None),
-    "mnli": ("premise", "hypothesis"),
-    "mrpc": ("sentence1", "sentence2"),
-    "qnli": ("question", "sentence"),
-    "qqp": ("question1", "question2"),
-    "rte": ("sentence1", "sentence2"),
-    "sst2": ("sentence", None),
-    "stsb": ("sentence1", "sentence2"),
-    "wnli": ("sentence1", "sentence2"),
-}
 NUM_LABELS = {"cola": 2, "mnli": 3, "mrpc": 2, "qnli": 2, "qqp": 2, "rte": 2, "sst2": 2, "stsb": 1, "wnli": 2}
-#: the original GLUE tsv headers (MRPC: Quality/#1 String/#2 String; STS-B: score) -> the HF column names
-RAW_GLUE_COLUMNS = {"Quality": "label", "#1 String": "sentence1", "#2 String": "sentence2", "score": "label"}
 HEAD_OUT = ("classifier.out_proj.weight", "classifier.out_proj.bias")
 MAIN_METRIC = {"cola": "matthews_correlation", "stsb": "pearson", "mrpc": "f1", "qqp": "f1"}
+ADAPTERS = "adapters.safetensors"  # the adapter tensors of an adapter run's model/ export
 
 
-def eval_splits(task: str) -> list[str]:
-    return ["validation_matched", "validation_mismatched"] if task == "mnli" else ["validation"]
+def load_glue_split(data_dir: str | Path, task: str, split: str, limit: int = 0) -> GlueSplit:
+    """One labelled split through lmlab.glue.read_glue: a raw GLUE task folder (`train.tsv`, `dev.tsv`, string
+    labels), files with the Hugging Face columns, or a `save_to_disk` folder; `limit` keeps the first rows."""
+    data = read_glue(data_dir, task, split, max_rows=limit or None)
+    if data.labels is None:
+        raise LmlabError(f"{data.source} has no label column; {task} {split} needs labels")
+    return data
 
 
-def load_glue_split(data_dir: str | Path, task: str, split: str):
-    """A `datasets.Dataset` of one split with the task's GLUE columns and an integer label."""
-    import datasets
-
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise LmlabError(f"--data_dir {data_dir} is not a directory")
-    ds = None
-    if (root / "dataset_dict.json").is_file():
-        dd = datasets.load_from_disk(str(root))
-        if split not in dd and split == "validation_matched" and "validation" in dd:
-            split = "validation"
-        if split not in dd:
-            raise LmlabError(f"{root} has no {split} split (has {', '.join(dd)})")
-        ds = dd[split]
-    else:
-        names = [split] + (["validation"] if split == "validation_matched" else [])
-        for name in names:
-            for ext in (".csv", ".jsonl", ".json", ".tsv"):
-                f = root / f"{name}{ext}"
-                if f.is_file():
-                    if ext in (".csv", ".tsv"):
-                        return _glue_table(f, task)
-                    ds = datasets.load_dataset("json", data_files=str(f), split="train")
-                    break
-            if ds is not None:
-                break
-        if ds is None:
-            raise LmlabError(f"{root} has no {split} split: expected {split}.csv/.jsonl/.json/.tsv")
-    rename = {k: v for k, v in RAW_GLUE_COLUMNS.items() if k in ds.column_names and v not in ds.column_names}
-    if rename:
-        ds = ds.rename_columns(rename)
-    _check_columns(ds.column_names, task, f"{root}/{split}")
-    return ds
-
-
-def _check_columns(columns, task: str, where: str) -> list[str]:
-    a, b = TASK_KEYS[task]
-    needed = [c for c in (a, b, "label") if c]
-    missing = [c for c in needed if c not in columns]
-    if missing:
-        raise LmlabError(f"{where}: missing column(s) {missing}; {task} needs {needed}")
-    return needed
-
-
-def _glue_table(path: Path, task: str):
-    """A CSV/TSV split read strictly (lmlab.data.read_table), the raw GLUE headers renamed, every needed cell
-    non-empty, labels parsed as numbers (float for STS-B, int otherwise)."""
-    import datasets
-    from lmlab.data import read_table
-
-    frame = read_table(path)
-    frame = frame.rename(
-        columns={k: v for k, v in RAW_GLUE_COLUMNS.items() if k in frame.columns and v not in frame.columns}
-    )
-    needed = _check_columns(list(frame.columns), task, str(path))
-    for column in needed:
-        empty = frame.index[frame[column].str.strip() == ""]
-        if len(empty):
-            raise LmlabError(
-                f"{path}, data row {empty[0] + 1}: column {column!r} is empty ({len(empty)} such row(s)); "
-                "fill or remove them"
-            )
-    parse = float if task == "stsb" else int
-    labels = []
-    for row, value in enumerate(frame["label"], 1):
-        try:
-            labels.append(parse(value))
-        except ValueError:
-            raise LmlabError(
-                f"{path}, data row {row}: label {value!r} is not {'a number' if task == 'stsb' else 'an integer'}; "
-                "give labels as numbers"
-            ) from None
-    frame["label"] = labels
-    return datasets.Dataset.from_pandas(frame[needed], preserve_index=False)
-
-
-def encode(ds, tokenizer, task: str, max_len: int, limit: int = 0) -> list[dict[str, Any]]:
-    a, b = TASK_KEYS[task]
-    if limit:
-        ds = ds.select(range(min(limit, len(ds))))
-    texts_a = [str(x) for x in ds[a]]
-    texts_b = [str(x) for x in ds[b]] if b else None
-    enc = tokenizer(texts_a, texts_b, truncation=True, max_length=max_len)
-    labels = ds["label"]
-    return [{"input_ids": ids, "label": lab} for ids, lab in zip(enc["input_ids"], labels, strict=True)]
+def encode(data: GlueSplit, tokenizer, max_len: int) -> list[dict[str, Any]]:
+    enc = tokenizer(data.texts_a, data.texts_b, truncation=True, max_length=max_len)
+    return [{"input_ids": ids, "label": lab} for ids, lab in zip(enc["input_ids"], data.labels, strict=True)]
 
 
 def collate_glue(items, pad_id: int, regression: bool) -> dict[str, torch.Tensor]:
@@ -210,16 +122,24 @@ def set_trainable(model: nn.Module, delta_type: str, unfrozen: list[str]) -> Non
 
 
 def build_glue_model(
-    model_dir: str, num_labels: int, delta_type: str, bottleneck: int, seed: int | None = None
+    model_dir: str,
+    num_labels: int,
+    delta_type: str,
+    bottleneck: int,
+    seed: int | None = None,
+    attn_implementation: str = "sdpa",
+    device: str = "auto",
 ):
+    from lmlab.device import resolve_accelerator, resolve_attn_implementation
     from transformers import AutoModelForSequenceClassification
 
     if not Path(model_dir).is_dir():
         raise LmlabError(f"--model_name_or_path {model_dir} is not a local model directory")
+    attn = resolve_attn_implementation(attn_implementation, resolve_accelerator(device))
     if seed is not None:
         seed_everything(seed)
     model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, num_labels=num_labels, ignore_mismatched_sizes=True
+        model_dir, num_labels=num_labels, ignore_mismatched_sizes=True, attn_implementation=attn
     )
     if delta_type == "adapter":
         add_roberta_adapters(model, bottleneck)
@@ -241,16 +161,38 @@ def save_glue_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> 
     (path / "meta.json").write_text(json.dumps({"kind": "glue", **meta}, indent=1, default=str))
 
 
+def export_glue_model(folder: Path, model: nn.Module, tokenizer, meta: dict[str, Any]) -> None:
+    """A glue-train run's `model/`: `save_pretrained` (AutoModelForSequenceClassification loads the fine-tuned
+    model; for an adapter run, the trained layer norms and head without the adapters), the tokenizer, meta.json,
+    and for an adapter run `adapters.safetensors` (the adapter tensors). `--path1/--path2 <run>/model` read it."""
+    from safetensors.torch import save_file
+
+    state = unique_state(model)
+    adapters = {k: v.detach().cpu().contiguous() for k, v in state.items() if "adapter_" in k}
+    model.save_pretrained(folder, state_dict={k: v for k, v in state.items() if k not in adapters})
+    tokenizer.save_pretrained(folder)
+    if adapters:
+        save_file(adapters, str(folder / ADAPTERS), metadata={"kind": "glue"})
+    (folder / "meta.json").write_text(json.dumps({"kind": "glue", **meta}, indent=1, default=str))
+
+
 def load_glue_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, meta) of a `checkpoint-<N>` folder or a glue-train run's `model/` export."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not (path / "weights.safetensors").is_file() or not (path / "meta.json").is_file():
-        raise LmlabError(f"{path} is not a glue-train checkpoint (weights.safetensors + meta.json)")
+    files = [path / "weights.safetensors"] if (path / "weights.safetensors").is_file() else []
+    if not files and (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors", *[f for f in [path / ADAPTERS] if f.is_file()]]
+    if not files or not (path / "meta.json").is_file():
+        raise LmlabError(f"{path} is not a glue-train checkpoint (checkpoint-<N>/ or model/ with meta.json)")
     meta = json.loads((path / "meta.json").read_text())
     if meta.get("kind") != "glue":
         raise LmlabError(f"{path} is a {meta.get('kind')!r} checkpoint, not a glue-train one")
-    return load_file(str(path / "weights.safetensors")), meta
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        tensors.update(load_file(str(f)))
+    return tensors, meta
 
 
 @torch.no_grad()
@@ -289,8 +231,8 @@ class GlueModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay)
+        groups = param_groups(self.model, self.cfg.weight_decay)  # no decay on biases and layer norms
+        opt = torch.optim.AdamW(groups, lr=self.cfg.learning_rate)
         if not self.cfg.warmup_steps:
             return opt
         w = self.cfg.warmup_steps
@@ -330,7 +272,7 @@ class GlueCallback(pl.Callback):
         if step == self.last or not trainer.is_global_zero:
             return
         self.last = step
-        if step % self.cfg.save_steps == 0:
+        if step % self.cfg.save_steps == 0 and step < trainer.max_steps:  # the last step is model/
             save_glue_checkpoint(self.out / f"checkpoint-{step}", module.model, self.meta(step))
         if step % self.cfg.eval_steps == 0:
             for split, items in self.evals.items():
@@ -338,7 +280,7 @@ class GlueCallback(pl.Callback):
                     module.model, items, self.cfg.task_name, self.cfg.per_device_eval_batch_size, self.pad_id
                 )
                 module.log_dict({f"{split}_{k}": v for k, v in metrics.items()} | {f"{split}_loss": loss})
-            module.model.train()
+            module.model.train()  # evaluate_glue left it in eval mode
 
 
 def run_glue_train(cfg) -> dict[str, Any]:
@@ -350,41 +292,45 @@ def run_glue_train(cfg) -> dict[str, Any]:
     if not Path(cfg.model_name_or_path).is_dir():
         raise LmlabError(f"--model_name_or_path {cfg.model_name_or_path} is not a local model directory")
     tok = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
-    train = encode(
-        load_glue_split(cfg.data_dir, cfg.task_name, "train"), tok, cfg.task_name, cfg.max_seq_length
-    )
+    train = encode(load_glue_split(cfg.data_dir, cfg.task_name, "train"), tok, cfg.max_seq_length)
     evals = {
         s: encode(
-            load_glue_split(cfg.data_dir, cfg.task_name, s),
-            tok,
-            cfg.task_name,
-            cfg.max_seq_length,
-            cfg.max_eval_samples,
+            load_glue_split(cfg.data_dir, cfg.task_name, s, cfg.max_eval_samples), tok, cfg.max_seq_length
         )
         for s in eval_splits(cfg.task_name)
     }
     model = build_glue_model(
-        cfg.model_name_or_path, NUM_LABELS[cfg.task_name], cfg.delta_type, cfg.bottleneck_dim, cfg.seed
-    )
+        cfg.model_name_or_path, NUM_LABELS[cfg.task_name], cfg.delta_type, cfg.bottleneck_dim, cfg.seed,
+        cfg.attn_implementation, cfg.device,
+    )  # fmt: skip
     set_trainable(model, cfg.delta_type, cfg.unfrozen_modules)
+    if is_done(out) and not cfg.overwrite:
+        raise LmlabError(f"{out} holds a finished run; pass --overwrite true or choose another --output_dir")
+    fresh = is_done(out)  # --overwrite: train again from the start
     out.mkdir(parents=True, exist_ok=True)
+    (out / "DONE").unlink(missing_ok=True)
     save_config(cfg, out / "config.yaml")
-    model.train()
     module = GlueModule(cfg, model, train, tok.pad_token_id)
     callback = GlueCallback(cfg, out, evals, tok.pad_token_id)
     trainer = build_trainer(cfg, out, callbacks=[callback], use_distributed_sampler=False)
-    trainer.fit(module, ckpt_path=resume_checkpoint(cfg, out), weights_only=True)
-    results: dict[str, Any] = {"step": trainer.global_step}
+    trainer.fit(module, ckpt_path=None if fresh else resume_checkpoint(cfg, out), weights_only=True)
+    if not trainer.is_global_zero:
+        return {}
+    results: dict[str, Any] = {"task": cfg.task_name, "step": trainer.global_step}
     for split, items in evals.items():
         metrics, loss = evaluate_glue(
             module.model, items, cfg.task_name, cfg.per_device_eval_batch_size, tok.pad_token_id
         )
         results[split] = {**metrics, "loss": loss}
-    if trainer.is_global_zero:
-        save_glue_checkpoint(
-            out / f"checkpoint-{trainer.global_step}", module.model.cpu(), callback.meta(trainer.global_step)
-        )
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    text = f"{cfg.delta_type} tuning of {cfg.model_name_or_path} on {cfg.task_name}; model/ holds the last weights."
+    finish_run(
+        out,
+        results,
+        results_report("mode-connectivity glue-train", results, text),
+        export=lambda folder: export_glue_model(
+            folder, module.model.cpu(), tok, callback.meta(trainer.global_step)
+        ),
+    )
     print(json.dumps(results))
     return results
 
@@ -425,7 +371,7 @@ def glue_sweep(cfg):
             f"the head kept ({num_labels} labels) does not fit --eval_task {eval_task} ({NUM_LABELS[eval_task]})"
         )
     model_dir = cfg.model_name_or_path or m1["model_name_or_path"]
-    model = build_glue_model(model_dir, num_labels, m1["delta_type"], m1["bottleneck_dim"])
+    model = build_glue_model(model_dir, num_labels, m1["delta_type"], m1["bottleneck_dim"], device=cfg.device)
     from lmlab.device import torch_device
 
     from mode_connectivity.models import check_same_keys
@@ -456,13 +402,7 @@ def run_glue_interpolate(cfg) -> dict[str, Any]:
     model, sweep, eval_task, policy, model_dir = glue_sweep(cfg)
     tok = AutoTokenizer.from_pretrained(model_dir)
     evals = {
-        s: encode(
-            load_glue_split(cfg.data_dir, eval_task, s),
-            tok,
-            eval_task,
-            cfg.max_seq_length,
-            cfg.max_eval_samples,
-        )
+        s: encode(load_glue_split(cfg.data_dir, eval_task, s, cfg.max_eval_samples), tok, cfg.max_seq_length)
         for s in eval_splits(eval_task)
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -521,8 +461,9 @@ def run_glue_interpolate(cfg) -> dict[str, Any]:
     }
     for s, v in series.items():
         summary[s] = {**v, **barrier_metrics(grid, v["metric"], v["loss"], cfg.barrier_tol)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     plot_path(out / "path.png", grid, {"dev": summary[first]}, main_key, "interpolation coefficient a")
+    text = f"Endpoints `{cfg.path1}` and `{cfg.path2}`; {eval_task} ({main_key}), head {policy}."
+    finish_run(out, summary, results_report("mode-connectivity glue-interpolate", summary, text))
     print(f"{eval_task} ({policy}): {main_key} {series[first]['metric'][0]:.4f} -> {series[first]['metric'][-1]:.4f}, "
           f"perf_barrier {summary[first]['perf_barrier']:.4f}; results in {out}")  # fmt: skip
     return {"perf_barrier": summary[first]["perf_barrier"], "loss_barrier": summary[first]["loss_barrier"]}

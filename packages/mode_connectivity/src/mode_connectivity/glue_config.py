@@ -35,7 +35,7 @@ class GlueDataOptions:
 
 @dataclass
 class GlueTrainConfig(GlueDataOptions, TrainerOptions):
-    output_dir: str = _h("runs/glue", "checkpoint-<N> folders, results.json")
+    output_dir: str = _h("runs/glue", "the run folder: checkpoint-<N> folders, model/, results.json")
     delta_type: str = _h(
         "none", "none (full fine-tuning) | adapter (bottleneck after attention and FFN outputs)"
     )
@@ -71,7 +71,7 @@ class GlueInterpolateConfig(GlueDataOptions):
         "auto (interpolate when label spaces match, else from_eval_task) | interpolate | from_eval_task | from_1 | from_2",
     )
     itpl_points: int = _h(26, "grid points (26 hard-coded in the reference)", ge=2)
-    output_dir: str = _h("runs/glue-interpolate", "result.csv, summary.json, path.png")
+    output_dir: str = _h("runs/glue-interpolate", "result.csv, results.json, report.md, path.png")
     barrier_tol: float = _h(0.01, "connected = perf_barrier <= this", ge=0)
     device: str = _h("auto", "auto | cpu | cuda")
 

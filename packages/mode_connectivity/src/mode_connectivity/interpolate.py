@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from lmlab.config import save_config
 from lmlab.errors import LmlabError
+from lmlab.io import finish_run, results_report
 from lmlab.logging import get_logger
 
 from mode_connectivity.barriers import barrier_metrics
@@ -145,9 +146,10 @@ def run_evaluate(cfg) -> dict[str, Any]:
         summary[f"{split}_performance"] = r.metric
         summary[f"{split}_loss"] = r.loss
         print(f"{split}: {ctx.metric} = {r.metric:.4f}  loss = {r.loss:.4f}")
-    (out_dir / "eval.json").write_text(json.dumps(summary, indent=1))
     with (out_dir / "predictions.json").open("w") as fh:
         json.dump({s: r.predictions for s, r in results.items()}, fh)
+    text = f"`{cfg.load_PET_path or 'the bare model'}` on {ctx.task_name} ({ctx.metric}); predictions.json beside."
+    finish_run(out_dir, summary, results_report("mode-connectivity evaluate", summary, text))
     return summary
 
 
@@ -203,7 +205,8 @@ def write_path_outputs(
     best_row: bool = False,
     write_csv: bool = True,
 ) -> dict[str, Any]:
-    """result.csv, *_data_analysis.json, data_analyze.txt, solution_analysis.txt, summary.json, plots."""
+    """result.csv, *_data_analysis.json, data_analyze.txt, solution_analysis.txt, path.png; returns the summary
+    that the caller writes as results.json (lmlab.io.finish_run)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = list(rows[0]) if rows else []
 
@@ -276,7 +279,6 @@ def write_path_outputs(
                 f"min_drop {s['min_drop']:.4f}; connected {s['connected']}"
             )
     (out_dir / "solution_analysis.txt").write_text("\n".join(sol) + "\n")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     plot_path(out_dir / "path.png", grid, summary, metric, xlabel)
     return summary
 
@@ -335,9 +337,18 @@ def run_interpolate(cfg) -> dict[str, Any]:
                 f"{split}: {ctx.metric} {s['metric'][0]:.4f} -> {s['metric'][-1]:.4f}, min {min(s['metric']):.4f}; "
                 f"perf_barrier {s['perf_barrier']:.4f}  loss_barrier {s['loss_barrier']:.4f}  connected {s['connected']}"
             )
+    finish_run(
+        out_dir, summary, path_report("interpolate", summary, cfg.load_PET_path_1, cfg.load_PET_path_2)
+    )
     print(f"results in {out_dir}")
     return {
         k: v
         for k, v in summary.get("dev", summary.get("train", {})).items()
         if k in ("perf_barrier", "loss_barrier")
     }
+
+
+def path_report(command: str, summary: dict[str, Any], end1: str, end2: str) -> str:
+    """report.md of a path: the endpoints and the scalar results (barriers, averages, best point)."""
+    text = f"Endpoints: `{end1}` and `{end2}`; {summary['task']} ({summary['metric']}), {len(summary['grid'])} points."
+    return results_report(f"mode-connectivity {command}", summary, text)

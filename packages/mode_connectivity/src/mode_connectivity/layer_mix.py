@@ -1,14 +1,14 @@
 """`layer-mix` (optional; reference `tune_hps_singletask_layer_weight_find_finetune.py`): learn one logit w_g per
 group of tensors (block, layer or single tensor) and use sigmoid(w_g) * theta1 + (1 - sigmoid(w_g)) * theta2
 per group (note: the orientation is opposite to the interpolation coefficient a). Trained on Lightning with
-`functional_call`; afterwards the learned mixture is written in place and evaluated on dev/test. Resumes
+`functional_call`; afterwards the learned mixture is written in place, evaluated on dev/test and exported
+(model/; results.json holds the group weights and the scores). Resumes
 bit-exactly like `train` (sampler position and answer picks keyed on the stream, dropout on the micro-batch);
 every input is read and checked before anything is written.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -16,12 +16,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lmlab.config import save_config
+from lmlab.errors import LmlabError
+from lmlab.io import finish_run, is_done, results_report
 from lmlab.training import build_trainer, resume_checkpoint
 from torch import nn
 
 from mode_connectivity.data import EncodedSplit, TextTaskOptions, load_split, train_loader
 from mode_connectivity.interpolate import EvalContext, load_endpoint
-from mode_connectivity.models import build_for_method, check_same_keys, delta_state
+from mode_connectivity.models import build_for_method, check_same_keys, delta_state, export_model
 
 
 def group_of(name: str, layer_filter: str) -> str:
@@ -114,12 +116,15 @@ def run_layer_mix(cfg) -> dict[str, Any]:
         load_split(cfg.task_dir, "train"), ctx.tokenizer, ctx.task_name,
         TextTaskOptions(cfg.max_input_length, cfg.max_output_length, cfg.do_lowercase, cfg.append_another_bos),
     )  # fmt: skip
+    if is_done(out) and not cfg.overwrite:
+        raise LmlabError(f"{out} holds a finished run; pass --overwrite true or choose another --output_dir")
+    fresh = is_done(out)  # --overwrite: train again from the start
     out.mkdir(parents=True, exist_ok=True)
+    (out / "DONE").unlink(missing_ok=True)
     save_config(cfg, out / "config.yaml")
     module = MixModule(cfg, model, mixture, train, ctx.tokenizer.pad_token_id)
     trainer = build_trainer(cfg, out, use_distributed_sampler=False)
-    model.train()
-    trainer.fit(module, ckpt_path=resume_checkpoint(cfg, out), weights_only=True)
+    trainer.fit(module, ckpt_path=None if fresh else resume_checkpoint(cfg, out), weights_only=True)
     with torch.no_grad():
         for k, v in mixture.point().items():
             targets[k].copy_(v.to(targets[k].device, targets[k].dtype))
@@ -131,7 +136,15 @@ def run_layer_mix(cfg) -> dict[str, Any]:
         **{f"{s}_performance": r.metric for s, r in results.items()},
         **{f"{s}_loss": r.loss for s, r in results.items()},
     }
-    (out / "mix.json").write_text(json.dumps(summary, indent=1))
+    text = f"Learned mixture of `{p1}` (weight w) and `{p2}` (1 - w) per {cfg.layer_filter}; model/ is the mixture."
+    finish_run(
+        out,
+        summary,
+        results_report("mode-connectivity layer-mix", summary, text),
+        export=lambda folder: export_model(
+            folder, model, ctx.tokenizer, cfg.tune_method, {"layer_mix": summary["weights_of_endpoint_1"]}
+        ),
+    )
     print(
         " ".join(f"{s}: {ctx.metric} {r.metric:.4f} loss {r.loss:.4f}" for s, r in results.items())
         + f"; results in {out}"

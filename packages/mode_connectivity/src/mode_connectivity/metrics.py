@@ -2,17 +2,26 @@
 
 Differs from the reference: every metric has a per-example raw score (the reference crashed for EM, Rouge-L,
 Matthews and Pearson), and an unknown task name is an error listing the known names instead of a KeyError.
+SQuAD F1/EM (official normalisation), ROUGE-L (`rouge-score`), Matthews (scikit-learn) and Pearson are lmlab's;
+Classification-F1 is scikit-learn's macro F1 over the gold labels only (a prediction outside them counts as
+wrong instead of adding a class of its own).
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 from lmlab.errors import LmlabError
-from lmlab.metrics import normalize_answer
+from lmlab.metrics import (
+    matthews_corrcoef,
+    max_over_ground_truths,
+    pearson,
+    rouge_l,
+    squad_exact_match,
+    squad_f1,
+)
 
 ACC = "ACC"
 EM = "EM"
@@ -67,40 +76,6 @@ def metric_for_task(task_name: str, override: str | None = None) -> str:
     )
 
 
-def _token_f1(prediction: str, gold: str) -> float:
-    pred_tokens = normalize_answer(prediction).split()
-    gold_tokens = normalize_answer(gold).split()
-    common = Counter(pred_tokens) & Counter(gold_tokens)
-    num_same = sum(common.values())
-    if num_same == 0:
-        return 0.0
-    precision = num_same / len(pred_tokens)
-    recall = num_same / len(gold_tokens)
-    return 2 * precision * recall / (precision + recall)
-
-
-def _lcs(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(prediction: str, gold: str) -> float:
-    """ROUGE-L F-measure over lowercase whitespace tokens (own implementation; no extra dependency)."""
-    p, g = prediction.lower().split(), gold.lower().split()
-    if not p or not g:
-        return 0.0
-    lcs = _lcs(p, g)
-    if lcs == 0:
-        return 0.0
-    prec, rec = lcs / len(p), lcs / len(g)
-    return 2 * prec * rec / (prec + rec)
-
-
 def _to_float(s: str) -> float:
     try:
         return float(s)
@@ -118,11 +93,11 @@ def raw_scores(metric: str, predictions: Sequence[str], golds: Sequence[Sequence
         if metric == ACC:
             out.append(float(any(p.lower() == g.strip().lower() for g in gs)))
         elif metric == EM:
-            out.append(float(any(normalize_answer(p) == normalize_answer(g) for g in gs)))
+            out.append(max_over_ground_truths(squad_exact_match, p, gs))
         elif metric == QA_F1:
-            out.append(max(_token_f1(p, g) for g in gs))
+            out.append(max_over_ground_truths(squad_f1, p, gs))
         elif metric == ROUGE_L:
-            out.append(max(rouge_l(p, g) for g in gs))
+            out.append(max_over_ground_truths(rouge_l, p, gs))
         elif metric == CLS_F1:
             out.append(float(p == gs[0].strip()))
         elif metric in (MCC, PEARSON):
@@ -151,18 +126,14 @@ def evaluate_predictions(metric: str, predictions: Sequence[str], golds: Sequenc
         mapped = [p if p in labels else sentinel for p in preds]
         return float(f1_score(first, mapped, labels=labels, average="macro", zero_division=0))
     if metric == MCC:
-        from sklearn.metrics import matthews_corrcoef
-
         y_true = [int(g == "acceptable") for g in first]
         y_pred = [int(p == "acceptable") for p in preds]
-        return float(matthews_corrcoef(y_true, y_pred))
+        return matthews_corrcoef(y_pred, y_true)
     if metric == PEARSON:
-        from scipy.stats import pearsonr
-
         x = np.array([_to_float(p) for p in preds])
         y = np.array([_to_float(g) for g in first])
-        if np.isnan(x).any() or np.std(x) == 0 or np.std(y) == 0:
+        if np.isnan(x).any() or np.isnan(y).any():
             return 0.0
-        r = float(pearsonr(x, y)[0])
+        r = pearson(x, y)
         return 0.0 if math.isnan(r) else r
     raise LmlabError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")

@@ -26,17 +26,35 @@ from mode_connectivity.config import TUNE_METHODS
 DELTA_MARKERS = {"adapter": "adapter_", "lora": "lora_", "prefix": "prompt_encoder."}
 WEIGHTS = "weights.safetensors"
 META = "meta.json"
+EXPORTED = "model.safetensors"  # the weights file of a save_pretrained export
 
 
-def load_t5(model_dir: str | Path, dtype: torch.dtype = torch.float32):
-    from transformers import T5ForConditionalGeneration
+def load_t5(
+    model_dir: str | Path,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    device: str = "auto",
+):
+    """A local T5 folder as `T5ForConditionalGeneration` with the resolved `--attn_implementation`; a folder
+    holding another architecture is refused in one line."""
+    from lmlab.device import resolve_accelerator, resolve_attn_implementation
+    from transformers import AutoConfig, T5ForConditionalGeneration
 
     path = Path(model_dir)
     if not path.is_dir():
         raise LmlabError(
             f"--model {model_dir} is not a local model directory (run `mode-connectivity make-tiny`)"
         )
-    return T5ForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    if not (path / "config.json").is_file():
+        raise LmlabError(f"--model {model_dir} has no config.json; give a save_pretrained T5 folder")
+    model_type = AutoConfig.from_pretrained(path).model_type
+    if model_type != "t5":
+        raise LmlabError(
+            f"--model {model_dir} is a {model_type!r} model, not a T5: this command needs a T5 folder "
+            "(model_type t5, e.g. google/t5-v1_1-base); sequence classifiers such as RoBERTa go through glue-train"
+        )
+    attn = resolve_attn_implementation(attn_implementation, resolve_accelerator(device))
+    return T5ForConditionalGeneration.from_pretrained(path, dtype=dtype, attn_implementation=attn)
 
 
 def load_tokenizer(path: str | Path):
@@ -137,22 +155,58 @@ def delta_state(model: nn.Module, tune_method: str) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(
-    path: str | Path, model: nn.Module, tune_method: str, meta: dict[str, Any] | None = None
+    path: str | Path,
+    model: nn.Module,
+    tune_method: str,
+    meta: dict[str, Any] | None = None,
+    same_as: str | Path | None = None,
 ) -> Path:
+    """Write `<path>/weights.safetensors` + `meta.json`. `same_as`: a checkpoint folder already holding these
+    very weights (saved at the same step): the weights file becomes a relative link to it, stored once."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        k: v.detach().to("cpu").contiguous().clone() for k, v in delta_state(model, tune_method).items()
-    }
     _, aliases = unique_state(model)
     info = {"kind": tune_method, "aliases": aliases if tune_method == "model" else {}, **(meta or {})}
     tmp = path / (WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"kind": tune_method})
+    tmp.unlink(missing_ok=True)
+    if same_as is not None and (Path(same_as) / WEIGHTS).is_file():
+        tmp.symlink_to(Path("..") / Path(same_as).name / WEIGHTS)
+    else:
+        tensors = {
+            k: v.detach().to("cpu").contiguous().clone() for k, v in delta_state(model, tune_method).items()
+        }
+        save_file(tensors, str(tmp), metadata={"kind": tune_method})
     tmp.replace(path / WEIGHTS)
     (path / META).write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
     return path
+
+
+def export_model(
+    folder: str | Path, model: nn.Module, tokenizer, tune_method: str, meta: dict[str, Any]
+) -> None:
+    """A run's `model/`: a `save_pretrained` T5 that transformers' Auto classes load, its tokenizer, and the
+    checkpoint `--load_PET_path` reads (meta.json; the delta in weights.safetensors). What the Auto classes get:
+    the tuned model for `model`, the merged model for `lora`, the frozen backbone for `adapter` and `prefix`
+    (the paper's adapter is not a transformers module: its tensors are in weights.safetensors). For `lora` and
+    `prefix` `peft/` holds peft's own export (`PeftModel.from_pretrained(backbone, "model/peft")`)."""
+    import copy
+
+    folder = Path(folder)
+    plain = model
+    if tune_method in ("lora", "prefix"):
+        model.save_pretrained(folder / "peft")
+        plain = copy.deepcopy(model).merge_and_unload() if tune_method == "lora" else model.get_base_model()
+    state = {k: v for k, v in plain.state_dict().items() if DELTA_MARKERS["adapter"] not in k}
+    plain.save_pretrained(folder, state_dict=state)
+    tokenizer.save_pretrained(folder)
+    if tune_method == "model":  # the weights are model.safetensors itself (load_checkpoint reads it)
+        _, aliases = unique_state(model)
+        info = {"kind": tune_method, "aliases": aliases, **meta}
+        (folder / META).write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
+    else:
+        save_checkpoint(folder, model, tune_method, meta)
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -162,9 +216,11 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 
     path = Path(path)
     if path.is_dir():
+        meta = json.loads((path / META).read_text()) if (path / META).is_file() else {}
+        if not (path / WEIGHTS).is_file() and meta.get("kind") == "model" and (path / EXPORTED).is_file():
+            return load_file(str(path / EXPORTED)), meta  # a full-model run's model/ export
         if not (path / WEIGHTS).is_file():
             raise LmlabError(f"checkpoint {path} has no {WEIGHTS}")
-        meta = json.loads((path / META).read_text()) if (path / META).is_file() else {}
         return load_file(str(path / WEIGHTS)), meta
     if not path.is_file():
         raise LmlabError(f"checkpoint {path} does not exist")
@@ -223,7 +279,11 @@ def check_same_keys(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], name
 
 def build_for_method(cfg, seed: int | None = None) -> nn.Module:
     """Load `cfg.model` and attach the delta modules; seeds torch first when `seed` is given."""
-    model = load_t5(cfg.model)
+    model = load_t5(
+        cfg.model,
+        attn_implementation=getattr(cfg, "attn_implementation", "sdpa"),
+        device=getattr(cfg, "device", "auto"),
+    )
     if seed is not None:
         from lmlab.seed import seed_everything
 

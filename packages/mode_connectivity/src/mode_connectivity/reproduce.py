@@ -47,21 +47,20 @@ class Plan:
                        "--eval_mode", "rank", "--device", device]  # fmt: skip
 
     def train(self, name: str, task: str, method: str, seed: int, lr: float, *extra: str) -> Path:
-        out = self.out / "runs" / name
-        job = out / f"lr_{lr}_bsz_16_seed_{seed}"
-        if not (job / "done.json").is_file():
+        job = self.out / "runs" / name / f"lr_{lr}_bsz_16_seed_{seed}"
+        if not (job / "DONE").is_file():
             _run([
                 "train", "--task_dir", self.tasks[task], "--model", self.model, "--tune_method", method,
                 "--adapter_size", "12", "--learning_rate_list", str(lr), "--bsz_list", "16", "--train_iters",
                 str(self.steps), "--valid_interval", str(self.every), "--output_interval", str(self.every),
-                "--seed", str(seed), "--output_dir", str(out), "--progress_bar", "false", "--logger", "none",
+                "--seed", str(seed), "--output_dir", str(job), "--progress_bar", "false", "--logger", "none",
                 "--log_every_n_steps", "50", *self.common, *extra,
             ])  # fmt: skip
         return job
 
     def interpolate(self, name: str, task: str, method: str, p1: Path, p2: Path, *extra: str) -> Path:
         out = self.out / "interpolate" / name
-        if not (out / "summary.json").is_file():
+        if not (out / "results.json").is_file():
             _run([
                 "interpolate", "--task_dir", self.tasks[task], "--model", self.model, "--tune_method", method,
                 "--adapter_size", "12", "--load_PET_path_1", str(p1), "--load_PET_path_2", str(p2),
@@ -71,7 +70,7 @@ class Plan:
 
 
 def _row(name: str, summary_dir: Path, split: str = "dev") -> dict[str, Any]:
-    s = json.loads((summary_dir / "summary.json").read_text())[split]
+    s = json.loads((summary_dir / "results.json").read_text())[split]
     return {
         "experiment": name,
         "metric(0)": s["metric"][0],
@@ -106,7 +105,7 @@ def _overview_plot(rows: list[dict[str, Any]], out: Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=110)
     for r in rows:
-        s = json.loads((Path(r["plot"]).parent / "summary.json").read_text())
+        s = json.loads((Path(r["plot"]).parent / "results.json").read_text())
         ax1.plot(s["grid"], s["dev"]["metric"], marker="o", markersize=2, label=r["experiment"])
         ax2.plot(s["grid"], s["dev"]["loss"], marker="o", markersize=2, label=r["experiment"])
     ax1.set_xlabel("a (t for the curve)")
@@ -173,7 +172,7 @@ def run_reproduce(cfg) -> dict[str, Any]:
         slug = name.lower().replace(",", "").replace("(", "").replace(")", "").replace(" ", "_")
         rows.append(_row(name, plan.interpolate(slug, task, method, p1, p2)))
     curve_dir = out / "curve" / "adapter_seeds"
-    if not (curve_dir / "summary.json").is_file():
+    if not (curve_dir / "results.json").is_file():
         _run([
             "curve", "--task_dir", tasks["t1"], "--model", model, "--tune_method", "adapter", "--adapter_size", "12",
             "--load_stage1_pet_path_list", str(ad[20] / last), str(ad[30] / last), "--bend_num", "1",
@@ -287,11 +286,11 @@ def run_demo(cfg) -> dict[str, Any]:
     for s in (20, 30):
         run = out / "finetune"
         jobs[s] = run / f"lr_0.001_bsz_16_seed_{s}"
-        if not (jobs[s] / "done.json").is_file():
+        if not (jobs[s] / "DONE").is_file():
             _run([
                 "train", "--task_dir", task, "--model", model, "--tune_method", "model",
                 "--learning_rate_list", "1e-3", "--bsz_list", "16", "--train_iters", str(cfg.steps), "--valid_interval",
-                str(cfg.steps), "--output_interval", str(cfg.steps), "--seed", str(s), "--output_dir", str(run),
+                str(cfg.steps), "--output_interval", str(cfg.steps), "--seed", str(s), "--output_dir", str(jobs[s]),
                 "--progress_bar", "false", "--logger", "none", "--do_predict", "false", *common,
             ])  # fmt: skip
     p1, p2 = jobs[20] / f"checkpoint@{cfg.steps}", jobs[30] / f"checkpoint@{cfg.steps}"
@@ -301,7 +300,7 @@ def run_demo(cfg) -> dict[str, Any]:
         str(out / "interpolate"), "--do_predict", "false", *common,
     ])  # fmt: skip
     _run([
-        "curve", "--task_dir", task, "--model", model, "--tune_method", "model", "--t_samples", "1",
+        "curve", "--task_dir", task, "--model", model, "--tune_method", "model", "--t_samples", "1", "--overwrite", "true",
         "--load_stage1_pet_path_list", str(p1), str(p2), "--bend_num", "1", "--bsz_list", "16", "--train_iters", "30",
         "--valid_interval", "30", "--learning_rate_list", "1e-3", "--itpl_points", "11", "--output_dir",
         str(out / "curve"), "--progress_bar", "false", "--logger", "none", "--do_predict", "false", *common,
@@ -319,8 +318,8 @@ def run_demo(cfg) -> dict[str, Any]:
             str(out / "distance"),
         ]
     )
-    line = json.loads((out / "interpolate" / "summary.json").read_text())["dev"]
-    curve = json.loads((out / "curve" / "summary.json").read_text())["dev"]
+    line = json.loads((out / "interpolate" / "results.json").read_text())["dev"]
+    curve = json.loads((out / "curve" / "results.json").read_text())["dev"]
     print(
         f"demo: straight path dev accuracy {line['metric'][0]:.3f} -> {line['metric'][-1]:.3f} (min {min(line['metric']):.3f}), "
         f"perf_barrier {line['perf_barrier']:.3f}; curve perf_barrier {curve['perf_barrier']:.3f}"

@@ -1,12 +1,15 @@
 """`train` (reference `tune_singletask.py`) on Lightning: full fine-tuning, the paper's adapter, LoRA, prefix.
 
-One job per (lr, bsz) in `<output_dir>/lr_<lr>_bsz_<bsz>_seed_<seed>/` with `checkpoint@<N>` every
-`--output_interval` updates, `checkpoint-best` (dev metric >= best so far, every `--valid_interval` updates),
-`checkpoint-last` at the end; `<output_dir>/result.csv` gets a row per job. A job whose `checkpoint-last`
-exists is skipped; an interrupted job resumes from its Lightning `checkpoints/last.ckpt` bit-exactly: at the
-next sample (StepSampler), with the same answer picks (keyed on the stream position) and the same dropout
-(lmlab's ExactResume keys it on the micro-batch). Every input is read and checked before anything is
-written. Cartography mode records per-example correctness/confidence on the train set every epoch.
+The run folder is `--output_dir` (lmlab's layout: config.yaml, metrics.jsonl, checkpoints/last.ckpt, model/,
+results.json, report.md, DONE last) with `checkpoint@<N>` every `--output_interval` updates and `checkpoint-best`
+(dev metric >= best so far, every `--valid_interval` updates; a link to `checkpoint@<N>` when saved at the same
+step). Several values in `--learning_rate_list`/`--bsz_list` make a sweep: one such run folder per job in
+`<output_dir>/lr_<lr>_bsz_<bsz>_seed_<seed>/` (a finished one is skipped) and `<output_dir>/results.csv` with a
+row per job and seed. `--bsz_list` is the global batch of one update, read in `--accumulate_grad_batches`
+micro-batches per process. An interrupted job resumes from its `checkpoints/last.ckpt` bit-exactly: at the next
+sample (StepSampler), with the same answer picks (keyed on the stream position) and the same dropout (lmlab's
+ExactResume keys it on the micro-batch). Every input is read and checked before anything is written.
+Cartography mode records per-example correctness/confidence on the train set every epoch.
 
 Fixes relative to the reference: gradient accumulation steps after `accum` micro-batches (the reference stepped
 after the very first), the initial state for `--SGD_noise` is written by `--save_init` (no code edits), and the
@@ -25,8 +28,9 @@ import pytorch_lightning as pl
 import torch
 from lmlab.config import save_config
 from lmlab.errors import LmlabError
+from lmlab.io import finish_run, is_done, results_report
 from lmlab.logging import get_logger
-from lmlab.training import build_trainer, resume_checkpoint
+from lmlab.training import build_trainer, param_groups, resume_checkpoint
 
 from mode_connectivity.data import (
     EncodedSplit,
@@ -40,6 +44,8 @@ from mode_connectivity.evaluation import CandidateScorer, cartography_epoch, eva
 from mode_connectivity.metrics import metric_for_task
 from mode_connectivity.models import (
     build_for_method,
+    delta_state,
+    export_model,
     load_checkpoint,
     load_into,
     load_tokenizer,
@@ -51,15 +57,6 @@ log = get_logger("mode-connectivity")
 
 def job_name(lr: float, bsz: int, seed: int) -> str:
     return f"lr_{lr}_bsz_{bsz}_seed_{seed}"
-
-
-def micro_batch(bsz: int) -> tuple[int, int]:
-    """(micro-batch size, accumulation steps): bsz > 16 runs micro-batches of 16."""
-    return (16, bsz // 16) if bsz > 16 else (bsz, 1)
-
-
-def _no_decay(name: str) -> bool:
-    return name.endswith(".bias") or "layer_norm" in name or "LayerNorm" in name
 
 
 class T5TaskModule(pl.LightningModule):
@@ -90,18 +87,14 @@ class T5TaskModule(pl.LightningModule):
     def configure_optimizers(self):
         from transformers.optimization import Adafactor
 
-        decay, no_decay = [], []
-        for n, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if _no_decay(n) else decay).append(p)
         wd = self.cfg.weight_decay if self.cfg.tune_method == "model" else 0.0
-        groups = [
-            g
-            for g in ({"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0})
-            if g["params"]
-        ]
-        opt = Adafactor(groups, lr=self.lr, scale_parameter=False, relative_step=False, warmup_init=False)
+        opt = Adafactor(
+            param_groups(self.model, wd),
+            lr=self.lr,
+            scale_parameter=False,
+            relative_step=False,
+            warmup_init=False,
+        )
         if self.cfg.lr_decay_style == "constant":
             return opt
         warm = int(self.cfg.warmup_rate * self.total_steps)
@@ -202,6 +195,7 @@ class JobCallback(pl.Callback):
                 module.model,
                 self.cfg.tune_method,
                 {**self._meta(module, step), "dev_performance": res.metric},
+                same_as=self.job_dir / f"checkpoint@{step}",  # saved at this step already: stored once
             )
         else:
             module.state["bad_validations"] += 1
@@ -243,10 +237,42 @@ def _label_map(spec: str) -> dict[str, str]:
     return out
 
 
+def job_dirs(cfg) -> list[tuple[float, int, Path]]:
+    """(lr, bsz, run folder) of each job: `--output_dir` itself for one (lr, bsz); a sweep over
+    `--learning_rate_list`/`--bsz_list` gets one sub-folder per job, named by its values and the seed."""
+    out = Path(cfg.output_dir)
+    jobs = [(lr, bsz) for lr in cfg.learning_rate_list for bsz in cfg.bsz_list]
+    if len(jobs) == 1:
+        return [(*jobs[0], out)]
+    return [(lr, bsz, out / job_name(lr, bsz, cfg.seed)) for lr, bsz in jobs]
+
+
+SWEEP_COLUMNS = ["lr", "bsz", "seed", "task", "metric", "dev_performance", "test_performance", "run"]
+
+
+def write_sweep_table(out: Path, rows: list[dict[str, Any]]) -> None:
+    """`<output_dir>/results.csv` (a column per swept value and the seed) and `results.json`: the rows already
+    there from other seeds or values are kept, a rerun of the same job replaces its row."""
+    table = out / "results.csv"
+    kept = []
+    if table.is_file():
+        with table.open(newline="") as fh:
+            kept = [r for r in csv.DictReader(fh) if r.get("run") not in {row["run"] for row in rows}]
+    merged = kept + [{k: row[k] for k in SWEEP_COLUMNS} for row in rows]
+    with table.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SWEEP_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(merged)
+    (out / "results.json").write_text(json.dumps(merged, indent=1, default=str))
+
+
 def run_train(cfg) -> dict[str, Any]:
     if not cfg.task_dir or not cfg.model:
         raise LmlabError("--task_dir and --model are required")
     out = Path(cfg.output_dir)
+    jobs = job_dirs(cfg)
+    if len(jobs) == 1 and is_done(out) and not cfg.overwrite:
+        raise LmlabError(f"{out} holds a finished run; pass --overwrite true or choose another --output_dir")
     task_name = task_name_of(cfg.task_dir)
     metric = metric_for_task(task_name, cfg.metric or None)
     tokenizer = load_tokenizer(cfg.tokenizer_path or cfg.model)
@@ -277,29 +303,17 @@ def run_train(cfg) -> dict[str, Any]:
     if cfg.save_init:
         save_checkpoint(cfg.save_init, initial, cfg.tune_method, {"step": 0, "seed": cfg.seed})
     rows = []
-    for lr in cfg.learning_rate_list:
-        for bsz in cfg.bsz_list:
-            model = initial if initial is not None else _initial_model(cfg)
-            initial = None
-            rows.append(
-                _train_job(cfg, lr, bsz, model, tokenizer, task_name, metric, train_split, dev, scorer, opts)
-            )
-    with (out / "result.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["prefix", "metric", "lr", "bsz", "dev_performance", "test_performance"])
-        for r in rows:
-            w.writerow(
-                [
-                    task_name,
-                    metric,
-                    r["lr"],
-                    r["bsz"],
-                    f"{r['dev_performance']:.4f}",
-                    f"{r['test_performance']:.4f}",
-                ]
-            )
+    for lr, bsz, job_dir in jobs:
+        model = initial if initial is not None else _initial_model(cfg)
+        initial = None
+        row = _train_job(
+            cfg, lr, bsz, job_dir, model, tokenizer, task_name, metric, train_split, dev, scorer, opts
+        )
+        rows.append({**row, "seed": cfg.seed, "task": task_name, "metric": metric})
+    if len(jobs) > 1:
+        write_sweep_table(out, rows)
     print(f"results in {out}")
-    return rows[-1] if rows else {}
+    return {k: v for k, v in rows[-1].items() if k != "run"} if rows else {}
 
 
 def _initial_model(cfg):
@@ -313,15 +327,15 @@ def _initial_model(cfg):
 
 
 def _train_job(
-    cfg, lr, bsz, model, tokenizer, task_name, metric, train_split, dev, scorer, opts
+    cfg, lr, bsz, job_dir: Path, model, tokenizer, task_name, metric, train_split, dev, scorer, opts
 ) -> dict[str, Any]:
-    job_dir = Path(cfg.output_dir) / job_name(lr, bsz, cfg.seed)
-    row = {"lr": lr, "bsz": bsz, "dev_performance": 0.0, "test_performance": 0.0, "job_dir": str(job_dir)}
-    done = job_dir / "done.json"
-    if (job_dir / "checkpoint-last").is_dir() and done.is_file():
-        log.info(f"{job_dir} finished already (checkpoint-last exists); skipping")
-        return {**row, **json.loads(done.read_text())}
+    row = {"lr": lr, "bsz": bsz, "dev_performance": 0.0, "test_performance": 0.0, "run": str(job_dir)}
+    if job_dir != Path(cfg.output_dir) and is_done(job_dir) and not cfg.overwrite:
+        log.info(f"{job_dir} finished already (DONE); skipping")
+        return {**row, **json.loads((job_dir / "results.json").read_text()), "run": str(job_dir)}
+    fresh = cfg.overwrite and is_done(job_dir)  # --overwrite: train again from the start
     job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "DONE").unlink(missing_ok=True)
     steps_per_epoch = max(1, math.ceil(len(train_split) / bsz))
     total = min(cfg.max_steps, cfg.train_epochs * steps_per_epoch)
     carto = Path(cfg.output_dir) / "cartography.json" if cfg.cartography else None
@@ -334,33 +348,32 @@ def _train_job(
         gradient_clip_val=cfg.max_grad_norm if cfg.max_grad_norm > 0 else None,
         use_distributed_sampler=False,
     )
-    # bsz is the global batch: each of the world_size processes reads bsz / world_size of it
-    world = trainer.world_size
-    if bsz % world:
-        raise LmlabError(f"--bsz_list {bsz} is not divisible by the {world} training processes")
-    micro, accum = micro_batch(bsz // world)
-    trainer.accumulate_grad_batches = accum
-    module = T5TaskModule(cfg, model, tokenizer, train_split, lr, micro, total)
+    # bsz is the global batch per update: each of the world_size processes reads bsz / world_size of it in
+    # --accumulate_grad_batches micro-batches
+    world, accum = trainer.world_size, cfg.accumulate_grad_batches
+    if bsz % (world * accum):
+        raise LmlabError(
+            f"--bsz_list {bsz} is not divisible by {world} process(es) x --accumulate_grad_batches {accum}"
+        )
+    module = T5TaskModule(cfg, model, tokenizer, train_split, lr, bsz // (world * accum), total)
     module.world = world
-    module.model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as they are
-    ckpt = resume_checkpoint(cfg, job_dir)
+    ckpt = None if fresh else resume_checkpoint(cfg, job_dir)
     if ckpt is None and carto is not None and carto.is_file():
         carto.unlink()  # a fresh cartography run starts a fresh record
     trainer.fit(module, ckpt_path=ckpt, weights_only=True)
     if not trainer.is_global_zero:
         return row  # under ddp every rank runs this script: only rank 0 saves, validates and predicts
     model = module.model.cpu()
-    if trainer.is_global_zero:
-        save_checkpoint(
-            job_dir / "checkpoint-last", model, cfg.tune_method, callback._meta(module, trainer.global_step)
-        )
     best_dir = job_dir / "checkpoint-best"
     if dev is not None and cfg.do_valid and not best_dir.is_dir():
         callback.validate(trainer, module, trainer.global_step)
+    final = {**callback._meta(module, trainer.global_step), "lr": lr, "bsz": bsz}
     if best_dir.is_dir():
         row["dev_performance"] = json.loads((best_dir / "meta.json").read_text()).get("dev_performance", 0.0)
     if cfg.do_predict:
+        last = None
         if best_dir.is_dir():
+            last = {k: v.clone() for k, v in delta_state(model, cfg.tune_method).items()}
             tensors, _ = load_checkpoint(best_dir)
             load_into(model, tensors, cfg.tune_method, str(best_dir))
         test = EncodedSplit(
@@ -377,10 +390,26 @@ def _train_job(
             scorer,
         )
         row["test_performance"] = res.metric
+        if last is not None:  # model/ holds the weights of the last update
+            load_into(model, last, cfg.tune_method, "the last update")
     if cfg.tune_method == "model" and not cfg.keep_best_model and best_dir.is_dir():
         import shutil
 
         shutil.rmtree(best_dir)
-    done.write_text(json.dumps({k: row[k] for k in ("dev_performance", "test_performance")}))
+    results = {
+        "task": task_name, "metric": metric, "lr": lr, "bsz": bsz, "seed": cfg.seed,
+        "step": trainer.global_step, "dev_performance": row["dev_performance"],
+        "test_performance": row["test_performance"],
+    }  # fmt: skip
+    text = (
+        f"`{cfg.tune_method}` tuning of {cfg.model} on {task_name} ({metric}): dev is checkpoint-best's score, "
+        "test is checkpoint-best on the test split; model/ holds the weights of the last update."
+    )
+    finish_run(
+        job_dir,
+        results,
+        results_report(f"mode-connectivity train: {job_dir.name}", results, text),
+        export=lambda folder: export_model(folder, model, tokenizer, cfg.tune_method, final),
+    )
     log.info(f"{job_dir.name}: dev {row['dev_performance']:.4f} test {row['test_performance']:.4f}")
     return row
