@@ -19,7 +19,7 @@ from lmlab.callbacks import NonFiniteLossError, check_finite
 from lmlab.config import save_config
 from lmlab.device import resolve_accelerator, resolve_attn_implementation
 from lmlab.errors import LmlabError
-from lmlab.io import DONE_MARKER, finish_run, results_report, write_json
+from lmlab.io import finish_run, results_report, write_json
 from lmlab.seed import seed_everything
 from lmlab.training import StepSampler, build_trainer
 from torch.utils.data import DataLoader
@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from camels.config import MetaTrainConfig, validation_updates
 from camels.data import collate_docs, load_rows, meta_batch, qa_loc_batch, read_loc_texts
 from camels.meta import MetaTrainer, NonFiniteInnerLoss, base_params
-from camels.models import check_vocab, checked_resume, load_causal_lm, load_tokenizer
+from camels.models import check_vocab, checked_resume, load_causal_lm, load_tokenizer, open_run_folder
 from camels.viz import token_weight_pairs, write_weight_views
 from camels.weighting import CaMeLSWeightModel
 
@@ -300,8 +300,7 @@ def run_meta_train(cfg: MetaTrainConfig) -> dict[str, Any]:
         check_val_every_n_epoch=None,
         limit_val_batches=0,
     )
-    out.mkdir(parents=True, exist_ok=True)  # every input checked: the run folder starts here
-    (out / DONE_MARKER).unlink(missing_ok=True)  # a rerun (e.g. with a larger --max_steps) is unfinished
+    open_run_folder(cfg, out)  # every input checked: the run folder starts here
     save_config(cfg, out / "config.yaml")
     trainer.fit(module, ckpt_path=ckpt, weights_only=True)
     if not (out / "checkpoints" / "best.json").is_file():

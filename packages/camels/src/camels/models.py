@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from lmlab.errors import LmlabError
+from lmlab.io import DONE_MARKER
 
 
 def load_tokenizer(name: str) -> Any:
@@ -108,9 +109,11 @@ def is_large(model: Any) -> bool:
 def checked_resume(cfg: Any, output_dir: str | os.PathLike, command: str, counter: str) -> str | None:
     """The checkpoint a Lightning command resumes from (`lmlab.training.resume_checkpoint`), checked before
     anything is written: it loads with weights_only=True (memory-mapped, so cheap) and was written by this
-    command (its "camels" entry holds `counter`)."""
+    command (its "camels" entry holds `counter`). None with --overwrite, which starts afresh."""
     from lmlab.training import resume_checkpoint
 
+    if cfg.overwrite:
+        return None
     path = resume_checkpoint(cfg, output_dir)
     if path is not None:
         ckpt = load_torch_file(path, "checkpoint", mmap=True)
@@ -130,3 +133,24 @@ def check_vocab(tokenizer: Any, model: Any, what: str) -> None:
             f"the tokenizer has {len(tokenizer)} tokens but {what} embeds only {rows}; "
             "pass the tokenizer the model was trained with (--tokenizer_name)"
         )
+
+
+RUN_OUTPUTS = (DONE_MARKER, "checkpoints", "model", "metrics.jsonl", "results.json", "report.md", "val_history.json",
+               "samples", "logs")  # fmt: skip
+
+
+def open_run_folder(cfg: Any, output_dir: str | os.PathLike) -> Path:
+    """Start writing a training command's run folder, once every input is checked. The folder is unfinished until
+    the command writes DONE again (a rerun resumes from last.ckpt, e.g. with a larger --max_steps);
+    --overwrite removes the outputs of the earlier run first, so the run starts afresh."""
+    import shutil
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in RUN_OUTPUTS if cfg.overwrite else (DONE_MARKER,):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return out

@@ -13,14 +13,14 @@ import pytorch_lightning as pl
 import torch
 from lmlab.callbacks import check_finite
 from lmlab.config import save_config
-from lmlab.io import DONE_MARKER, finish_run, results_report, write_json
+from lmlab.io import finish_run, results_report, write_json
 from lmlab.seed import seed_everything
 from lmlab.training import StepSampler, build_trainer
 from torch.utils.data import DataLoader
 
 from camels.config import QaPretrainConfig, validation_updates
 from camels.data import collate_qa, load_rows
-from camels.models import check_vocab, checked_resume, load_causal_lm, load_tokenizer
+from camels.models import check_vocab, checked_resume, load_causal_lm, load_tokenizer, open_run_folder
 from camels.online import qa_scores
 
 
@@ -151,8 +151,7 @@ def run_qa_pretrain(cfg: QaPretrainConfig) -> dict[str, Any]:
         check_val_every_n_epoch=None,
         limit_val_batches=0,
     )
-    out.mkdir(parents=True, exist_ok=True)  # every input checked: the run folder starts here
-    (out / DONE_MARKER).unlink(missing_ok=True)  # a rerun (e.g. with a larger --max_steps) is unfinished
+    open_run_folder(cfg, out)  # every input checked: the run folder starts here
     save_config(cfg, out / "config.yaml")
     trainer.fit(module, ckpt_path=ckpt, weights_only=True)
     if not module.history or module.history[-1]["step"] != module.global_step:
