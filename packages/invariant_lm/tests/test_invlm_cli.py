@@ -35,21 +35,27 @@ def _train_args(root: Path, out: Path, *extra: str) -> list[str]:
 def test_train_eval_export_end_to_end(workdir, capsys):
     out = workdir / "run"
     assert main(_train_args(workdir, out, "--eval_per_head")) == 0
-    for name in ("config.json", "invariant_config.json", "model.safetensors", "tokenizer.json", "config.yaml",
-                 "train_log.jsonl", "train_results.json", "eval_results.json", "checkpoints/last.ckpt"):  # fmt: skip
+    for name in ("config.yaml", "metrics.jsonl", "train_log.jsonl", "results.json", "report.md", "DONE",
+                 "checkpoints/last.ckpt", "tokenizer.json", "model/config.json", "model/invariant_config.json",
+                 "model/model.safetensors", "model/heads.safetensors", "model/tokenizer.json"):  # fmt: skip
         assert (out / name).exists(), name
-    inv = json.loads((out / "invariant_config.json").read_text())
+    inv = json.loads((out / "model" / "invariant_config.json").read_text())
     assert inv["envs"] == ["a_env", "b_env"] and inv["mode"] == "irm"
-    keys = load_file(str(out / "model.safetensors")).keys()
-    assert all(k.startswith(("body.", "heads.")) for k in keys) and any(
-        k.startswith("heads.b_env.") for k in keys
-    )
+    # IRM heads differ (no exact single head): model/ is the body for AutoModel, each weight stored once
+    assert inv["hf_export"] == "body"
+    body_keys = load_file(str(out / "model" / "model.safetensors")).keys()
+    head_keys = load_file(str(out / "model" / "heads.safetensors")).keys()
+    assert not any(k.startswith(("body.", "heads.", "a_env", "b_env")) for k in body_keys)
+    assert {k.split(".")[0] for k in head_keys} == {"a_env", "b_env"}
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["env"] for r in log] == ["a_env", "b_env", "a_env", "b_env"]
-    train_eval = json.loads((out / "eval_results.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+    assert results["train"]["updates"] == 4
+    train_eval = results["eval"]
     res = next(iter(train_eval.values()))
     assert math.isclose(res["perplexity"], math.exp(res["eval_loss"]))
     assert set(res["per_head_perplexity"]) == {"a_env", "b_env"}
+    assert f"{res['perplexity']:.6g}" in (out / "report.md").read_text()
     # eval on the saved model reproduces the training-time evaluation exactly (fixed masks)
     ev = workdir / "ev"
     assert main(["eval", "--model_name_or_path", str(out), "--validation_file", str(workdir / "valid.txt"),
@@ -60,15 +66,18 @@ def test_train_eval_export_end_to_end(workdir, capsys):
     ck = main(["eval", "--model_name_or_path", str(out / "checkpoints" / "last.ckpt"),
                "--validation_file", str(workdir / "valid.txt"), "--max_seq_length", "32"])  # fmt: skip
     assert ck == 0 and f"{res['perplexity']:.4f}" in capsys.readouterr().out
-    # export: IRM heads differ, so the HF folder is the body; AutoModel loads it
+    # export: IRM heads differ, so the HF folder is the body (AutoModel loads it), the heads beside it
     from transformers import AutoModel
 
     exp = workdir / "exp"
     assert main(["export", "--model_name_or_path", str(out), "--output_dir", str(exp)]) == 0
     body = AutoModel.from_pretrained(exp)
-    model = InvariantMLM.from_pretrained(out)
+    model = InvariantMLM.from_pretrained(out)  # a run folder: its model/
     assert torch.equal(body.embeddings.word_embeddings.weight, model.body.embeddings.word_embeddings.weight)
-    assert InvariantMLM.from_pretrained(exp / "invariant").env_names == ["a_env", "b_env"]
+    back = InvariantMLM.from_pretrained(exp)
+    assert back.env_names == ["a_env", "b_env"]
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), back.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(v, v2), k
     # a finished run is not clobbered
     assert main(_train_args(workdir, out)) == 1
 
@@ -76,7 +85,7 @@ def test_train_eval_export_end_to_end(workdir, capsys):
 @pytest.mark.slow
 def test_cli_fp16_overflows_resume_exactly(workdir, monkeypatch):
     from invariant_lm.commands import run_train
-    from invariant_lm.config import TrainConfig
+    from invariant_lm.config import TRAIN_ALIASES, TrainConfig
     from lmlab.cli import Command, _field_types, build_config, parse_argv
 
     # start at a scale the tiny model's fp16 gradients overflow at, so the Lightning path redoes updates
@@ -85,7 +94,8 @@ def test_cli_fp16_overflows_resume_exactly(workdir, monkeypatch):
     def cfg(out):
         argv = _train_args(workdir, out, "--fp16", "--no_cuda")[1:]
         return build_config(
-            Command("train", TrainConfig, run_train), parse_argv(argv, _field_types(TrainConfig), {})
+            Command("train", TrainConfig, run_train),
+            parse_argv(argv, _field_types(TrainConfig), TRAIN_ALIASES),
         )
 
     full, part = workdir / "fp16_full", workdir / "fp16_part"
@@ -99,7 +109,7 @@ def test_cli_fp16_overflows_resume_exactly(workdir, monkeypatch):
     assert rows[0]["loss_scale"] < 2.0**24
     assert run_train(cfg(part), _stop_after=2) == {"stopped_at": 2}
     run_train(cfg(part))
-    a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
+    a, b = (InvariantMLM.from_pretrained(d).state_dict() for d in (full, part))
     for k in a:
         assert torch.equal(a[k], b[k]), k
 

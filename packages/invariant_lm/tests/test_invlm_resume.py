@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from invariant_lm.cli import main
+from invariant_lm.model import InvariantMLM
 from lmlab.logging import read_jsonl
 from lmlab.testing import save_tiny_model, write_environments, write_text_corpus
-from safetensors.torch import load_file
 
 
 @pytest.fixture(scope="module")
@@ -95,16 +95,17 @@ def test_killed_train_resumes_exactly_with_dropout(workdir, tmp_path, monkeypatc
         assert_same(a[key], b[key], key)
     inv_a, inv_b = ({k: v for k, v in c["invariant"].items() if k != "train_seconds"} for c in (a, b))
     assert_same(inv_a, inv_b, "invariant")
-    wa, wb = load_file(str(part / "model.safetensors")), load_file(str(full / "model.safetensors"))
-    assert_same(wa, wb, "model.safetensors")
+    wa, wb = (InvariantMLM.from_pretrained(d).state_dict() for d in (part, full))
+    assert_same(wa, wb, "model/")
     rows = read_jsonl(part / "metrics.jsonl")
     assert _without(rows, "timestamp") == _without(read_jsonl(full / "metrics.jsonl"), "timestamp")
     steps = [r["step"] for r in rows if "loss" in r]
     assert steps == sorted(set(steps)) and len(steps) == 4  # each step once
     log_a, log_b = read_jsonl(part / "train_log.jsonl"), read_jsonl(full / "train_log.jsonl")
     assert _without(log_a, "tokens_per_s") == _without(log_b, "tokens_per_s")
-    assert json.loads((part / "eval_results.json").read_text()) == json.loads(
-        (full / "eval_results.json").read_text()
+    assert (
+        json.loads((part / "results.json").read_text())["eval"]
+        == json.loads((full / "results.json").read_text())["eval"]
     )
 
 
@@ -154,7 +155,7 @@ def test_non_finite_loss_stops_naming_step_and_environment(workdir, tmp_path, ca
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == step - 1  # the last good update is the resume point
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
-    for name in ("DONE", "model.safetensors", "train_results.json", "eval_results.json"):
+    for name in ("DONE", "model", "results.json", "report.md"):
         assert not (out / name).exists(), name
 
 

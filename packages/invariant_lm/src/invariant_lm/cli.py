@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from lmlab.cli import Command, run_cli
 
 from invariant_lm.config import (
+    TRAIN_ALIASES,
     BenchConfig,
     DemoConfig,
     EvalConfig,
@@ -23,7 +24,7 @@ DESCRIPTION = (
 
 COMMANDS = [
     Command("train", TrainConfig, "invariant_lm.commands:run_train", "train an invariant MLM (reference flags accepted)",
-            config_package="invariant_lm.configs"),
+            config_package="invariant_lm.configs", aliases=TRAIN_ALIASES),
     Command("eval", EvalConfig, "invariant_lm.commands:run_eval", "perplexity with fixed masks, overall and per head"),
     Command("export", ExportConfig, "invariant_lm.commands:run_export",
             "a standard HF folder (heads folded into one when exact, else the body) + the multi-head model"),

@@ -10,7 +10,7 @@ import torch
 from lmlab.errors import LmlabError
 
 from invariant_lm.config import EvalConfig, ExportConfig, TrainConfig
-from invariant_lm.model import INVARIANT_CONFIG, InvariantMLM, _split_base, load_masked_lm
+from invariant_lm.model import INVARIANT_CONFIG, InvariantMLM, load_masked_lm
 from invariant_lm.trainer import load_weights_only
 
 log = logging.getLogger(__name__)
@@ -26,11 +26,19 @@ def load_tokenizer(name: str, use_fast: bool = True, cache_dir: str | None = Non
         raise LmlabError(f"cannot load a tokenizer from {name}: {str(err).splitlines()[0]}") from err
 
 
-def _base_from_args(cfg: TrainConfig, tokenizer):
+def model_folder(path: Path) -> Path:
+    """The invariant model folder of `path`: its `model/` when `path` is a run folder, else `path`."""
+    return path / "model" if (path / "model" / INVARIANT_CONFIG).is_file() else path
+
+
+def _base_from_args(cfg: TrainConfig, tokenizer, attn: str):
     from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForMaskedLM
 
     if cfg.model_name_or_path:
-        base = load_masked_lm(cfg.model_name_or_path, cache_dir=cfg.cache_dir, revision=cfg.model_revision)
+        base = load_masked_lm(
+            cfg.model_name_or_path, allow_random_head=cfg.allow_random_head or cfg.init_head or cfg.init_base,
+            cache_dir=cfg.cache_dir, revision=cfg.model_revision, attn_implementation=attn,
+        )  # fmt: skip
     elif cfg.config_name or cfg.model_type:
         if cfg.config_name:
             config = AutoConfig.from_pretrained(cfg.config_name, cache_dir=cfg.cache_dir)
@@ -39,7 +47,7 @@ def _base_from_args(cfg: TrainConfig, tokenizer):
                 raise LmlabError(f"unknown --model_type {cfg.model_type!r}")
             config = CONFIG_MAPPING[cfg.model_type]()
         try:
-            base = AutoModelForMaskedLM.from_config(config)
+            base = AutoModelForMaskedLM.from_config(config, attn_implementation=attn)
         except ValueError as err:
             raise LmlabError(
                 f"{config.model_type} has no masked-LM head: {str(err).splitlines()[0]}"
@@ -51,17 +59,18 @@ def _base_from_args(cfg: TrainConfig, tokenizer):
     return base
 
 
-def build_model(cfg: TrainConfig, tokenizer, env_names: list[str]) -> InvariantMLM:
-    path = Path(cfg.model_name_or_path) if cfg.model_name_or_path else None
+def build_model(cfg: TrainConfig, tokenizer, env_names: list[str], attn: str = "sdpa") -> InvariantMLM:
+    path = model_folder(Path(cfg.model_name_or_path)) if cfg.model_name_or_path else None
     if path is not None and (path / INVARIANT_CONFIG).is_file():
         model = InvariantMLM.from_pretrained(path)
+        model.body.set_attn_implementation(attn)
         if model.env_names != env_names:
             raise LmlabError(
                 f"{path} has {model.n_heads} head(s) {model.env_names} but the training data gives {env_names}; "
                 "train with the same environments"
             )
         return model
-    base = _base_from_args(cfg, tokenizer)
+    base = _base_from_args(cfg, tokenizer, attn)
     return InvariantMLM.from_base(base, env_names, head_decoder=cfg.head_decoder, init_head=cfg.init_head,
                                   init_base=cfg.init_base)  # fmt: skip
 
@@ -87,19 +96,24 @@ def load_validation(files) -> dict:
     return {str(f): load_text_file(f) for f in files}
 
 
-def evaluate_files(model, tokenizer, texts: dict, cfg, max_len: int) -> dict:
-    """Perplexity with fixed masks of each {file: Dataset[text]} of `load_validation`."""
+def eval_sets(tokenizer, texts: dict, cfg, max_len: int) -> dict:
+    """{file: evaluation batches with fixed masks} of each {file: Dataset[text]} of `load_validation`."""
     from invariant_lm.data import eval_batches, make_collator, tokenize
-    from invariant_lm.trainer import evaluate_batches
 
     pad = max_len if cfg.pad_to_max_length else None
     collator = make_collator(tokenizer, cfg.mlm_probability, pad)
-    results = {}
+    sets = {}
     for name, data in texts.items():
         ds = tokenize(data, tokenizer, max_len, cfg.line_by_line, cfg.preprocessing_num_workers)
-        batches = eval_batches(ds, collator, cfg.per_device_eval_batch_size, cfg.eval_mask_seed)
-        results[name] = evaluate_batches(model, batches, per_head=cfg.eval_per_head)
-    return results
+        sets[name] = eval_batches(ds, collator, cfg.per_device_eval_batch_size, cfg.eval_mask_seed)
+    return sets
+
+
+def evaluate_sets(model, sets: dict, per_head: bool = False) -> dict:
+    """Perplexity of the model on each {file: batches} of `eval_sets`."""
+    from invariant_lm.trainer import evaluate_batches
+
+    return {name: evaluate_batches(model, batches, per_head=per_head) for name, batches in sets.items()}
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -115,11 +129,16 @@ def _precision(cfg: TrainConfig) -> tuple[str, bool]:
 def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     """Train (and evaluate) an invariant MLM; returns {train: ..., eval: ...}. Every input (tokenizer, data,
     model, evaluation files, the checkpoint to resume from) is read and checked before the run folder is
-    written, so a failed start leaves nothing that looks resumable."""
+    written, so a failed start leaves nothing that looks resumable. The run closes with lmlab's `finish_run`:
+    `model/` (a Hugging Face model with the heads beside it, `InvariantMLM.save_pretrained`), `results.json`
+    ({train, eval}), `report.md`, then `DONE`."""
+    import dataclasses
+
     from lmlab.config import save_config
-    from lmlab.io import is_done, mark_done, prepare_run_dir, write_json
+    from lmlab.device import resolve_attn_implementation
+    from lmlab.io import finish_run, is_done, prepare_run_dir, results_report
     from lmlab.seed import seed_everything
-    from lmlab.training import TrainerOptions, build_trainer, resume_checkpoint
+    from lmlab.training import build_trainer, resume_checkpoint
 
     from invariant_lm.data import EnvironmentStreams, default_max_seq_length, load_environments, make_collator
     from invariant_lm.data import total_updates as count_updates
@@ -129,64 +148,65 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     world = cfg.devices * cfg.num_nodes if cfg.do_train else 1
     is_main = _launch_rank(cfg) == 0 if world > 1 else True
     out = Path(cfg.output_dir)
-    if is_main and is_done(out) and not cfg.overwrite_output_dir:
-        raise LmlabError(
-            f"{out} holds a finished run; pass --overwrite_output_dir or choose another --output_dir"
-        )
+    if is_main and is_done(out) and not cfg.overwrite:
+        raise LmlabError(f"{out} holds a finished run; pass --overwrite true or choose another --output_dir")
     if cfg.do_eval and not cfg.validation_file:
         raise LmlabError("--do_eval needs --validation_file")
+    device = "cpu" if (cfg.no_cuda or cfg.use_cpu) else cfg.device
+    attn = resolve_attn_implementation(cfg.attn_implementation, _device_type(device))
     seed_everything(cfg.seed)
     tok_name = cfg.tokenizer_name or cfg.model_name_or_path
     if tok_name is None:
         raise LmlabError("give --tokenizer_name (or --model_name_or_path) for the tokenizer")
-    tokenizer = load_tokenizer(tok_name, cfg.use_fast_tokenizer, cfg.cache_dir, cfg.model_revision)
-    validation = load_validation(cfg.validation_file) if cfg.do_eval else {}
+    tokenizer = load_tokenizer(str(model_folder(Path(tok_name))), cfg.use_fast_tokenizer, cfg.cache_dir,
+                               cfg.model_revision)  # fmt: skip
+    validation = load_validation(cfg.validation_file) if (cfg.do_eval or cfg.val_check_interval) else {}
     result: dict = {}
     if cfg.do_train:
         envs = load_environments(cfg.train_file, cfg.train_files, cfg.env_column)
         head_names = ["erm"] if cfg.mode == "erm" else list(envs)
-        model = build_model(cfg, tokenizer, head_names)
+        model = build_model(cfg, tokenizer, head_names, attn)
         max_len = default_max_seq_length(tokenizer, model.config, cfg.max_seq_length)
         env_data = _tokenise_envs(envs, tokenizer, max_len, cfg)
         pad = max_len if cfg.pad_to_max_length else None
         streams = EnvironmentStreams(env_data, make_collator(tokenizer, cfg.mlm_probability, pad),
                                      cfg.per_device_train_batch_size, cfg.seed, world_size=world)  # fmt: skip
         u = count_updates(len(envs), cfg.nb_steps, cfg.max_steps,
-                          streams.min_batches_per_epoch() // cfg.gradient_accumulation_steps,
+                          streams.min_batches_per_epoch() // cfg.accumulate_grad_batches,
                           cfg.num_train_epochs)  # fmt: skip
         if u <= 0:
             raise LmlabError(
                 "0 training updates: give --nb_steps N (or --max_steps / --num_train_epochs > 0)"
             )
         precision, fp16 = _precision(cfg)
-        device = "cpu" if (cfg.no_cuda or cfg.use_cpu) else cfg.device
-        opts = TrainerOptions(
-            output_dir=str(out), device=device, devices=cfg.devices, num_nodes=cfg.num_nodes,
-            strategy="ddp" if world > 1 else "auto", precision=precision, max_steps=u,
-            log_every_n_steps=cfg.logging_steps, checkpoint_every_n_steps=cfg.save_steps, logger=cfg.logger,
-            progress_bar=cfg.progress_bar, seed=cfg.seed, resume=cfg.resume_from_checkpoint,
+        # the Trainer counts updates (global_step) and ticks once per micro-batch (manual optimisation: the
+        # module accumulates --accumulate_grad_batches micro-batches itself, so Lightning's own stays 1)
+        opts = dataclasses.replace(
+            cfg, output_dir=str(out), device=device, strategy="ddp" if world > 1 else "auto", precision=precision,
+            max_steps=u,
         )  # fmt: skip
         # an overwritten run starts fresh (its checkpoints are removed below); a torchrun worker may start
         # before rank 0 has removed them, so it must not resume from them either
-        ckpt = None if cfg.overwrite_output_dir else resume_checkpoint(opts, out)
+        ckpt = None if cfg.overwrite else resume_checkpoint(opts, out)
         resumed_step = None
         if ckpt is not None:
             state = load_weights_only(ckpt)
-            check_resumable(state, ckpt, model.env_names, u)
+            check_resumable(state, ckpt, model.env_names, u, cfg.accumulate_grad_batches)
             resumed_step = int(state["global_step"])
             del state
+        val_sets = eval_sets(tokenizer, validation, cfg, max_len) if cfg.val_check_interval else {}
     else:
         if not cfg.model_name_or_path:
             raise LmlabError("--do_eval without --do_train evaluates --model_name_or_path; give it")
         model = _load_for_eval(cfg.model_name_or_path)
     # ------------------------------------------------------------------ every input is valid: write the run
     if is_main:
-        out = prepare_run_dir(out, overwrite=cfg.overwrite_output_dir)
-        if cfg.overwrite_output_dir:  # start fresh: no resume from an older run's checkpoints
+        out = prepare_run_dir(out, overwrite=cfg.overwrite)
+        if cfg.overwrite:  # start fresh: no resume from an older run's checkpoints
             import shutil
 
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
-            for stale in ("train_log.jsonl", "metrics.jsonl", "eval_results.json", "train_results.json"):
+            for stale in ("train_log.jsonl", "metrics.jsonl", "results.json", "report.md"):
                 (out / stale).unlink(missing_ok=True)
         save_config(cfg, out / "config.yaml")
     else:  # a data-parallel worker: rank 0 owns the run folder (and wrote it before launching this process)
@@ -194,15 +214,19 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     if cfg.do_train:
         module = InvariantLightningModule(
             model, streams, OptimSettings.from_args(cfg), u, mode=cfg.mode, head_lr_schedule=cfg.head_lr_schedule,
-            accumulate=cfg.gradient_accumulation_steps, sparse=cfg.sparse_heads != "off",
-            logging_steps=cfg.logging_steps, output_dir=out, heads_saving=cfg.nb_steps_heads_saving,
+            accumulate=cfg.accumulate_grad_batches, sparse=cfg.sparse_heads != "off",
+            logging_steps=cfg.log_every_n_steps, output_dir=out, heads_saving=cfg.nb_steps_heads_saving,
             model_saving=cfg.nb_steps_model_saving, tokenizer=tokenizer, fp16=fp16,
+            val_sets=val_sets, val_every=cfg.val_check_interval,
         )  # fmt: skip
         if is_main:
-            tokenizer.save_pretrained(out)
+            tokenizer.save_pretrained(out)  # beside the checkpoints: `eval` of a .ckpt finds it there
         import warnings
 
-        # the checkpoint of update k holds the state after its optimizer steps: what a resume needs
+        # Lightning warns that a checkpoint of a manually optimised module may hold the weights before the
+        # step's optimizer update; here every checkpoint is written after the update's last micro-batch, once
+        # its optimizers and schedulers have stepped (InvariantLightningModule.on_train_start keeps it so after
+        # a resume), which is the state a resume needs: nothing to warn about.
         warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
         extra = {}
         if world > 1:  # Lightning's DDP processes, without the DDP wrapper (invariant_lm.distributed)
@@ -214,27 +238,40 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
         if resumed_step is not None and is_main:
             _trim_log(out / "train_log.jsonl", resumed_step)
             log.warning("resuming from %s", ckpt)
-        module.model.train()  # from_pretrained returns eval mode; dropout is on while training
         trainer.fit(module, ckpt_path=ckpt, weights_only=True)
         if _stop_after is not None:
             return {"stopped_at": int(trainer.global_step)}
         if not trainer.is_global_zero:
-            return {}  # rank 0 saves, evaluates and marks the run done
+            return {}  # rank 0 saves, evaluates and closes the run
         model = module.model.cpu()
-        model.save_pretrained(out, cfg.mode, tokenizer)
         result["train"] = module.train_results()
-        write_json(out / "train_results.json", result["train"])
     if cfg.do_eval:
         max_len = default_max_seq_length(tokenizer, model.config, cfg.max_seq_length)
-        result["eval"] = evaluate_files(model, tokenizer, validation, cfg, max_len)
-        write_json(out / "eval_results.json", result["eval"])
+        result["eval"] = evaluate_sets(
+            model, eval_sets(tokenizer, validation, cfg, max_len), cfg.eval_per_head
+        )
         for f, r in result["eval"].items():
             print(
                 f"[invariant-lm] {f}: perplexity {r['perplexity']:.4f} over {r['n_masked_tokens']} masked tokens"
             )
-    mark_done(out)
+    export = None
+    if cfg.do_train:
+        export = lambda folder: model.save_pretrained(folder, cfg.mode, tokenizer)  # noqa: E731
+    report = results_report(
+        f"invariant-lm train ({cfg.mode})", result,
+        "`model/`: a Hugging Face model (a masked LM when the heads fold into one, else the body) with every "
+        "environment head in `heads.safetensors`; load it all with `InvariantMLM.from_pretrained`.",
+    )  # fmt: skip
+    finish_run(out, result, report, export=export)
     print(f"[invariant-lm] results in {out}")
     return result
+
+
+def _device_type(device: str) -> str:
+    """cpu or cuda for `resolve_attn_implementation` ("auto" is cuda when a GPU is there)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def _launch_rank(cfg: TrainConfig) -> int:
@@ -259,7 +296,7 @@ def _load_for_eval(name: str, checkpoint: str | None = None) -> InvariantMLM:
     path = Path(name)
     if path.suffix == ".ckpt":
         return _model_from_lightning_ckpt(path)
-    if (path / INVARIANT_CONFIG).is_file():
+    if (model_folder(path) / INVARIANT_CONFIG).is_file():
         model = InvariantMLM.from_pretrained(path)
     else:
         model = InvariantMLM.from_base(name, ["mlm"])  # plain HF MLM = n = 1
@@ -306,12 +343,12 @@ def run_eval(cfg: EvalConfig) -> dict:
     tok_name = cfg.tokenizer_name
     if tok_name is None:
         p = Path(name)
-        tok_name = str(p.parent.parent if p.suffix == ".ckpt" else p)
+        tok_name = str(p.parent.parent if p.suffix == ".ckpt" else model_folder(p))
     tokenizer = load_tokenizer(tok_name)
     texts = load_validation(cfg.validation_file)
     model.to(torch_device(cfg.device))
     max_len = default_max_seq_length(tokenizer, model.config, cfg.max_seq_length)
-    results = evaluate_files(model, tokenizer, texts, cfg, max_len)
+    results = evaluate_sets(model, eval_sets(tokenizer, texts, cfg, max_len), cfg.eval_per_head)
     for f, r in results.items():
         print(
             f"[invariant-lm] {f}: perplexity {r['perplexity']:.4f} over {r['n_masked_tokens']} masked tokens"
@@ -323,64 +360,32 @@ def run_eval(cfg: EvalConfig) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- export
-def heads_foldable(model: InvariantMLM) -> bool:
-    """True when mean-of-logits equals one head exactly: every head's transform is identical (then
-    mean_e(W_e t + b_e) = mean(W) t + mean(b))."""
-    heads = list(model.heads.values())
-    ref = heads[0].transform.state_dict()
-    return all(all(torch.equal(v, h.transform.state_dict()[k]) for k, v in ref.items()) for h in heads[1:])
-
-
-def folded_mlm(model: InvariantMLM):
-    """A plain `AutoModelForMaskedLM` computing the ensemble's logits (needs `heads_foldable`)."""
-    from transformers import AutoModelForMaskedLM
-
-    if not heads_foldable(model):
-        raise LmlabError(
-            "the heads' transforms differ, so their mean is not one head; export with --body_only"
-        )
-    import copy
-
-    config = copy.deepcopy(model.config)
-    if model.head_decoder == "private":
-        config.tie_word_embeddings = False
-    base = AutoModelForMaskedLM.from_config(config)
-    body, transform, decoder, _, _ = _split_base(base)
-    body.load_state_dict(model.body.state_dict())
-    heads = list(model.heads.values())
-    transform.load_state_dict(heads[0].transform.state_dict())
-    with torch.no_grad():
-        if model.head_decoder == "private":
-            decoder.weight = torch.nn.Parameter(torch.stack([h.weight for h in heads]).mean(0))
-        if heads[0].bias is not None:
-            decoder.bias.copy_(torch.stack([h.bias for h in heads]).mean(0))
-    return base
-
-
 def run_export(cfg: ExportConfig) -> dict:
+    """The model folder of a run (or any invariant-lm model folder, format 1 included) as a standard Hugging Face
+    folder: a masked LM when the heads fold into one, else the body, with the heads beside it (the layout of
+    `InvariantMLM.save_pretrained`); `--body_only`: the body alone."""
     src = Path(cfg.model_name_or_path)
     model = InvariantMLM.from_pretrained(src)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = None
+    tok_src = model_folder(src)
     try:
-        tok = load_tokenizer(str(src))
+        tok = load_tokenizer(str(tok_src))
     except LmlabError:
-        log.warning("no tokenizer in %s; exporting weights only", src)
-    if cfg.body_only or not heads_foldable(model):
-        if not cfg.body_only:
-            print(
-                "[invariant-lm] the heads differ (IRM-trained), so no single head equals their mean: writing the body"
-            )
+        log.warning("no tokenizer in %s; exporting weights only", tok_src)
+    if cfg.body_only:
         model.body.save_pretrained(out)
+        if tok is not None:
+            tok.save_pretrained(out)
         kind = "body"
     else:
-        folded_mlm(model).save_pretrained(out)
-        kind = "mlm"
-    if tok is not None:
-        tok.save_pretrained(out)
-    model.save_pretrained(out / "invariant", getattr(model, "saved_mode", "irm"), tok)
-    print(f"[invariant-lm] exported {kind} to {out} (the full multi-head model: {out / 'invariant'})")
+        model.save_pretrained(out, getattr(model, "saved_mode", "irm"), tok)
+        kind = json.loads((out / INVARIANT_CONFIG).read_text()).get("hf_export", "invariant")
+        if kind == "body":
+            print("[invariant-lm] the heads differ (IRM-trained), so no single head equals their mean: the "
+                  "Hugging Face model is the body, the heads are in heads.safetensors")  # fmt: skip
+    print(f"[invariant-lm] exported {kind} to {out}")
     return {"kind": kind, "output_dir": str(out)}
 
 

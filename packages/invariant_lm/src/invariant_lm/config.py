@@ -1,14 +1,27 @@
 """Config dataclasses of the `invariant-lm` subcommands.
 
-`TrainConfig` uses the reference's (Hugging Face-style) flag names, so the reference README command runs as is
-apart from the model path; defaults are HF's and the reference's unless said otherwise.
+`TrainConfig` carries lmlab's common trainer flags (`TrainerOptions`) and the reference's (Hugging Face-style)
+flag names; where the two name the same option the reference spelling is an alias (`TRAIN_ALIASES`), so the
+reference README command runs as is apart from the model path. Defaults are HF's and the reference's unless
+said otherwise.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lmlab.training import TrainerOptions
+
 MODES = ("irm", "ensemble", "erm")
+
+# reference (HF Trainer) spelling -> common lmlab flag of `invariant-lm train`
+TRAIN_ALIASES = {
+    "gradient_accumulation_steps": "accumulate_grad_batches",
+    "logging_steps": "log_every_n_steps",
+    "save_steps": "checkpoint_every_n_steps",
+    "resume_from_checkpoint": "resume",
+    "overwrite_output_dir": "overwrite",
+}
 
 
 def _h(text: str, default=None, **bounds):
@@ -35,7 +48,7 @@ class EvalOptions:
 
 
 @dataclass
-class TrainConfig(EvalOptions):
+class TrainConfig(EvalOptions, TrainerOptions):
     # model
     model_name_or_path: str | None = _h(
         "pretrained masked LM (folder or hub name), or an invariant-lm output folder"
@@ -53,6 +66,11 @@ class TrainConfig(EvalOptions):
         "save every head's state every N updates into lm_heads/ (0: never)", 0, ge=0
     )
     nb_steps_model_saving: int = _h("save the model into model-<step>/ every N updates (0: never)", 0, ge=0)
+    allow_random_head: bool = _h(
+        "train from a checkpoint without a masked-LM head (e.g. a BertModel folder): the heads start random, "
+        "with a warning (--init_head does the same on purpose)",
+        False,
+    )
     use_auth_token: bool = _h("accepted, ignored", False)
     do_lower_case: bool = _h("accepted, ignored", False)
     # data
@@ -66,8 +84,6 @@ class TrainConfig(EvalOptions):
     dataset_config_name: str | None = _h("accepted, unused (as in the reference)")
     validation_split_percentage: int = _h("accepted, unused (as in the reference)", 5, ge=0, le=100)
     # training (HF names)
-    output_dir: str = _h("output folder", "runs/invariant_lm")
-    overwrite_output_dir: bool = _h("retrain into a folder holding a finished run", False)
     do_train: bool = _h("train (default when neither --do_train nor --do_eval is given)", False)
     do_eval: bool = _h("evaluate on --validation_file after training", False)
     per_device_train_batch_size: int = _h("batch size of one environment update", 8, ge=1)
@@ -82,14 +98,9 @@ class TrainConfig(EvalOptions):
     adafactor: bool = _h("Adafactor instead of AdamW", False)
     fp16: bool = _h("fp16 mixed precision with dynamic loss scaling (GPU; runs on CPU too, slowly)", False)
     bf16: bool = _h("bf16 mixed precision", False)
-    seed: int = _h("seed of initialisation, data order, masks and dropout", 42)
-    gradient_accumulation_steps: int = _h("micro-batches (same environment) per update", 1, ge=1)
-    max_steps: int = _h("alias of --nb_steps when that is not given", -1, ge=-1)
     num_train_epochs: float = _h(
         "epochs of floor(min env batches) rounds, used when no step count is given", 3.0, ge=0
     )
-    logging_steps: int = _h("write train_log.jsonl every N updates", 50, ge=1)
-    save_steps: int = _h("resumable checkpoint every N updates", 500, ge=1)
     eval_steps: int | None = _h("accepted, ignored (evaluation runs at the end)", ge=1)
     no_cuda: bool = _h("train on the CPU", False)
     use_cpu: bool = _h("train on the CPU", False)
@@ -106,10 +117,8 @@ class TrainConfig(EvalOptions):
     sparse_heads: str = _h(
         "auto|on: heads only at masked positions during training; off: on every token", "auto"
     )
-    resume_from_checkpoint: str = _h(
-        "auto (last checkpoint of output_dir if any) | never | PATH.ckpt", "auto"
-    )
-    # lightning
+    # common lmlab trainer flags (TrainerOptions) with this command's defaults and meaning
+    output_dir: str = _h("output folder", "runs/invariant_lm")
     device: str = _h("auto | cpu | cuda", "auto")
     devices: int = _h(
         "devices (processes) per node; > 1 trains data-parallel: every rank runs the same environment's update "
@@ -122,8 +131,25 @@ class TrainConfig(EvalOptions):
     precision: str = _h(
         "auto | 32-true | bf16-mixed | 16-mixed (= --fp16); --bf16/--fp16 override it", "auto"
     )
-    logger: str = _h("csv | tensorboard | wandb | none (metrics.jsonl always)", "csv")
-    progress_bar: bool = _h("show a progress bar", True)
+    max_steps: int = _h("updates, used when --nb_steps is not given (-1: from --num_train_epochs)", -1, ge=-1)
+    accumulate_grad_batches: int = _h(
+        "micro-batches (same environment) per update (--gradient_accumulation_steps)", 1, ge=1
+    )
+    log_every_n_steps: int = _h(
+        "write metrics.jsonl and train_log.jsonl every N updates (--logging_steps)", 50, ge=1
+    )
+    val_check_interval: int | None = _h(
+        "evaluate --validation_file every N updates during training, logged to metrics.jsonl "
+        "(None: only after training)",
+        ge=1,
+    )
+    checkpoint_every_n_steps: int = _h("resumable checkpoint every N updates (--save_steps)", 500, ge=1)
+    seed: int = _h("seed of initialisation, data order, masks and dropout", 42)
+    overwrite: bool = _h("retrain into a folder holding a finished run (--overwrite_output_dir)", False)
+    resume: str = _h(
+        "auto (checkpoints/last.ckpt of output_dir if any) | never | PATH.ckpt (--resume_from_checkpoint)",
+        "auto",
+    )
 
     def __post_init__(self) -> None:
         if self.ensembling:
@@ -143,6 +169,7 @@ class TrainConfig(EvalOptions):
             )
         if self.fp16 and self.bf16:
             raise ValueError("--fp16 and --bf16 exclude each other")
+        super().__post_init__()
         if isinstance(self.validation_file, str):
             self.validation_file = [self.validation_file]
         if not self.do_train and not self.do_eval:

@@ -56,8 +56,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         tc = TrainConfig(
             model_name_or_path=str(model_dir), train_file=str(envs), validation_file=[str(valid)], do_train=True,
             do_eval=True, nb_steps=cfg.nb_steps, learning_rate=1e-3, per_device_train_batch_size=8,
-            max_seq_length=64, output_dir=str(out / mode), mode=mode, logging_steps=5, save_steps=10**6,
-            progress_bar=False, logger="none", overwrite_output_dir=True, seed=0, device="cpu",
+            max_seq_length=64, output_dir=str(out / mode), mode=mode, log_every_n_steps=5, checkpoint_every_n_steps=10**6,
+            progress_bar=False, logger="none", overwrite=True, seed=0, device="cpu",
         )  # fmt: skip
         res = run_train(tc)
         results[mode] = {

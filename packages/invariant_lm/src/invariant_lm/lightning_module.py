@@ -1,17 +1,19 @@
 """Lightning module of the IRM-games training (manual optimisation, n + 1 optimizers and schedulers).
 
 The batch of update i is a pure function of (seed, i): environment i mod n, that environment's stream position
-i div n (times the accumulation steps), masks seeded by the update index. The dataloader only ticks;
-`training_step` reads `global_step` (restored from the checkpoint), so a resumed run continues with exactly the
-batch and masks it would have seen. Dropout is keyed on the step by lmlab's `ExactResume` (added by
-`build_trainer`: every tick seeds the global generators from (seed, rank, tick number), and the tick number is in
-the checkpoint), so it repeats exactly after a resume too. Only the body optimizer is stepped through Lightning
+i div n (times the accumulation steps), masks seeded by the update index. The dataloader only ticks, once per
+micro-batch: an update is `accumulate` training steps, each the forward and backward of one micro-batch, the last
+one also clipping and stepping. `training_step` reads `global_step` (restored from the checkpoint), so a resumed
+run continues with exactly the batch and masks it would have seen. Dropout is keyed on the micro-batch by lmlab's
+`ExactResume` (added by `build_trainer`: every tick seeds the global generators from (seed, rank, tick number),
+and the tick number is in the checkpoint), so it repeats exactly after a resume too. Checkpoints are written only
+between updates (never with gradients half accumulated). Only the body optimizer is stepped through Lightning
 (so `global_step` counts updates); head optimizers are stepped directly, and all their states and scheduler
-states are in the checkpoint. fp16 runs Lightning at 32-true and keeps its own loss scaler (in the checkpoint
+states are in the checkpoint. Metrics go to the loggers once per `logging_steps` updates (and at the last),
+under step `update - 1` (Lightning's convention, which `ExactResume` trims on resume). fp16 runs Lightning at 32-true and keeps its own loss scaler (in the checkpoint
 too): Lightning's fp16 plugin unscales and updates per optimizer step, which the joint clipping of body and
-head e cannot use. An overflowing update steps nothing and is redone within the same training step at the
-halved scale, so every step is one update (and one metrics row) and the step counters of Lightning and
-`ExactResume` stay equal to the update count.
+head e cannot use. An overflowing update steps nothing and is redone (all its micro-batches) within its last
+training step at the halved scale, so every update is `accumulate` ticks and one metrics row.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from lmlab.errors import LmlabError
 from torch.utils.data import DataLoader, IterableDataset
 
 from invariant_lm.data import EnvironmentStreams
-from invariant_lm.trainer import OptimSettings, build_optimizers, environment_update
+from invariant_lm.trainer import OptimSettings, accumulate_micro_batch, build_optimizers, finish_update
 
 # consecutive fp16 overflows of one update (the loss scale halves each time) before it is an error
 MAX_OVERFLOWS = 64
@@ -57,6 +59,8 @@ class InvariantLightningModule(pl.LightningModule):
         model_saving: int = 0,
         tokenizer=None,
         fp16: bool = False,
+        val_sets: dict | None = None,
+        val_every: int | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -79,6 +83,12 @@ class InvariantLightningModule(pl.LightningModule):
         self.train_seconds = 0.0
         self.fp16 = fp16
         self.scaler: torch.amp.GradScaler | None = None
+        self.val_sets = val_sets or {}
+        self.val_every = val_every
+        self._micro: list[
+            tuple[float, int, int]
+        ] = []  # (loss share, masked, tokens) of this update's micro-batches
+        self._update_seconds = 0.0
 
     # -------------------------------------------------------------- Lightning hooks
     def configure_optimizers(self):
@@ -100,7 +110,12 @@ class InvariantLightningModule(pl.LightningModule):
             self.scaler = torch.amp.GradScaler(self.trainer.strategy.root_device.type)
 
     def on_train_start(self) -> None:
-        self.model.train()  # from_pretrained leaves HF models in eval mode; dropout must be on while training
+        # After a resume Lightning's ModelCheckpoint has not saved at the restored step yet, so it would save
+        # again after the next update's first micro-batch: a checkpoint with half an update's gradients (not
+        # in it) and a tick counter inside the update, which does not resume exactly. That step is saved already.
+        for callback in self.trainer.checkpoint_callbacks:
+            callback._last_global_step_saved = int(self.trainer.global_step)
+        self._micro = []
 
     def train_dataloader(self):
         return DataLoader(_Ticks(), batch_size=None)
@@ -115,8 +130,22 @@ class InvariantLightningModule(pl.LightningModule):
         e_idx = i % len(names)
         env = names[e_idx]
         k = i // len(names)
-        world = self.streams.world_size
-        mbs = [self._move(self.streams.batch(e_idx, k * self.accumulate + j)) for j in range(self.accumulate)]
+        j = len(self._micro)  # this micro-batch's place in update i + 1
+        ckpt_dir = self.output_dir / "checkpoints" if self.output_dir is not None else None
+        update = i + 1
+
+        def micro_batch(m: int) -> tuple[float, int, int]:
+            mb = self._move(self.streams.batch(e_idx, k * self.accumulate + m))
+            loss, n_masked = accumulate_micro_batch(
+                self.model, env, mb, self.accumulate, self.mode, first=m == 0, backward=self.manual_backward,
+                sparse=self.sparse, scaler=self.scaler, update_number=update, checkpoint_dir=ckpt_dir,
+            )  # fmt: skip
+            return loss, n_masked, int(mb["attention_mask"].sum())
+
+        self._micro.append(micro_batch(j))
+        if len(self._micro) < self.accumulate:
+            self._update_seconds += time.perf_counter() - t0
+            return
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
         scheds = self.lr_schedulers()
@@ -136,48 +165,66 @@ class InvariantLightningModule(pl.LightningModule):
             else:
                 opt.optimizer.step()
 
-        ckpt_dir = self.output_dir / "checkpoints" if self.output_dir is not None else None
-        for _ in range(MAX_OVERFLOWS + 1):  # fp16: an overflowing update steps nothing and is redone here
+        world = self.streams.world_size
+        for attempt in range(
+            MAX_OVERFLOWS + 1
+        ):  # fp16: an overflowing update steps nothing and is redone here
+            if attempt:
+                self._micro = [micro_batch(m) for m in range(self.accumulate)]
             reduce = None
+            tokens = sum(t for _, _, t in self._micro)
             if world > 1:
                 # average the body and head e gradients across ranks before clipping (invariant_lm.distributed)
                 from invariant_lm.distributed import GradientAllReduce
 
-                reduce = GradientAllReduce(self.device, sum(int(b["attention_mask"].sum()) for b in mbs))
-            loss, norm, n_masked = environment_update(
-                self.model, env, mbs, opts[0], head_opts, scheds[0], head_scheds, self.mode,
-                self.settings.max_grad_norm, backward=self.manual_backward, step=step, sparse=self.sparse,
-                reduce=reduce, scaler=self.scaler, update_number=i + 1, checkpoint_dir=ckpt_dir,
+                reduce = GradientAllReduce(self.device, tokens)
+            loss, norm, n_masked = finish_update(
+                self.model, env, sum(x for x, _, _ in self._micro), sum(n for _, n, _ in self._micro), opts[0],
+                head_opts, scheds[0], head_scheds, self.mode, self.settings.max_grad_norm, step=step,
+                reduce=reduce, scaler=self.scaler, update_number=update, checkpoint_dir=ckpt_dir,
             )  # fmt: skip
             if math.isfinite(norm):
                 break
         else:
             raise NonFiniteLossError(
-                i + 1,
+                update,
                 f"the fp16 gradients overflowed {MAX_OVERFLOWS + 1} times, down to loss scale "
                 f"{self.scaler.get_scale():g}",
                 ckpt_dir,
             )
+        self._micro = []
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
+        dt = self._update_seconds + time.perf_counter() - t0
+        self._update_seconds = 0.0
         if reduce is not None:
             tokens = reduce.tokens  # all ranks' tokens: tokens/s is the global throughput
-        else:
-            tokens = sum(int(b["attention_mask"].sum()) for b in mbs)
         self.tokens_seen += tokens
         self.train_seconds += dt
         self.env_loss_sum[env] += loss
         self.env_updates[env] += 1
-        update = i + 1
-        metrics = {"loss": loss, "grad_norm": norm, "lr_body": lr_body}
+        metrics = {
+            "loss": loss,
+            "grad_norm": norm,
+            "lr_body": lr_body,
+            "lr_head": lr_head,
+            "n_masked": n_masked,
+        }
         if self.scaler is not None:
             metrics["loss_scale"] = self.scaler.get_scale()
-        self.log_dict(metrics, prog_bar=True, on_step=True)
+        if self.val_every and update % self.val_every == 0 and self.val_sets:
+            from invariant_lm.commands import evaluate_sets
+
+            for name, res in evaluate_sets(self.model, self.val_sets).items():
+                key = "eval_perplexity" if len(self.val_sets) == 1 else f"eval_perplexity/{Path(name).stem}"
+                metrics[key] = res["perplexity"]
+        self.log_dict(metrics, prog_bar=True, on_step=True, logger=False)  # the progress bar
+        if update % self.logging_steps == 0 or update == self.total_updates:
+            for logger in self.loggers:  # one row per logged update, under Lightning's step of the update
+                logger.log_metrics(metrics, step=i)
         if self.global_rank == 0 and self.output_dir is not None:
             if update % self.logging_steps == 0 or update == self.total_updates:
-                row = {"update": update, "env": env, "loss": loss, "lr_body": lr_body, "lr_head": lr_head,
-                       "grad_norm": norm, "n_masked": n_masked, "tokens_per_s": tokens / max(dt, 1e-9)}  # fmt: skip
+                row = {"update": update, "env": env, **metrics, "tokens_per_s": tokens / max(dt, 1e-9)}
                 with open(self.output_dir / "train_log.jsonl", "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(row) + "\n")
             if self.heads_saving and update % self.heads_saving == 0:
@@ -201,10 +248,13 @@ class InvariantLightningModule(pl.LightningModule):
             "train_seconds": self.train_seconds,
             "total_updates": self.total_updates,
             "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "accumulate": self.accumulate,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        inv = check_resumable(checkpoint, "the checkpoint", self.model.env_names, self.total_updates)
+        inv = check_resumable(
+            checkpoint, "the checkpoint", self.model.env_names, self.total_updates, self.accumulate
+        )
         self.env_loss_sum = dict(inv["env_loss_sum"])
         self.env_updates = dict(inv["env_updates"])
         self.tokens_seen = inv["tokens_seen"]
@@ -225,13 +275,15 @@ class InvariantLightningModule(pl.LightningModule):
         }
 
 
-def check_resumable(checkpoint: dict, where, env_names: list[str], total_updates: int) -> dict:
+def check_resumable(
+    checkpoint: dict, where, env_names: list[str], total_updates: int, accumulate: int = 1
+) -> dict:
     """The checkpoint's `invariant` state, after checking that a run with these heads and this number of updates
     can resume from it (one-line `LmlabError` naming `where` otherwise)."""
     inv = checkpoint.get("invariant")
     if not isinstance(inv, dict) or "global_step" not in checkpoint:
         raise LmlabError(
-            f"{where} was not written by invariant-lm train; pass --resume_from_checkpoint never or another --output_dir"
+            f"{where} was not written by invariant-lm train; pass --resume never or another --output_dir"
         )
     saved = inv["invariant_config"]["envs"]
     if saved != env_names:
@@ -243,5 +295,10 @@ def check_resumable(checkpoint: dict, where, env_names: list[str], total_updates
         raise LmlabError(
             f"{where} was trained for {inv['total_updates']} updates, this run asks {total_updates}; "
             "keep --nb_steps or use another --output_dir"
+        )
+    if inv.get("accumulate", 1) != accumulate:
+        raise LmlabError(
+            f"{where} was trained with --accumulate_grad_batches {inv.get('accumulate', 1)}, this run asks "
+            f"{accumulate}; keep it or use another --output_dir"
         )
     return inv

@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from torch import nn
 FORMAT_VERSION = 1
 INVARIANT_CONFIG = "invariant_config.json"
 WEIGHTS_NAME = "model.safetensors"
+HEADS_NAME = "heads.safetensors"
 IGNORE_INDEX = -100
 
 
@@ -59,15 +62,37 @@ class EnvHead(nn.Module):
         self.bias = bias
 
 
-def load_masked_lm(name: str | Path, **from_pretrained_kwargs):
+def _groups(keys) -> str:
+    """The modules `keys` belong to, e.g. 'cls.predictions (6 weights)', for one-line messages."""
+    counts: dict[str, int] = {}
+    for key in sorted(keys):
+        group = ".".join(key.split(".")[:-1][:2]) or key
+        counts[group] = counts.get(group, 0) + 1
+    return ", ".join(f"{g} ({n} weight{'s' if n > 1 else ''})" for g, n in counts.items())
+
+
+def _not_the_load_report(record: logging.LogRecord) -> bool:
+    """Drops transformers' LOAD REPORT table: `load_masked_lm` says what it means in one line."""
+    return " LOAD REPORT" not in str(record.getMessage())
+
+
+def load_masked_lm(name: str | Path, allow_random_head: bool = False, **from_pretrained_kwargs):
     """`AutoModelForMaskedLM.from_pretrained`, failures as one `LmlabError` line (a missing folder, a model
-    without an MLM head, a pickled weights file that transformers' `torch.load(weights_only=True)` refuses)."""
+    without an MLM head, a pickled weights file that transformers' `torch.load(weights_only=True)` refuses).
+
+    A checkpoint without the masked-LM head (e.g. a `BertModel` folder) is refused, naming the missing weights,
+    unless `allow_random_head` (then one loud warning line: the heads start random). Checkpoint weights the
+    masked LM does not use (BERT's pooler) are said in one line instead of transformers' LOAD REPORT table."""
     import pickle
 
     from transformers import AutoModelForMaskedLM
 
+    report = logging.getLogger("transformers.modeling_utils")
+    report.addFilter(_not_the_load_report)  # a filter: raising the level makes transformers warn elsewhere
     try:
-        return AutoModelForMaskedLM.from_pretrained(str(name), **from_pretrained_kwargs)
+        model, info = AutoModelForMaskedLM.from_pretrained(
+            str(name), output_loading_info=True, **from_pretrained_kwargs
+        )
     except pickle.UnpicklingError as err:
         raise LmlabError(
             f"cannot load a masked LM from {name}: its weights file holds objects other than tensors and was "
@@ -75,6 +100,24 @@ def load_masked_lm(name: str | Path, **from_pretrained_kwargs):
         ) from err
     except (OSError, ValueError) as err:
         raise LmlabError(f"cannot load a masked LM from {name}: {str(err).splitlines()[0]}") from err
+    finally:
+        report.removeFilter(_not_the_load_report)
+    missing, unused = info["missing_keys"], info["unexpected_keys"]
+    if missing:
+        found = (getattr(model.config, "architectures", None) or ["a checkpoint"])[0]
+        line = f"{name} is {found}, without the masked-LM head {type(model).__name__} needs: {_groups(missing)} missing"
+        if not allow_random_head:
+            raise LmlabError(
+                f"{line}; give a masked-LM checkpoint, or pass --allow_random_head true (or --init_head) to "
+                "train random heads"
+            )
+        print(
+            f"[invariant-lm] WARNING: {line}; these weights are RANDOM: the heads start untrained",
+            file=sys.stderr,
+        )
+    if unused:
+        print(f"[invariant-lm] {name}: checkpoint weights not used: {_groups(unused)}", file=sys.stderr)
+    return model
 
 
 @dataclass
@@ -206,7 +249,8 @@ class InvariantMLM(nn.Module):
 
         base = model_name_or_path_or_model
         if isinstance(base, str | Path):
-            base = load_masked_lm(base, **from_pretrained_kwargs)
+            allow = bool(from_pretrained_kwargs.pop("allow_random_head", False)) or init_head or init_base
+            base = load_masked_lm(base, allow_random_head=allow, **from_pretrained_kwargs)
         if init_base:
             base = AutoModelForMaskedLM.from_config(base.config)
             init_head = True
@@ -231,36 +275,67 @@ class InvariantMLM(nn.Module):
         }
 
     def save_pretrained(self, directory: str | Path, mode: str = "irm", tokenizer=None) -> Path:
-        """`config.json` (the base MLM config), `invariant_config.json`, `model.safetensors` (`body.*`,
-        `heads.<env>.*`), and the tokenizer if given."""
-        from safetensors.torch import save_model
+        """A folder that is both a standard Hugging Face model and the whole invariant model, each weight once:
+        `config.json` + `model.safetensors` of a plain `AutoModelForMaskedLM` computing the ensemble when that is
+        exact (`heads_foldable`: the heads' transforms are equal, so the mean of the heads is one head with the
+        mean decoder), else of the body alone (`AutoModel`); `heads.safetensors` (`<env>.*`: every head);
+        `invariant_config.json`; the tokenizer if given. A model with the decoder-only adapter (no separate
+        head transform) keeps format 1: everything in `model.safetensors` (`body.*`, `heads.<env>.*`)."""
+        from safetensors.torch import save_file, save_model
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.config.save_pretrained(directory)
-        (directory / INVARIANT_CONFIG).write_text(json.dumps(self.invariant_config(mode), indent=2) + "\n")
-        save_model(self, str(directory / WEIGHTS_NAME))  # de-duplicates shared tensors
+        inv = self.invariant_config(mode)
+        if self.head_adapter == "decoder-only":
+            self.config.save_pretrained(directory)
+            save_model(self, str(directory / WEIGHTS_NAME))  # de-duplicates shared tensors
+        else:
+            inv["format_version"] = 2
+            if heads_foldable(self):
+                folded_mlm(self).save_pretrained(directory)
+                inv["hf_export"] = "mlm"
+            else:
+                self.body.save_pretrained(directory)
+                inv["hf_export"] = "body"
+            heads = {k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}
+            save_file(heads, str(directory / HEADS_NAME))
+        (directory / INVARIANT_CONFIG).write_text(json.dumps(inv, indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> InvariantMLM:
-        """Load a folder written by `save_pretrained` (CPU-only works)."""
-        from safetensors.torch import load_model
+        """Load a folder written by `save_pretrained` (CPU-only works); also format 1 (everything in
+        `model.safetensors`) and a run folder whose model is in `model/`."""
+        from safetensors.torch import load_file, load_model
         from transformers import AutoConfig, AutoModelForMaskedLM
 
         directory = Path(directory)
+        if (
+            not (directory / INVARIANT_CONFIG).is_file()
+            and (directory / "model" / INVARIANT_CONFIG).is_file()
+        ):
+            directory = directory / "model"  # a run folder
         inv_path = directory / INVARIANT_CONFIG
         if not inv_path.is_file():
             raise LmlabError(f"{directory} has no {INVARIANT_CONFIG}; is it an invariant-lm output folder?")
         inv = json.loads(inv_path.read_text())
-        if inv.get("format_version") != FORMAT_VERSION:
-            raise LmlabError(f"{inv_path}: unsupported format_version {inv.get('format_version')}")
+        version = inv.get("format_version")
+        if version not in (1, 2):
+            raise LmlabError(f"{inv_path}: unsupported format_version {version}")
         config = AutoConfig.from_pretrained(str(directory))
         base = AutoModelForMaskedLM.from_config(config)
         model = cls(base, inv["envs"], head_decoder=inv["head_decoder"])
-        load_model(model, str(directory / WEIGHTS_NAME), device=str(map_location))
+        if version == 1:
+            load_model(model, str(directory / WEIGHTS_NAME), device=str(map_location))
+        else:
+            state = load_file(str(directory / WEIGHTS_NAME))
+            if inv["hf_export"] == "mlm":  # the body's weights under the masked LM's base-model prefix
+                prefix = base.base_model_prefix + "."
+                state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            model.body.load_state_dict(state)
+            model.heads.load_state_dict(load_file(str(directory / HEADS_NAME)))
         model.saved_mode = inv.get("mode", "irm")
         return model.to(map_location)
 
@@ -362,3 +437,35 @@ class InvariantMLM(nn.Module):
         if return_head_logits:
             head_logits = torch.stack([self.head_logits(e, h) for e in self.env_names])
         return InvariantMLMOutput(loss=loss, logits=logits, head_logits=head_logits, n_masked=n_masked)
+
+
+def heads_foldable(model: InvariantMLM) -> bool:
+    """True when mean-of-logits equals one head exactly: every head's transform is identical (then
+    mean_e(W_e t + b_e) = mean(W) t + mean(b))."""
+    heads = list(model.heads.values())
+    ref = heads[0].transform.state_dict()
+    return all(all(torch.equal(v, h.transform.state_dict()[k]) for k, v in ref.items()) for h in heads[1:])
+
+
+def folded_mlm(model: InvariantMLM):
+    """A plain `AutoModelForMaskedLM` computing the ensemble's logits (needs `heads_foldable`)."""
+    from transformers import AutoModelForMaskedLM
+
+    if not heads_foldable(model):
+        raise LmlabError(
+            "the heads' transforms differ, so their mean is not one head; export with --body_only"
+        )
+    config = copy.deepcopy(model.config)
+    if model.head_decoder == "private":
+        config.tie_word_embeddings = False
+    base = AutoModelForMaskedLM.from_config(config)
+    body, transform, decoder, _, _ = _split_base(base)
+    body.load_state_dict(model.body.state_dict())
+    heads = list(model.heads.values())
+    transform.load_state_dict(heads[0].transform.state_dict())
+    with torch.no_grad():
+        if model.head_decoder == "private":
+            decoder.weight = torch.nn.Parameter(torch.stack([h.weight for h in heads]).mean(0))
+        if heads[0].bias is not None:
+            decoder.bias.copy_(torch.stack([h.bias for h in heads]).mean(0))
+    return base

@@ -102,7 +102,7 @@ def _train(cfg: TrainConfig) -> dict:
 
     out = Path(cfg.output_dir)
     if is_done(out):
-        return json.loads((out / "eval_results.json").read_text())
+        return json.loads((out / "results.json").read_text())["eval"]
     return run_train(cfg)["eval"]
 
 
@@ -110,7 +110,7 @@ def _evaluate(run_dir: Path, tokenizer, test_file: Path, seq_len: int) -> dict:
     from invariant_lm.model import InvariantMLM
 
     model = InvariantMLM.from_pretrained(run_dir)
-    ev = json.loads((run_dir / "eval_results.json").read_text())
+    ev = json.loads((run_dir / "results.json").read_text())["eval"]
     ppl = next(iter(ev.values()))["perplexity"]
     return {"clean_perplexity": ppl, "noise_mass": noise_mass(model, tokenizer, test_file, seq_len)}
 
@@ -133,7 +133,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     common = dict(
         tokenizer_name=str(data / "tokenizer"), validation_file=[str(test)], do_train=True, do_eval=True,
         line_by_line=True, max_seq_length=seq_len, per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=64, logging_steps=50, save_steps=500, progress_bar=False, logger="none",
+        per_device_eval_batch_size=64, log_every_n_steps=50, checkpoint_every_n_steps=500, progress_bar=False, logger="none",
         device=cfg.device,
     )  # fmt: skip
     # stage 1: plain MLM from scratch on clean text, exported as a standard HF checkpoint

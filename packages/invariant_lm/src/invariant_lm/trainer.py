@@ -53,27 +53,14 @@ class OptimSettings:
         return cls(**kw)
 
 
-def _no_decay(module: nn.Module) -> set[int]:
-    """ids of parameters HF does not decay: biases and normalisation weights."""
-    out = set()
-    for mod in module.modules():
-        norm = isinstance(mod, nn.LayerNorm) or "norm" in type(mod).__name__.lower()
-        for name, p in mod.named_parameters(recurse=False):
-            if norm or name == "bias" or name.endswith("bias"):
-                out.add(id(p))
-    return out
-
-
 def make_optimizer(
     params: Iterable[nn.Parameter], module: nn.Module, s: OptimSettings
 ) -> torch.optim.Optimizer:
-    params = list(dict.fromkeys(params))  # de-duplicate tied tensors, keep order
-    nd = _no_decay(module)
-    groups = [
-        {"params": [p for p in params if id(p) not in nd], "weight_decay": s.weight_decay},
-        {"params": [p for p in params if id(p) in nd], "weight_decay": 0.0},
-    ]
-    groups = [g for g in groups if g["params"]]
+    """AdamW (or Adafactor) over `params`, grouped by lmlab's `param_groups` (no weight decay on biases, 1-D
+    and normalisation parameters, each tied tensor once)."""
+    from lmlab.training import param_groups
+
+    groups = param_groups(module, s.weight_decay, params=list(params))
     if s.adafactor:
         from transformers.optimization import Adafactor
 
@@ -141,31 +128,83 @@ def environment_update(
     update_number: int = 0,
     checkpoint_dir: str | Path | None = None,
 ) -> tuple[float, float, int]:
-    """One update on `env` (module docstring). Returns (loss, pre-clip grad norm of the stepped parameters,
-    number of masked tokens). `backward(loss)` and `step(optimizer, is_body)` let Lightning's manual
-    optimisation plug in; defaults are `loss.backward()` and `optimizer.step()`. `reduce(params, loss,
-    n_masked) -> (loss, n_masked)` runs after backward and before clipping, on the stepped parameters only
-    (body and the stepped heads): data-parallel training averages their gradients across ranks there.
-    With `scaler` (fp16) a non-finite norm means the update overflowed and stepped nothing; without it, a
-    non-finite norm is an error. A non-finite loss is always an error (`NonFiniteLossError` naming
-    `update_number`, the environment and `checkpoint_dir`, the resume point), raised before anything is stepped."""
-    from lmlab.callbacks import NonFiniteLossError, check_finite
+    """One update on `env` (module docstring): `accumulate_micro_batch` on each micro-batch, then
+    `finish_update`. Returns (loss, pre-clip grad norm of the stepped parameters, number of masked tokens).
+    `backward(loss)` and `step(optimizer, is_body)` let Lightning's manual optimisation plug in; defaults are
+    `loss.backward()` and `optimizer.step()`. `reduce(params, loss, n_masked) -> (loss, n_masked)` runs after
+    backward and before clipping, on the stepped parameters only (body and the stepped heads): data-parallel
+    training averages their gradients across ranks there. With `scaler` (fp16) a non-finite norm means the
+    update overflowed and stepped nothing; without it, a non-finite norm is an error. A non-finite loss is always
+    an error (`NonFiniteLossError` naming `update_number`, the environment and `checkpoint_dir`, the resume
+    point), raised before anything is stepped."""
+    loss, n_masked = 0.0, 0
+    for j, mb in enumerate(micro_batches):
+        micro_loss, micro_masked = accumulate_micro_batch(
+            model, env, mb, len(micro_batches), mode, first=j == 0, backward=backward, sparse=sparse,
+            scaler=scaler, update_number=update_number, checkpoint_dir=checkpoint_dir,
+        )  # fmt: skip
+        loss += micro_loss
+        n_masked += micro_masked
+    return finish_update(
+        model, env, loss, n_masked, body_opt, head_opts, body_sched, head_scheds, mode, max_grad_norm, step,
+        reduce, scaler, update_number, checkpoint_dir,
+    )  # fmt: skip
+
+
+def accumulate_micro_batch(
+    model,
+    env: str,
+    micro_batch: dict[str, torch.Tensor],
+    n_micro_batches: int,
+    mode: str = "irm",
+    first: bool = True,
+    backward: Callable[[torch.Tensor], None] | None = None,
+    sparse: bool = True,
+    scaler: torch.amp.GradScaler | None = None,
+    update_number: int = 0,
+    checkpoint_dir: str | Path | None = None,
+) -> tuple[float, int]:
+    """Forward and backward of one of the `n_micro_batches` micro-batches of an update on `env` (loss divided by
+    their number); the `first` clears every gradient (set_to_none) and freezes the heads not stepped. Returns
+    (this micro-batch's share of the update loss, its masked tokens)."""
+    from lmlab.callbacks import check_finite
+
+    if first:
+        model.set_trainable_heads(stepped_heads(model, env, mode))
+        for p in model.parameters():
+            p.grad = None
+    with fp16_autocast(model, scaler):
+        out = model(**micro_batch, sparse=sparse)
+    loss = out.loss / n_micro_batches
+    check_finite(update_number, {f"mlm on environment {env}": loss}, checkpoint_dir)
+    (backward or (lambda t: t.backward()))(loss if scaler is None else scaler.scale(loss))
+    return float(loss.detach().float().cpu()), int(out.n_masked or 0)
+
+
+def finish_update(
+    model,
+    env: str,
+    loss: float,
+    n_masked: int,
+    body_opt,
+    head_opts: dict,
+    body_sched,
+    head_scheds: dict,
+    mode: str = "irm",
+    max_grad_norm: float = 1.0,
+    step: Callable[[object, bool], None] | None = None,
+    reduce: Callable[[list, torch.Tensor, int], tuple[torch.Tensor, int]] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    update_number: int = 0,
+    checkpoint_dir: str | Path | None = None,
+) -> tuple[float, float, int]:
+    """After the micro-batches of an update (`accumulate_micro_batch`): all-reduce, unscale (fp16), clip the
+    joint norm of the body and the stepped heads, step their optimizers and schedulers (see
+    `environment_update`). Returns (loss, pre-clip grad norm, masked tokens)."""
+    from lmlab.callbacks import NonFiniteLossError
 
     active = stepped_heads(model, env, mode)
-    model.set_trainable_heads(active)
-    for p in model.parameters():
-        p.grad = None
-    k = len(micro_batches)
-    total = torch.zeros(())
-    n_masked = 0
-    for mb in micro_batches:
-        with fp16_autocast(model, scaler):
-            out = model(**mb, sparse=sparse)
-        loss = out.loss / k
-        check_finite(update_number, {f"mlm on environment {env}": loss}, checkpoint_dir)
-        (backward or (lambda t: t.backward()))(loss if scaler is None else scaler.scale(loss))
-        total = total + loss.detach().float().cpu()
-        n_masked += int(out.n_masked or 0)
+    total = torch.tensor(loss)
     params = list(model.body.parameters())
     for e in active:
         params += list(model.heads[e].parameters())
