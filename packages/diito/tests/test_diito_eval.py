@@ -80,6 +80,27 @@ def test_eval_glue_mrpc_and_stsb(student, tmp_path, capsys):
         assert "not used from the checkpoint: vocab_layer_norm" in err and "Epoch 0" in out + err
 
 
+def test_eval_glue_reads_a_raw_glue_folder_with_string_labels(student, tmp_path):
+    rte = tmp_path / "glue_data" / "RTE"  # as the GLUE distribution ships it: dev.tsv, labels as words
+    rte.mkdir(parents=True)
+    rows = [
+        ("A man sleeps.", "A person sleeps.", "entailment"),
+        ("A cat runs.", "A dog sits.", "not_entailment"),
+    ]
+    for split, n in (("train", 4), ("dev", 2)):
+        lines = ["index\tsentence1\tsentence2\tlabel"]
+        lines += [f"{i}\t{a}\t{b}\t{y}" for i, (a, b, y) in enumerate(rows * n)]
+        (rte / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    args = ["eval-glue", "--model_name_or_path", str(student), "--task_name", "rte", "--train_file", str(rte.parent),
+            "--validation_file", str(rte), "--output_dir", str(out), "--device", "cpu", "--num_train_epochs", "1",
+            "--max_seq_length", "32", "--progress_bar", "false"]  # fmt: skip
+    assert main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["task"] == "rte" and res["n_train"] == 8 and res["n_eval"] == 4 and 0 <= res["accuracy"] <= 1
+    assert (out / "DONE").is_file() and "| task | rte |" in (out / "report.md").read_text()
+
+
 def test_eval_mlm_refuses_a_model_without_the_mlm_head(tmp_path, capsys):
     bare = save_tiny_model(tmp_path / "bare", "bert", "base", layers=1, hidden=32, heads=2)
     args = ["eval-mlm", "--model_name_or_path", str(bare), "--output_dir", str(tmp_path / "out"),

@@ -361,6 +361,9 @@ def test_a_teacher_without_the_mlm_head_is_refused_in_one_line(assets, tmp_path,
     assert "teacher" in line and "is BertModel, without the masked-LM head" in line, line
     assert "cls.predictions" in line and "--allow_random_head true" in line, line
     assert not (tmp_path / "run").exists()
+    extract = ["extract", "--teacher_name", str(tmp_path / "bare"), "--dump_checkpoint", str(tmp_path / "s")]
+    line = _one_line_failure(capsys, 1, extract)
+    assert "is BertModel, without the masked-LM head" in line and not (tmp_path / "s").exists(), line
     assert main([*args, "--allow_random_head", "true"]) == 0
     err = capsys.readouterr().err
     assert "WARNING" in err and "RANDOM" in err and "LOAD REPORT" not in err
