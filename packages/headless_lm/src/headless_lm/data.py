@@ -124,7 +124,8 @@ def _warn_one_document(path: Path, values: Sequence, documents: str) -> None:
 
     if documents != "paragraph" or path.suffix.lower() not in TEXT_SUFFIXES or len(values) != 1:
         return
-    lines = sum(1 for line in str(values[0]).splitlines() if line.strip())
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        lines = sum(1 for line in fh if line.strip())
     if lines > 1:
         print(
             f"[headless-lm preprocess] warning: {path} has no blank line, so its {lines} lines are one document; "
