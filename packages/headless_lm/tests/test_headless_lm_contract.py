@@ -212,3 +212,13 @@ def test_glue_one_task_report_per_task_results_and_base_seed(tmp_path, capsys):
     assert AutoModel.from_pretrained(out / "model") is not None
     assert json.loads((out / "model" / "glue_head.json").read_text())["seed"] == 6
     assert (out / "DONE").is_file()
+
+
+def test_glue_says_in_one_line_that_an_lm_head_is_not_used(tmp_path, capsys):
+    from headless_lm.eval.glue import _load_backbone
+
+    folder = save_tiny_model(tmp_path / "mlm", "bert", "mlm")
+    assert type(_load_backbone(str(folder), "sdpa")).__name__ == "BertModel"
+    err = capsys.readouterr().err
+    assert "weights of its LM head are not used (cls.predictions" in err
+    assert "LOAD REPORT" not in err and "pooler" not in err

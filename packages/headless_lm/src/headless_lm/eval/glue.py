@@ -315,15 +315,35 @@ def _check_same_protocol(cfg: GlueConfig, root: Path) -> None:
 
 
 def _load_backbone(model_dir: str, attn_implementation: str) -> nn.Module:
+    """The model's backbone (AutoModel). The weights it leaves out (an LM head of an exported `...ForMaskedLM` or
+    `...ForCausalLM`) are said in one line instead of transformers' load report."""
+    import transformers
+    from lmlab.logging import get_logger
     from transformers import AutoModel
 
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
     try:
-        return AutoModel.from_pretrained(
-            model_dir, weights_only=True, attn_implementation=attn_implementation
+        model, info = AutoModel.from_pretrained(
+            model_dir, weights_only=True, attn_implementation=attn_implementation, output_loading_info=True
         )
     except Exception as err:  # transformers raises OSError, ValueError, pickle errors, ...
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise LmlabError(f"cannot load --model {model_dir} ({type(err).__name__}: {first})") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    log = get_logger("headless_lm")
+    unused = list(info.get("unexpected_keys", ()))
+    missing = [
+        k for k in info.get("missing_keys", ()) if not k.startswith("pooler.")
+    ]  # the head reads token 0
+    if unused:
+        log.info(f"--model {model_dir}: {len(unused)} weights of its LM head are not used ({unused[0]}, ...)")
+    if missing:
+        log.warning(
+            f"--model {model_dir} lacks {len(missing)} backbone weights ({missing[0]}, ...): they start fresh"
+        )
+    return model
 
 
 def _keep_latest_checkpoint(cfg: GlueConfig, root: Path, run_dir: Path) -> None:
