@@ -172,3 +172,34 @@ def test_glue_interpolate_cli_same_task(glue, tmp_path):
     summary = json.loads((tmp_path / "gi" / "results.json").read_text())
     assert summary["head_policy"] == "interpolate" and "perf_barrier" in summary["validation_matched"]
     assert (tmp_path / "gi" / "path.png").is_file()
+
+
+def test_a_new_head_is_one_line_not_a_load_report(tmp_path):
+    """A RoBERTa pre-training checkpoint (masked LM) gets a new classifier: said in one line, no LOAD REPORT."""
+    import logging
+
+    from lmlab.testing import save_tiny_model
+    from mode_connectivity.glue import build_glue_model
+
+    class Record(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    mlm = save_tiny_model(tmp_path / "mlm", "roberta")
+    loggers = [logging.getLogger(n) for n in ("transformers.modeling_utils", "mode-connectivity")]
+    record = Record()
+    for logger in loggers:
+        logger.addHandler(record)
+    try:
+        build_glue_model(str(mlm), 3, "none", 4, device="cpu")
+    finally:
+        for logger in loggers:
+            logger.removeHandler(record)
+    assert not any("LOAD REPORT" in m for m in record.messages)
+    assert record.messages[-1].endswith(
+        "new (random) classifier.dense, classifier.out_proj for 3 label(s); unused checkpoint weights: lm_head"
+    )

@@ -17,6 +17,7 @@ built once and the interpolated tensors are written in place; the output project
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,10 @@ def set_trainable(model: nn.Module, delta_type: str, unfrozen: list[str]) -> Non
         p.requires_grad_(any(k in n for k in keys))
 
 
+def _not_the_load_report(record: logging.LogRecord) -> bool:
+    return " LOAD REPORT" not in str(record.getMessage())
+
+
 def build_glue_model(
     model_dir: str,
     num_labels: int,
@@ -138,9 +143,27 @@ def build_glue_model(
     attn = resolve_attn_implementation(attn_implementation, resolve_accelerator(device))
     if seed is not None:
         seed_everything(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, num_labels=num_labels, ignore_mismatched_sizes=True, attn_implementation=attn
+    report = logging.getLogger("transformers.modeling_utils")
+    report.addFilter(_not_the_load_report)  # the expected keys are said in one line below
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            model_dir,
+            num_labels=num_labels,
+            ignore_mismatched_sizes=True,
+            attn_implementation=attn,
+            output_loading_info=True,
+        )
+    finally:
+        report.removeFilter(_not_the_load_report)
+    new = sorted(
+        {k.rsplit(".", 1)[0] for k in [*info["missing_keys"], *(m[0] for m in info["mismatched_keys"])]}
     )
+    unused = sorted({k.split(".")[0] for k in info["unexpected_keys"]})
+    if new or unused:
+        log.info(
+            f"{model_dir}: new (random) {', '.join(new) or 'nothing'} for {num_labels} label(s)"
+            + (f"; unused checkpoint weights: {', '.join(unused)}" if unused else "")
+        )
     if delta_type == "adapter":
         add_roberta_adapters(model, bottleneck)
     return model
