@@ -37,6 +37,17 @@ def test_lambada_scorer_matches_independent_recomputation():
         split_passage("single")
 
 
+def test_lambada_perplexity_overflow_is_inf():
+    model, tok = tiny_model("gpt_neox", "clm", attn_implementation="eager")
+    with torch.no_grad():  # every logit 0 but a huge one for token 0: any other target has NLL ~ 1e4
+        model.get_output_embeddings().weight.zero_()
+        model.get_output_embeddings().weight[0].fill_(1e4)
+        model.gpt_neox.final_layer_norm.bias.fill_(1.0)
+        model.gpt_neox.final_layer_norm.weight.zero_()
+    result = evaluate(model, tok, ["the cat sat on the mat"])
+    assert result["ppl"] == math.inf and result["acc"] == 0.0
+
+
 def test_glue_aggregation_best_epoch_mean_seeds_rte_excluded():
     res = aggregate(
         {"mrpc": [[0.5, 0.8, 0.7], [0.6, 0.6, 0.9]], "rte": [[0.1], [0.3]], "cola": [[0.2, 0.4], [0.3, 0.1]]}

@@ -7,11 +7,11 @@ every continuation token. Perplexity: exp(-mean over passages of the summed cont
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
 from lmlab.errors import LmlabError
+from lmlab.metrics import perplexity
 
 from headless_lm.config import LambadaConfig
 
@@ -67,7 +67,7 @@ def evaluate(model, tokenizer, texts, *, batch_size: int = 8) -> dict:
             total_ll += lp.gather(1, targets[:, None]).sum().item()
             correct += int(torch.equal(lp.argmax(-1), targets))
     n = len(items)
-    return {"acc": correct / n, "ppl": math.exp(-total_ll / n), "n": n}
+    return {"acc": correct / n, "ppl": perplexity(-total_ll, n), "n": n}  # per passage: the last word's NLL
 
 
 def read_passages(path: str | Path) -> list[str]:
