@@ -60,7 +60,8 @@ def test_train_eval_export_end_to_end(workdir, capsys):
     ev = workdir / "ev"
     assert main(["eval", "--model_name_or_path", str(out), "--validation_file", str(workdir / "valid.txt"),
                  "--max_seq_length", "32", "--output_dir", str(ev), "--eval_per_head"]) == 0  # fmt: skip
-    again = json.loads((ev / "eval_results.json").read_text())
+    again = json.loads((ev / "results.json").read_text())
+    assert (ev / "report.md").is_file() and (ev / "DONE").is_file()
     assert next(iter(again.values())) == res
     # the Lightning checkpoint evaluates the same
     ck = main(["eval", "--model_name_or_path", str(out / "checkpoints" / "last.ckpt"),

@@ -334,7 +334,7 @@ def _model_from_lightning_ckpt(path: Path) -> InvariantMLM:
 
 def run_eval(cfg: EvalConfig) -> dict:
     from lmlab.device import torch_device
-    from lmlab.io import write_json
+    from lmlab.io import finish_run, results_report
 
     from invariant_lm.data import default_max_seq_length
 
@@ -355,7 +355,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         )
     if cfg.output_dir:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-        write_json(Path(cfg.output_dir) / "eval_results.json", results)
+        finish_run(cfg.output_dir, results, results_report(f"invariant-lm eval of {name}", results))
     return results
 
 

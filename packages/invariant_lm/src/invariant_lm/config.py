@@ -101,7 +101,9 @@ class TrainConfig(EvalOptions, TrainerOptions):
     num_train_epochs: float = _h(
         "epochs of floor(min env batches) rounds, used when no step count is given", 3.0, ge=0
     )
-    eval_steps: int | None = _h("accepted, ignored (evaluation runs at the end)", ge=1)
+    eval_steps: int | None = _h(
+        "accepted, ignored as in the reference (--val_check_interval evaluates during training)", ge=1
+    )
     no_cuda: bool = _h("train on the CPU", False)
     use_cpu: bool = _h("train on the CPU", False)
     # new
@@ -186,7 +188,7 @@ class EvalConfig(EvalOptions):
     checkpoint: str | None = _h(
         "a Lightning .ckpt of a run to load into --model_name_or_path before evaluating"
     )
-    output_dir: str | None = _h("write eval_results.json here (default: print only)")
+    output_dir: str | None = _h("write results.json and report.md here (default: print only)")
     device: str = _h("auto | cpu | cuda", "auto")
 
     def __post_init__(self) -> None:

@@ -119,8 +119,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     from lmlab.device import set_threads
     from lmlab.io import write_results
 
-    from invariant_lm.commands import run_export
-    from invariant_lm.config import ExportConfig
+    from invariant_lm.model import InvariantMLM, folded_mlm
 
     set_threads(cfg.threads)
     out = Path(cfg.output_dir)
@@ -146,8 +145,8 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     _train(TrainConfig(config_name=str(cfg_dir), train_file=str(data / "stage1_envs"), nb_steps=cfg.stage1_steps,
                        learning_rate=cfg.stage1_lr, output_dir=str(stage1), mode="irm", seed=1000, **common))  # fmt: skip
     stage1_hf = out / "stage1_hf"
-    if not (stage1_hf / "config.json").exists():
-        run_export(ExportConfig(model_name_or_path=str(stage1), output_dir=str(stage1_hf)))
+    if not (stage1_hf / "config.json").exists():  # one head: exactly a plain masked LM, where stage 2 starts
+        folded_mlm(InvariantMLM.from_pretrained(stage1)).save_pretrained(stage1_hf)
     rows = [
         {
             "model": "stage 1 (clean MLM)",
