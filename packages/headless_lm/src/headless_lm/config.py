@@ -188,9 +188,8 @@ def world_size(devices: int | str, num_nodes: int, device: str) -> int:
         n = int(text)
     else:  # auto or -1: every visible GPU when training on them
         import torch
-        from lmlab.device import resolve_accelerator
 
-        n = torch.cuda.device_count() if resolve_accelerator(device) == "gpu" else 1
+        n = torch.cuda.device_count() if device in ("auto", "gpu", "cuda") else 1
     return max(1, n) * num_nodes
 
 
@@ -459,6 +458,10 @@ class GlueConfig(TrainerOptions):
         metadata={"help": "fine-tuning seeds: run k uses --seed + seeds[k] (paper: 0 1 2 with --seed 0)"},
     )
     seed: int = field(default=0, metadata={"help": "base seed, added to each of --seeds"})
+    devices: int | str = field(
+        default=1,
+        metadata={"help": "1: each (task, seed) fine-tunes on one device (run tasks as separate commands)"},
+    )
     learning_rate: float = field(
         default=1e-5, metadata={"help": "AdamW learning rate (regular-CE protocol: 5e-6)", "gt": 0}
     )
