@@ -72,8 +72,10 @@ def _groups(keys) -> str:
 
 
 def _not_the_load_report(record: logging.LogRecord) -> bool:
-    """Drops transformers' LOAD REPORT table: `load_masked_lm` says what it means in one line."""
-    return " LOAD REPORT" not in str(record.getMessage())
+    """Drops transformers' LOAD REPORT table and its note on absent tied head weights ("This checkpoint seem
+    corrupted"): `load_masked_lm` says what they mean (missing or unused weights) in one line."""
+    message = str(record.getMessage())
+    return " LOAD REPORT" not in message and not message.startswith("This checkpoint seem corrupted")
 
 
 def load_masked_lm(name: str | Path, allow_random_head: bool = False, **from_pretrained_kwargs):
