@@ -385,7 +385,7 @@ def test_peft_training_interpolation_and_dist(tiny, runs, adapter_runs, tmp_path
     assert _interpolate(tiny, tmp_path / "mixed", p1, other, method=method) == 1
 
 
-def test_layer_mix_groups_and_run(tiny, adapter_runs, tmp_path):
+def test_layer_mix_groups_and_run(tiny, adapter_runs, tmp_path, capsys):
     from mode_connectivity.layer_mix import Mixture, group_of
 
     assert group_of("encoder.block.3.layer.1.DenseReluDense.wi.weight", "block") == "encoder.block.3"
@@ -417,6 +417,13 @@ def test_layer_mix_groups_and_run(tiny, adapter_runs, tmp_path):
     assert (tmp_path / "mix" / "DONE").is_file() and (tmp_path / "mix" / "model" / "config.json").is_file()
     assert len(out["weights_of_endpoint_1"]) == 2 * 1 + 3 * 1  # one group per T5 sublayer holding adapters
     assert all(0.0 <= w <= 1.0 for w in out["weights_of_endpoint_1"].values()) and "dev_performance" in out
+    # a finished run is refused; --overwrite trains it again from step 0 (metrics.jsonl holds each step once)
+    capsys.readouterr()
+    assert main(args) == 1 and "holds a finished run" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "true", "--log_every_n_steps", "1"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "mix" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "train_loss" in r]
+    assert steps == sorted(set(steps)) and len(steps) == 2 and (tmp_path / "mix" / "DONE").is_file()
 
 
 def test_train_sweep_one_folder_per_job_and_a_table_that_keeps_every_seed(tiny, tmp_path):

@@ -33,7 +33,13 @@ from lmlab.training import build_trainer, resume_checkpoint
 from mode_connectivity.curves import Curve, CurveSweep, curve_loss
 from mode_connectivity.data import EncodedSplit, TextTaskOptions, load_split, train_loader
 from mode_connectivity.interpolate import EvalContext, load_endpoint, path_report, write_path_outputs
-from mode_connectivity.models import build_for_method, check_same_keys, delta_state, export_model
+from mode_connectivity.models import (
+    build_for_method,
+    check_same_keys,
+    clear_finished_run,
+    delta_state,
+    export_model,
+)
 from mode_connectivity.sweep import interpolation_grid
 
 log = get_logger("mode-connectivity")
@@ -169,17 +175,17 @@ def run_curve(cfg) -> dict[str, Any]:
             f"{out} holds a finished curve; pass --overwrite true to train again or --do_train false to "
             "evaluate its checkpoint-best"
         )
-    fresh = cfg.do_train and is_done(out)  # --overwrite: train again from the start
+    if cfg.do_train and is_done(out):
+        clear_finished_run(out)  # --overwrite: train again from the start
     out.mkdir(parents=True, exist_ok=True)
-    (out / "DONE").unlink(missing_ok=True)
+    (out / "DONE").unlink(missing_ok=True)  # --do_train false: not finished until evaluated again
     save_config(cfg, out / "config.yaml")
     step = None
     if cfg.do_train:
         module = CurveModule(cfg, model, curve, train, ctx.tokenizer.pad_token_id, out / "checkpoints")
         callback = CurveValidation(cfg, ctx, sweep, out)
         trainer = build_trainer(cfg, out, callbacks=[callback], use_distributed_sampler=False)
-        ckpt = None if fresh else resume_checkpoint(cfg, out)
-        trainer.fit(module, ckpt_path=ckpt, weights_only=True)
+        trainer.fit(module, ckpt_path=resume_checkpoint(cfg, out), weights_only=True)
         step = trainer.global_step
         if not (out / "checkpoint-best").is_dir():  # no validation ran: the last control points
             save_control_points(out / "checkpoint-best", curve, {"step": step, "args": config_to_dict(cfg)})

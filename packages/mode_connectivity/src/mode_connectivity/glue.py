@@ -34,6 +34,7 @@ from lmlab.training import StepSampler, build_trainer, param_groups, resume_chec
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mode_connectivity.models import clear_finished_run
 from mode_connectivity.sweep import InterpolationSweep, interpolation_grid
 
 log = get_logger("mode-connectivity")
@@ -329,14 +330,14 @@ def run_glue_train(cfg) -> dict[str, Any]:
     set_trainable(model, cfg.delta_type, cfg.unfrozen_modules)
     if is_done(out) and not cfg.overwrite:
         raise LmlabError(f"{out} holds a finished run; pass --overwrite true or choose another --output_dir")
-    fresh = is_done(out)  # --overwrite: train again from the start
+    if is_done(out):
+        clear_finished_run(out)  # --overwrite: train again from the start
     out.mkdir(parents=True, exist_ok=True)
-    (out / "DONE").unlink(missing_ok=True)
     save_config(cfg, out / "config.yaml")
     module = GlueModule(cfg, model, train, tok.pad_token_id)
     callback = GlueCallback(cfg, out, evals, tok.pad_token_id)
     trainer = build_trainer(cfg, out, callbacks=[callback], use_distributed_sampler=False)
-    trainer.fit(module, ckpt_path=None if fresh else resume_checkpoint(cfg, out), weights_only=True)
+    trainer.fit(module, ckpt_path=resume_checkpoint(cfg, out), weights_only=True)
     if not trainer.is_global_zero:
         return {}
     results: dict[str, Any] = {"task": cfg.task_name, "step": trainer.global_step}

@@ -23,7 +23,13 @@ from torch import nn
 
 from mode_connectivity.data import EncodedSplit, TextTaskOptions, load_split, train_loader
 from mode_connectivity.interpolate import EvalContext, load_endpoint
-from mode_connectivity.models import build_for_method, check_same_keys, delta_state, export_model
+from mode_connectivity.models import (
+    build_for_method,
+    check_same_keys,
+    clear_finished_run,
+    delta_state,
+    export_model,
+)
 
 
 def group_of(name: str, layer_filter: str) -> str:
@@ -118,13 +124,13 @@ def run_layer_mix(cfg) -> dict[str, Any]:
     )  # fmt: skip
     if is_done(out) and not cfg.overwrite:
         raise LmlabError(f"{out} holds a finished run; pass --overwrite true or choose another --output_dir")
-    fresh = is_done(out)  # --overwrite: train again from the start
+    if is_done(out):
+        clear_finished_run(out)  # --overwrite: train again from the start
     out.mkdir(parents=True, exist_ok=True)
-    (out / "DONE").unlink(missing_ok=True)
     save_config(cfg, out / "config.yaml")
     module = MixModule(cfg, model, mixture, train, ctx.tokenizer.pad_token_id)
     trainer = build_trainer(cfg, out, use_distributed_sampler=False)
-    trainer.fit(module, ckpt_path=None if fresh else resume_checkpoint(cfg, out), weights_only=True)
+    trainer.fit(module, ckpt_path=resume_checkpoint(cfg, out), weights_only=True)
     with torch.no_grad():
         for k, v in mixture.point().items():
             targets[k].copy_(v.to(targets[k].device, targets[k].dtype))

@@ -44,6 +44,7 @@ from mode_connectivity.evaluation import CandidateScorer, cartography_epoch, eva
 from mode_connectivity.metrics import metric_for_task
 from mode_connectivity.models import (
     build_for_method,
+    clear_finished_run,
     delta_state,
     export_model,
     load_checkpoint,
@@ -333,9 +334,9 @@ def _train_job(
     if job_dir != Path(cfg.output_dir) and is_done(job_dir) and not cfg.overwrite:
         log.info(f"{job_dir} finished already (DONE); skipping")
         return {**row, **json.loads((job_dir / "results.json").read_text()), "run": str(job_dir)}
-    fresh = cfg.overwrite and is_done(job_dir)  # --overwrite: train again from the start
+    if is_done(job_dir):
+        clear_finished_run(job_dir)  # --overwrite: train again from the start
     job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / "DONE").unlink(missing_ok=True)
     steps_per_epoch = max(1, math.ceil(len(train_split) / bsz))
     total = min(cfg.max_steps, cfg.train_epochs * steps_per_epoch)
     carto = Path(cfg.output_dir) / "cartography.json" if cfg.cartography else None
@@ -357,7 +358,7 @@ def _train_job(
         )
     module = T5TaskModule(cfg, model, tokenizer, train_split, lr, bsz // (world * accum), total)
     module.world = world
-    ckpt = None if fresh else resume_checkpoint(cfg, job_dir)
+    ckpt = resume_checkpoint(cfg, job_dir)
     if ckpt is None and carto is not None and carto.is_file():
         carto.unlink()  # a fresh cartography run starts a fresh record
     trainer.fit(module, ckpt_path=ckpt, weights_only=True)
