@@ -356,6 +356,28 @@ def test_peft_training_interpolation_and_dist(tiny, runs, adapter_runs, tmp_path
     )
     delta = set(delta_state(fresh, method))
     assert delta == set(tensors) and all(DELTA_MARKERS[method] in k for k in delta)
+    # model/: Auto classes load the LoRA-merged model (the backbone for prefix), peft loads model/peft/, and
+    # weights.safetensors beside them is the delta of the last update (= checkpoint@4 here)
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM
+
+    export = jobs[20] / "model"
+    last = load_file(str(export / "weights.safetensors"))
+    assert set(last) == delta and all(torch.equal(last[k], tensors[k]) for k in delta)
+    tuned = build_for_method(
+        EvaluateConfig(model=tiny["model"], tune_method=method, lora_r=2, num_virtual_tokens=3)
+    )
+    from mode_connectivity.models import load_into
+
+    load_into(tuned, last, method)
+    ids = torch.tensor([[5, 6, 7, 1]])
+    with torch.no_grad():
+        want = tuned.eval()(input_ids=ids, labels=ids).logits
+        peft_model = PeftModel.from_pretrained(load_t5(tiny["model"]), export / "peft").eval()
+        torch.testing.assert_close(peft_model(input_ids=ids, labels=ids).logits, want)
+        if method == "lora":
+            merged = AutoModelForSeq2SeqLM.from_pretrained(export).eval()
+            torch.testing.assert_close(merged(input_ids=ids, labels=ids).logits, want, rtol=1e-5, atol=1e-5)
     ckpt = torch.load(jobs[20] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     trained = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
     before = fresh.state_dict()
