@@ -202,3 +202,11 @@ def test_a_checkpoint_with_non_finite_weights_is_never_saved(tmp_path):
         build_trainer(opts, use_distributed_sampler=False).fit(Overflow(DATA), weights_only=True)
     ckpt = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 3 and all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+
+
+def test_a_resumed_run_with_accumulation_does_not_save_mid_step(tmp_path):
+    _fit(tmp_path, kill_after=5, accumulate=2)  # checkpoint at step 3 = 6 micro-batches, killed after step 5
+    _fit(tmp_path, kill_after=4, accumulate=2)  # resumed at 3, killed after step 4: no save since step 3
+    ckpt = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)
+    (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("ExactResume")]
+    assert ckpt["global_step"] == 3 and state["micro_batches"] == 6

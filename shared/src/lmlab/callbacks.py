@@ -23,11 +23,20 @@ from lmlab.errors import LmlabError
 
 
 class LastStepCheckpoint(ModelCheckpoint):
-    """A ModelCheckpoint that also writes `last.ckpt` when training ends between two periodic saves.
+    """A ModelCheckpoint that also writes `last.ckpt` when training ends between two periodic saves, and that
+    does not save again at the step it was resumed from.
 
     Lightning's own only does so if it never saved at all, so a run of 8 steps checkpointed every 3 left
     `last.ckpt` at step 6, and resuming (or extending `max_steps`) redid steps 7 and 8.
     """
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
+        # Lightning does not restore this counter, so with accumulation a resumed run from step k saved again
+        # after the first micro-batch of step k + 1 (global step still k): a mid-step checkpoint that does not
+        # resume exactly.
+        self._last_global_step_saved = int(checkpoint.get("global_step", 0))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.save_last and self._last_global_step_saved != trainer.global_step:
