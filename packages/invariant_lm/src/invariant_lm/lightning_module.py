@@ -110,12 +110,7 @@ class InvariantLightningModule(pl.LightningModule):
             self.scaler = torch.amp.GradScaler(self.trainer.strategy.root_device.type)
 
     def on_train_start(self) -> None:
-        # After a resume Lightning's ModelCheckpoint has not saved at the restored step yet, so it would save
-        # again after the next update's first micro-batch: a checkpoint with half an update's gradients (not
-        # in it) and a tick counter inside the update, which does not resume exactly. That step is saved already.
-        for callback in self.trainer.checkpoint_callbacks:
-            callback._last_global_step_saved = int(self.trainer.global_step)
-        self._micro = []
+        self._micro = []  # (lmlab's LastStepCheckpoint does not save mid-update after a resume)
 
     def train_dataloader(self):
         return DataLoader(_Ticks(), batch_size=None)
