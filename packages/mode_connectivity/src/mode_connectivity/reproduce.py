@@ -195,7 +195,7 @@ def run_reproduce(cfg) -> dict[str, Any]:
     carto_txt = out / "cartography" / "forgotten.txt"
     if not carto_txt.is_file():
         _run([
-            "cartography-process", "--cartography_path", str(carto_job.parent / "cartography.json"),
+            "cartography-process", "--cartography_path", str(carto_job / "cartography.json"),
             "--analysis_path", str(know / "valid_data_analysis.json"), "--save_path", str(carto_txt),
         ])  # fmt: skip
     dists = {}
@@ -211,7 +211,7 @@ def run_reproduce(cfg) -> dict[str, Any]:
         dists[name] = json.loads((d_dir / "distance.json").read_text())
     from mode_connectivity.tools import example_statistics
 
-    stats = example_statistics(json.loads((carto_job.parent / "cartography.json").read_text()))
+    stats = example_statistics(json.loads((carto_job / "cartography.json").read_text()))
     baseline = {
         k: sum(v[k] for v in stats.values()) / len(stats)
         for k in ("correctness", "confidence", "variability", "turns")

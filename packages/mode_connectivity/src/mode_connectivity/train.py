@@ -339,7 +339,7 @@ def _train_job(
     job_dir.mkdir(parents=True, exist_ok=True)
     steps_per_epoch = max(1, math.ceil(len(train_split) / bsz))
     total = min(cfg.max_steps, cfg.train_epochs * steps_per_epoch)
-    carto = Path(cfg.output_dir) / "cartography.json" if cfg.cartography else None
+    carto = job_dir / "cartography.json" if cfg.cartography else None
     callback = JobCallback(job_dir, cfg, dev, metric, scorer, carto)
     trainer = build_trainer(
         cfg,
