@@ -5,7 +5,7 @@ Each update draws t ~ U(0,1) from a seeded generator (1 sample per batch for del
 accumulated for the full model), computes the task loss at phi(t) with `functional_call` and updates only the
 control points (Adafactor, constant lr, no clipping). Every `--valid_interval` updates the mean dev metric at
 `--valid_t` picks `checkpoint-best` (control points). Afterwards dev/test are evaluated on the t grid with the
-best control points written in place. Resumes bit-exactly: the t generator state and the sampler position are in
+best control points written in place, and the point at the best dev t is exported as `model/`. Resumes bit-exactly: the t generator state and the sampler position are in
 the Lightning checkpoint, answer picks are keyed on the stream position and dropout on the micro-batch (lmlab's
 ExactResume). A non-finite loss at any sampled t stops the run naming the step and the t. Every input is read
 and checked before anything is written.
@@ -212,8 +212,9 @@ def run_curve(cfg) -> dict[str, Any]:
     best_t = summary["dev"]["best_x"] if "dev" in summary else 0.5
     summary["model_t"] = best_t
     sweep.set(best_t)
+    which = "the best on dev" if "dev" in summary else "the middle (no dev split evaluated)"
     report = path_report("curve", summary, p1, p2) + (
-        f"\nmodel/ is the point of the curve (best control points) at t={best_t}, the best on dev.\n"
+        f"\nmodel/ is the point of the curve (best control points) at t={best_t}, {which}.\n"
     )
     finish_run(
         out,
