@@ -15,6 +15,7 @@ os.environ["WANDB_MODE"] = "disabled"
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="lmlab-hf-home-"))
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("LMLAB_COMPILE_BACKEND", "aot_eager")  # --compile in tests: graph capture, no kernel builds
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

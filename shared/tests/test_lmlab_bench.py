@@ -47,3 +47,24 @@ def test_write_bench_records_conditions_with_every_row(tmp_path, capsys):
         and "| p | m | a | b | 2 (2-2) | 1 (1-1) | 2 | 2.000 | <= 2 | yes |" in printed
     )
     assert (tmp_path / "cpu.md").read_text() == printed
+
+
+def test_collect_joins_every_package_into_one_table(tmp_path, capsys):
+    from lmlab.bench import collect
+
+    env = environment("cpu", "fp32", {"batch": 1})
+    for package, ratio in (("a", 2.0), ("b", 0.5)):
+        times = {"m": [ratio], "base": [1.0]}
+        write_bench(
+            [comparison(package, "step", "m", "base", times, target="<= 1")],
+            env,
+            tmp_path / "cpu" / package,
+            "bench",
+        )
+    capsys.readouterr()
+    rows = json.loads(collect(tmp_path / "cpu", "cpu").read_text())
+    assert [(r["package"], r["ratio"], r["met"]) for r in rows] == [("a", 2.0, False), ("b", 0.5, True)]
+    table = (tmp_path / "cpu.md").read_text()
+    assert table == capsys.readouterr().out and "| a | step |" in table and "- b: device cpu" in table
+    with pytest.raises(LmlabError, match="no \\*/bench.json"):
+        collect(tmp_path / "empty", "cpu")

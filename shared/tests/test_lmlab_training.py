@@ -246,3 +246,30 @@ def test_param_groups_skip_decay_on_biases_and_norms_and_leave_out_frozen():
     assert [id(p) for p in skip["params"]] == [id(p) for p in expected]
     (only,) = param_groups(model, 0.1, params=[model[3].bias])
     assert only["weight_decay"] == 0.0 and only["params"] == [model[3].bias]
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_training_step_equals_eager(backend, monkeypatch):
+    from lmlab.training import compile_module
+
+    monkeypatch.setenv("LMLAB_COMPILE_BACKEND", backend)
+
+    def step(compiled: bool):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 1))
+        keys = list(model.state_dict())
+        compile_module(model, compiled)
+        assert list(model.state_dict()) == keys  # checkpoints of compiled and eager runs are interchangeable
+        opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+        x = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+        for _ in range(2):
+            loss = model(x).pow(2).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        return loss.detach(), [p.detach().clone() for p in model.parameters()]
+
+    (eager_loss, eager), (compiled_loss, compiled) = step(False), step(True)
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
+    for a, b in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

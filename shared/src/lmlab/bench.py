@@ -183,3 +183,26 @@ def write_bench(
         fh.write(text)
     print(text, end="")
     return path
+
+
+def collect(folder: str | os.PathLike, name: str) -> Path:
+    """Join the rows of every `<folder>/<package>/bench.json` into `<folder>/../<name>.json` (one list of rows) and
+    `<name>.md` (one table, the conditions of each package's run listed below it); print the table. This is what
+    `make bench-cpu` and `make bench-gpu` end with."""
+    import json
+
+    from lmlab.io import atomic_write, write_json
+
+    folder = Path(folder)
+    files = sorted(folder.glob("*/bench.json"))
+    if not files:
+        raise LmlabError(f"no */bench.json under {folder}; run the packages' bench commands first")
+    rows = [row for f in files for row in json.loads(f.read_text(encoding="utf-8"))]
+    out = folder.parent
+    path = write_json(out / f"{name}.json", rows)
+    conditions = {row["package"]: describe(row["environment"]) for row in rows if "environment" in row}
+    text = bench_table(rows) + "\n\n" + "\n".join(f"- {p}: {c}" for p, c in conditions.items()) + "\n"
+    with atomic_write(out / f"{name}.md") as fh:
+        fh.write(text)
+    print(text, end="")
+    return path

@@ -59,6 +59,12 @@ class TrainerOptions:
             "help": "sdpa | eager | flash_attention_2 (GPU) | xformers (where supported): the attention of the models"
         },
     )
+    compile: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "torch.compile the models' forward (in place: checkpoints keep their keys); off by default"
+        },
+    )
     max_steps: int = dataclasses.field(
         default=1000, metadata={"help": "optimizer steps to train for", "ge": 1}
     )
@@ -236,6 +242,15 @@ def param_groups(model: Any, weight_decay: float, params: Any = None) -> list[di
             (skip if is_norm or name.endswith("bias") or param.ndim < 2 else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": skip, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
+
+
+def compile_module(module: Any, enabled: bool = True) -> Any:
+    """`module.compile()` (torch.compile in place, so `state_dict` keys and checkpoints stay those of the eager
+    module) when `enabled`; the module unchanged otherwise. The backend is inductor unless LMLAB_COMPILE_BACKEND
+    names another (the tests use aot_eager: the same graph capture, without minutes of kernel compilation)."""
+    if enabled:
+        module.compile(backend=os.environ.get("LMLAB_COMPILE_BACKEND", "inductor"))
+    return module
 
 
 def rank_and_world_size() -> tuple[int, int]:
