@@ -10,7 +10,7 @@ EDITABLES := -e "shared[test]" $(foreach p,$(PACKAGES),-e "packages/$(p)[test]")
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu test coverage demo lint format clean
+.PHONY: help install install-gpu test coverage demo lint format clean bench-cpu bench-gpu
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_%-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-28s %s\n", $$1, $$2}'
@@ -41,6 +41,16 @@ demo: $(INSTALL_STAMP) ## run every package's tiny end-to-end demo on the embedd
 	  $(VENV_BIN)/$$s demo --output_dir results/demo/$$p; \
 	  echo "   results: results/demo/$$p"; \
 	done
+
+bench-cpu: $(INSTALL_STAMP) ## every package's bench at CPU sizes, interleaved rounds: results/bench/cpu.{json,md}
+	@set -e; for s in $(SCRIPTS); do p=$${s//-/_}; echo "== $$s bench --preset cpu"; \
+	  $(VENV_BIN)/$$s bench --preset cpu --output_dir results/bench/cpu/$$p; done
+	$(VENV_BIN)/python -c "from lmlab.bench import collect; collect('results/bench/cpu', 'cpu')"
+
+bench-gpu: $(INSTALL_STAMP) ## on one CUDA GPU (after make install-gpu): every bench at the target sizes: results/bench/gpu.{json,md}
+	@set -e; for s in $(SCRIPTS); do p=$${s//-/_}; echo "== $$s bench --preset gpu"; \
+	  $(VENV_BIN)/$$s bench --preset gpu --output_dir results/bench/gpu/$$p; done
+	$(VENV_BIN)/python -c "from lmlab.bench import collect; collect('results/bench/gpu', 'gpu')"
 
 lint: $(INSTALL_STAMP) ## ruff format --check and ruff check
 	$(VENV_BIN)/ruff format --check .
