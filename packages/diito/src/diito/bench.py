@@ -1,23 +1,26 @@
 """`diito bench`: a DIITO micro-step against a standard distillation micro-step, same teacher, student, batch.
 
-Both steps go through `distill.distill_losses` (teacher under inference_mode, stored in bf16 for bf16 modes) plus
-backward and an AdamW step. Modes:
-  standard          alpha_ce = alpha_mlm = alpha_cos = 0.33 (one teacher pass, one student pass)
+Every step goes through `distill.distill_losses` (teacher under inference_mode, stored in bf16 for bf16 arms) plus
+backward, norm clipping and an AdamW step. Arms (`--modes`):
+  standard          alpha_ce = alpha_mlm = alpha_cos = 0.33 (one teacher pass, one student pass): the baseline
   diito             the paper recipe (+ alpha_causal_ce 0.25), fused: base+source in ONE batched pass per model
   diito-separate    the same losses with three separate passes per model (the reference's way)
-each in bf16 autocast (CUDA) and fp32 (suffix -fp32); `--compile` adds torch.compile'd students.
-Reports median step time, tokens/s (non-pad base tokens, and base+source), peak memory, ratio to standard.
+  standard-fp32, diito-fp32   the same in fp32 on CUDA (bf16 autocast otherwise on CUDA; CPU is always fp32)
+  standard-compile, diito-compile   torch.compile'd teacher and student (`--compile` adds them)
+Each arm has its own copies of the teacher and student (same initial weights) and its own optimizer, so arms never
+share compiled graphs, dtypes or optimizer state. The arms are timed in interleaved rounds after warm-up
+(`lmlab.bench.interleave`); each row compares one arm with its baseline (median and min-max of the step time, the
+ratio of medians, tokens/s, peak memory on CUDA) and is printed and written by `lmlab.bench.write_bench`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
-import statistics
-import time
-from pathlib import Path
 
 import torch
+from lmlab.errors import LmlabError
 
 from diito.config import BenchConfig
 from diito.distill import LossWeights, distill_losses
@@ -30,6 +33,24 @@ SIZES = {
     "small": ((12, 256, 4, 1024), 6, 8000, 512),
     "tiny": ((4, 64, 4, 128), 2, 1000, 512),
 }
+
+# size, batch, seq_len, warmup, rounds, device, arms
+PRESETS = {
+    "toy": ("tiny", 4, 32, 1, 3, "cpu", ("standard", "diito", "diito-separate")),
+    "cpu": ("small", 4, 128, 1, 5, "cpu", ("standard", "diito", "diito-separate")),
+    "gpu": (
+        "base",
+        40,
+        128,
+        5,
+        20,
+        "cuda",
+        ("standard", "diito", "diito-separate", "standard-fp32", "diito-fp32"),
+    ),
+}
+# issue 13's target for the DIITO step / standard step, a GPU figure: held only by rows measured at the gpu preset's
+# shapes and dtype (CPU ratios are reported without a target)
+GPU_TARGET = "<= 1.12"
 
 STANDARD = LossWeights(alpha_ce=0.33, alpha_mlm=0.33, alpha_cos=0.33, alpha_clm=0.0)
 DIITO = LossWeights(alpha_ce=0.25, alpha_mlm=0.25, alpha_cos=0.25, alpha_clm=0.0, alpha_causal_ce=0.25)
@@ -63,10 +84,10 @@ def build_models(size: str, device: torch.device, seed: int = 0):
     return teacher.to(device).eval(), student.to(device).train()
 
 
-def make_batch(cfg: BenchConfig, vocab: int, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+def make_batch(batch_size: int, seq_len: int, vocab: int, device: torch.device, seed: int) -> dict:
     """Random ids with BERT-like specials, MLM corruption and consecutive interchange positions (prop 0.3)."""
     g = torch.Generator().manual_seed(seed)
-    B, T = cfg.batch_size, cfg.seq_len
+    B, T = batch_size, seq_len
     lengths = torch.full((B,), T)
     ids = torch.randint(5, vocab, (B, T), generator=g)
     ids[:, 0], ids[:, -1] = 1, 2
@@ -90,105 +111,144 @@ def make_batch(cfg: BenchConfig, vocab: int, device: torch.device, seed: int) ->
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def time_mode(cfg: BenchConfig, mode: str, teacher, student, batch, device: torch.device) -> dict:
-    bf16 = not mode.endswith("-fp32") and device.type == "cuda"
+def is_bf16(mode: str, device: torch.device) -> bool:
+    return device.type == "cuda" and not mode.endswith("-fp32")
+
+
+def site_pair(cfg: BenchConfig, teacher_layers: int, student_layers: int) -> tuple[int, int]:
+    """The intervened teacher and student blocks (default: the middle ones, as in single_middle_layer_6)."""
+    return (
+        cfg.teacher_site if cfg.teacher_site >= 0 else teacher_layers // 2,
+        cfg.student_site if cfg.student_site >= 0 else student_layers // 2,
+    )
+
+
+def make_step(cfg: BenchConfig, mode: str, teacher, student, batch, device: torch.device):
+    """One arm: a micro-step (losses, backward, clipping, AdamW) on this arm's own copies of the models."""
+    from lmlab.training import compile_module
+
+    bf16 = is_bf16(mode, device)
     weights = STANDARD if mode.startswith("standard") else DIITO
-    fused = "separate" not in mode
-    teacher.to(torch.bfloat16 if bf16 else torch.float32)
-    model = torch.compile(student) if "compile" in mode else student
+    fused = mode != "diito-separate"
+    teacher = copy.deepcopy(teacher).to(torch.bfloat16 if bf16 else torch.float32)
+    student = copy.deepcopy(student)
+    compile_module(teacher, mode.endswith("-compile"))
+    compile_module(student, mode.endswith("-compile"))
     opt = torch.optim.AdamW(student.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-6)
-    t_site = cfg.teacher_site if cfg.teacher_site >= 0 else teacher.config.num_hidden_layers // 2
-    s_site = cfg.student_site if cfg.student_site >= 0 else student.config.n_layers // 2
+    t_site, s_site = site_pair(cfg, teacher.config.num_hidden_layers, student.config.n_layers)
     t_sites, s_sites = {t_site: None}, {s_site: None}
 
     def step():
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with ctx:
-            out = distill_losses(teacher, model, batch, weights, 2.0, t_sites, s_sites, fused=fused)
+            out = distill_losses(teacher, student, batch, weights, 2.0, t_sites, s_sites, fused=fused)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(cfg.warmup):
-        step()
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(cfg.steps):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    tokens = int(batch["base_mask"].sum())
-    row = {
-        "mode": mode,
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "precision": "bf16-autocast" if bf16 else "fp32",
-        "size": cfg.size,
-        "batch_size": cfg.batch_size,
-        "seq_len": cfg.seq_len,
-        "median_step_s": med,
-        "tokens_per_s": tokens / med,
-        "tokens_per_s_base_plus_source": (tokens if weights is STANDARD else 2 * tokens) / med,
-        "peak_memory_gb": (torch.cuda.max_memory_allocated() / 2**30) if device.type == "cuda" else None,
-    }
-    print(f"[diito bench] {row}")
-    return row
+    return step
+
+
+def baseline_of(mode: str) -> str:
+    if mode.endswith("-fp32"):
+        return "standard-fp32"
+    if mode.endswith("-compile"):
+        return "standard-compile"
+    return "standard"
+
+
+def peak_memory_gb(step, device: torch.device) -> float | None:
+    """Peak CUDA memory of one more step of an arm (after its timed rounds); None on CPU."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def resolve(cfg: BenchConfig) -> tuple[BenchConfig, torch.device, str]:
+    """The config with every -1/auto filled from the preset, the device, and the preset's name."""
+    from lmlab.device import torch_device
+
+    preset = cfg.preset if cfg.preset != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
+    size, batch, seq, warmup, rounds, device, modes = PRESETS[preset]
+    if cfg.device == "auto" and device == "cuda" and not torch.cuda.is_available():
+        raise LmlabError(f"--preset {preset} runs on CUDA, which is not available here; use --preset cpu")
+    device = torch_device(device if cfg.device == "auto" else cfg.device)
+    pick = lambda value, default: default if value in (-1, "auto") else value  # noqa: E731
+    chosen = list(cfg.modes) if cfg.modes else list(modes)
+    if cfg.compile:
+        chosen += [m for m in ("standard-compile", "diito-compile") if m not in chosen]
+    for m in chosen:
+        if baseline_of(m) not in chosen:
+            chosen.insert(0, baseline_of(m))
+    cfg = dataclasses.replace(
+        cfg,
+        preset=preset,
+        size=pick(cfg.size, size),
+        batch_size=pick(cfg.batch_size, batch),
+        seq_len=pick(cfg.seq_len, seq),
+        warmup=pick(cfg.warmup, warmup),
+        rounds=pick(cfg.rounds, rounds),
+        modes=list(dict.fromkeys(chosen)),
+    )
+    return cfg, device, preset
 
 
 def run_bench(cfg: BenchConfig) -> dict:
-    from lmlab.device import torch_device
-    from lmlab.io import write_json
+    from lmlab.bench import comparison, environment, interleave, write_bench
 
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    device = torch_device(cfg.device)
-    cuda = device.type == "cuda"
-    cfg = dataclasses.replace(
-        cfg,
-        size=cfg.size if cfg.size != "auto" else ("base" if cuda else "small"),
-        batch_size=cfg.batch_size if cfg.batch_size > 0 else (40 if cuda else 8),
-        steps=cfg.steps if cfg.steps > 0 else (20 if cuda else 5),
-        warmup=cfg.warmup if cuda else min(cfg.warmup, 2),
-    )
-    modes = (
-        list(cfg.modes)
-        if cfg.modes
-        else (
-            ["standard", "diito", "diito-separate", "standard-fp32", "diito-fp32"]
-            if device.type == "cuda"
-            else ["standard", "diito", "diito-separate"]
-        )
-    )
-    if cfg.compile:
-        modes += ["standard-compile", "diito-compile"]
+    cfg, device, preset = resolve(cfg)
     teacher, student = build_models(cfg.size, device, cfg.seed)
-    batch = make_batch(cfg, teacher.config.vocab_size, device, cfg.seed)
-    rows = [time_mode(cfg, m, teacher, student, batch, device) for m in modes]
-    by_mode = {r["mode"]: r for r in rows}
-    for r in rows:
-        base_mode = (
-            "standard-fp32" if r["mode"].endswith("-fp32") and "standard-fp32" in by_mode else "standard"
+    batch = make_batch(cfg.batch_size, cfg.seq_len, teacher.config.vocab_size, device, cfg.seed)
+    arms = {m: make_step(cfg, m, teacher, student, batch, device) for m in cfg.modes}
+    del teacher, student
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    print(
+        f"[diito bench] preset {preset}: {len(arms)} arms ({', '.join(arms)}), {cfg.warmup} warm-up step(s) each, "
+        f"then {cfg.rounds} interleaved rounds",
+        flush=True,
+    )
+    times = interleave(arms, rounds=cfg.rounds, warmup=cfg.warmup, sync=sync)
+    memory = {m: peak_memory_gb(step, device) for m, step in arms.items()}
+    gpu_shapes = PRESETS["gpu"][:3] == (cfg.size, cfg.batch_size, cfg.seq_len) and device.type == "cuda"
+    tokens = cfg.batch_size * cfg.seq_len
+    (layers, hidden, _, _), s_layers, vocab, _ = SIZES[cfg.size]
+    rows = []
+    for mode in cfg.modes:
+        base = baseline_of(mode)
+        if mode == base:
+            continue
+        precision = "bf16 autocast" if is_bf16(mode, device) else "fp32"
+        measure = f"{mode} step / {base} step, teacher {layers}x{hidden} BERT, {s_layers}-layer student, {precision}"
+        held = gpu_shapes and is_bf16(mode, device) and mode != "diito-separate"
+        row = comparison(
+            "diito",
+            measure,
+            mode,
+            base,
+            times,
+            target=GPU_TARGET if held else None,
+            method_peak_memory_gb=memory[mode],
+            baseline_peak_memory_gb=memory[base],
         )
-        if base_mode in by_mode:
-            r["ratio_to_standard"] = r["median_step_s"] / by_mode[base_mode]["median_step_s"]
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "bench.json", rows)
-    lines = [
-        "| mode | device | precision | batch x T | step (ms) | tokens/s | ratio to standard | peak mem (GB) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        mem = f"{r['peak_memory_gb']:.2f}" if r["peak_memory_gb"] is not None else "-"
-        lines.append(
-            f"| {r['mode']} | {r['device']} | {r['precision']} | {r['batch_size']} x {r['seq_len']} | {1000 * r['median_step_s']:.1f} |"
-            f" {r['tokens_per_s']:.0f} | {r.get('ratio_to_standard', float('nan')):.2f} | {mem} |"
-        )
-    (out / "bench.md").write_text(f"size: {cfg.size}\n\n" + "\n".join(lines) + "\n")
-    print(f"[diito bench] results in {out / 'bench.json'} and {out / 'bench.md'}")
-    return {"ratio_diito": by_mode.get("diito", {}).get("ratio_to_standard")}
+        row["method_tokens_per_s"] = tokens / row["method_median"]
+        row["baseline_tokens_per_s"] = tokens / row["baseline_median"]
+        rows.append(row)
+    shapes = {
+        "teacher": f"BERT {layers} layers x {hidden}",
+        "student": f"DistilBERT {s_layers} layers x {hidden}",
+        "vocab": vocab,
+        "batch": cfg.batch_size,
+        "seq_len": cfg.seq_len,
+        "sites": "teacher block {} -> student block {}".format(*site_pair(cfg, layers, s_layers)),
+        "preset": preset,
+    }
+    dtype = "bf16 autocast (fp32 loss maths; -fp32 arms fp32)" if device.type == "cuda" else "fp32"
+    write_bench(rows, environment(device, dtype, shapes), cfg.output_dir, "bench")
+    return {"ratio_diito": next((r["ratio"] for r in rows if r["method"] == "diito"), None)}

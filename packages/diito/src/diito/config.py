@@ -220,28 +220,58 @@ TRAIN_ALIASES = {
 }
 
 
+BENCH_MODES = (
+    "standard",
+    "diito",
+    "diito-separate",
+    "standard-fp32",
+    "diito-fp32",
+    "standard-compile",
+    "diito-compile",
+)
+
+
 @dataclass
 class BenchConfig:
     output_dir: str = h("where bench.json / bench.md go", "results/diito")
-    device: str = h("auto | cpu | cuda", "auto")
-    size: str = h(
-        "auto (base on CUDA, small on CPU) | base (BERT-base shapes, vocab 30522) | small | tiny", "auto"
+    preset: str = h(
+        "auto (gpu on CUDA, cpu otherwise) | toy (seconds, for tests) | cpu (CPU sizes) | gpu (the issue's sizes: "
+        "BERT-base teacher, 6-layer student, batch 40 x 128, bf16 autocast, one GPU)",
+        "auto",
     )
-    batch_size: int = h("sequences per step (-1: 40 on CUDA, 8 on CPU)", -1, ge=-1)
-    seq_len: int = h("tokens per sequence (fixed)", 128, ge=2)
-    warmup: int = h("untimed steps", 5, ge=0)
-    steps: int = h("timed steps (-1: 20 on CUDA, 5 on CPU)", -1, ge=-1)
-    modes: list[str] = h("modes to run", None)
-    compile: bool = h("also time torch.compile'd models", False)
+    device: str = h("auto (the preset's: cuda for gpu, cpu otherwise) | cpu | cuda", "auto")
+    size: str = h(
+        "auto (the preset's) | base (BERT-base shapes, vocab 30522) | small (12 x 256, vocab 8000) | tiny",
+        "auto",
+    )
+    batch_size: int = h("sequences per step (-1: the preset's)", -1, ge=-1)
+    seq_len: int = h("tokens per sequence, fixed (-1: the preset's)", -1, ge=-1)
+    warmup: int = h("untimed steps of every arm before the timed rounds (-1: the preset's)", -1, ge=-1)
+    rounds: int = h(
+        "timed rounds; each round runs every arm once, in rotating order (-1: the preset's)", -1, ge=-1
+    )
+    modes: list[str] = h("arms to time (default: the preset's; `standard` is always the baseline)", None)
+    compile: bool = h(
+        "add torch.compile'd arms (standard-compile, diito-compile; teacher and student)", False
+    )
     teacher_site: int = h("teacher site (-1: n_layers // 2, i.e. 6 as in single_middle_layer_6)", -1, ge=-1)
     student_site: int = h("student site (-1: n_layers // 2, i.e. 3)", -1, ge=-1)
     threads: int = h("CPU threads (-1: leave)", -1, ge=-1)
     seed: int = h("seed", 0)
 
     def __post_init__(self):
-        for name in ("batch_size", "steps"):
+        if self.preset not in ("auto", "toy", "cpu", "gpu"):
+            raise ValueError(f"--preset must be auto, toy, cpu or gpu, got {self.preset!r}")
+        if self.size not in ("auto", "base", "small", "tiny"):
+            raise ValueError(f"--size must be auto, base, small or tiny, got {self.size!r}")
+        for name in ("batch_size", "rounds"):
             if getattr(self, name) == 0:
-                raise ValueError(f"--{name} must be -1 (the device's default) or at least 1")
+                raise ValueError(f"--{name} must be -1 (the preset's) or at least 1")
+        if 0 <= self.seq_len < 2:
+            raise ValueError("--seq_len must be -1 (the preset's) or at least 2 ([CLS] x [SEP])")
+        unknown = [m for m in self.modes or () if m not in BENCH_MODES]
+        if unknown:
+            raise ValueError(f"--modes: unknown {unknown}; choose among {', '.join(BENCH_MODES)}")
 
 
 @dataclass
