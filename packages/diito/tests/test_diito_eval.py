@@ -242,6 +242,32 @@ def test_killed_fine_tune_resumes_bit_exactly_with_dropout(
     )
 
 
+def test_compiled_fine_tune_equals_eager(student, tmp_path, monkeypatch):
+    """eval-glue --compile (aot_eager in tests) trains to the eager fine-tune's weights and scores."""
+    import diito.eval.common as common
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(common, "drop_checkpoints", lambda cfg: None)  # keep last.ckpt to compare
+
+    def run(out, *extra):
+        args = ["eval-glue", "--model_name_or_path", str(student), "--task_name", "mrpc", "--train_file",
+                str(sample_path("glue/mrpc/train.tsv")), "--validation_file", str(sample_path("glue/mrpc/dev.tsv")),
+                "--max_seq_length", "32", "--per_device_train_batch_size", "4", "--max_train_samples", "12",
+                "--progress_bar", "false", "--device", "cpu", "--output_dir", str(tmp_path / out), *extra]  # fmt: skip
+        assert main(args) == 0
+        ckpt = torch.load(tmp_path / out / "finetune" / "checkpoints" / "last.ckpt", weights_only=True)
+        return ckpt["state_dict"], json.loads((tmp_path / out / "results.json").read_text())
+
+    eager, eager_results = run("eager")
+    graphs = counters["stats"]["unique_graphs"]
+    compiled, compiled_results = run("compiled", "--compile")
+    assert counters["stats"]["unique_graphs"] > graphs  # the model really ran compiled
+    assert compiled.keys() == eager.keys()
+    for k in eager:
+        torch.testing.assert_close(compiled[k], eager[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert compiled_results["score"] == pytest.approx(eager_results["score"])
+
+
 def test_fine_tune_checkpoints_are_removed_with_the_results_and_crafted_ones_refused(
     student, tmp_path, capsys, malicious_pickle
 ):

@@ -324,6 +324,43 @@ def test_lr_schedule_and_parameter_groups(assets):
     assert not frozen & {id(p) for g in (decay, rest) for p in g["params"]}
 
 
+def test_compiled_training_step_equals_eager(assets):
+    """--compile (torch.compile in place, aot_eager in tests) of teacher and student: two DIITO steps with every
+    loss term, the causal one through the intervention hooks, give the eager losses and weights."""
+    from diito.trainer import build
+    from lmlab.seed import seed_everything
+    from torch._dynamo.utils import counters
+    from torch.utils.data import DataLoader
+
+    def steps(*extra):
+        cfg = _config(assets, "unused", 2, *extra)
+        seed_everything(cfg.seed)
+        module, _ = build(cfg)
+        keys = list(module.student.state_dict())
+        opt = module.configure_optimizers()["optimizer"]
+        batches = [[(b, 0, i) for i in range(8 * b, 8 * b + 8)] for b in range(2)]
+        losses = []
+        for batch in DataLoader(module.dataset, batch_sampler=batches, collate_fn=module.collator):
+            out = module.losses(batch)
+            out["loss"].backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append({k: v.detach() for k, v in out.items()})
+        return module, keys, losses
+
+    eager, eager_keys, eager_losses = steps()
+    graphs = counters["stats"]["unique_graphs"]
+    compiled, compiled_keys, compiled_losses = steps("--compile")
+    assert counters["stats"]["unique_graphs"] > graphs  # the models really ran compiled
+    assert compiled_keys == eager_keys  # checkpoints and exports keep their keys
+    assert set(compiled_losses[0]) >= {"loss_ce", "loss_mlm", "loss_cos", "loss_causal_ce", "loss_causal_cos"}
+    for a, b in zip(eager_losses, compiled_losses, strict=True):
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(eager.student.named_parameters(), compiled.student.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_student_trains_teacher_stays_frozen_and_common_flags_reach_both(assets, tmp_path, monkeypatch):
     from diito.trainer import DiitoModule
 

@@ -309,6 +309,9 @@ class FinetuneOptions:
     )
     resume: str = h("auto (from <output_dir>/checkpoints/last.ckpt if there) | never | PATH", "auto")
     progress_bar: bool = h("show a progress bar while fine-tuning", True)
+    compile: bool = h(
+        "torch.compile the fine-tuned model (in place: checkpoints keep their keys); off by default", False
+    )
 
 
 @dataclass

@@ -371,6 +371,12 @@ def build(cfg: TrainConfig):
         if cfg.max_steps != -1
         else int(per_rank / cfg.accumulate_grad_batches * cfg.n_epoch) + 1
     )
+    from lmlab.training import compile_module
+
+    # in place: state_dict keys, checkpoints and the exported folders are those of an eager run. Each model always
+    # runs with the same hooks in a run (causal or not), so one compiled graph per shape serves every step.
+    compile_module(teacher, cfg.compile)
+    compile_module(student, cfg.compile)
     module = DiitoModule(cfg, student, teacher, dataset, collator, entries, total)
     module.dataset_max_len = max_len
     module.val_dataset = val_dataset

@@ -78,7 +78,7 @@ def finetune(model, features: list[dict], cfg, ckpt: str | None) -> None:
     """Train `model` on `features` (dicts of tensors, labels included) for cfg.num_train_epochs passes counted
     in samples (batches run on across epoch ends), resuming from `ckpt` (see `resume_point`)."""
     from lmlab.io import DONE_MARKER
-    from lmlab.training import TrainerOptions, build_trainer
+    from lmlab.training import TrainerOptions, build_trainer, compile_module
 
     Path(cfg.output_dir, DONE_MARKER).unlink(missing_ok=True)  # a rerun: not finished until its results are
     total = max(1, math.ceil(len(features) * cfg.num_train_epochs / cfg.per_device_train_batch_size))
@@ -96,6 +96,7 @@ def finetune(model, features: list[dict], cfg, ckpt: str | None) -> None:
     metrics = finetune_dir(cfg) / "metrics.jsonl"
     if ckpt is None and metrics.is_file():
         metrics.unlink()  # a fresh fine-tune replaces the log of an earlier, finished one
+    compile_module(model, cfg.compile)  # in place: the checkpoints keep the eager model's keys
     trainer = build_trainer(opts, use_distributed_sampler=False)
     trainer.fit(FinetuneModule(model, features, cfg, total), ckpt_path=ckpt, weights_only=True)
     model.eval()
