@@ -6,11 +6,11 @@ reproduce-headless_lm: results/headless_lm/summary.md ## headless vs vanilla dec
 results/headless_lm/summary.md: $(INSTALL_STAMP)
 	$(VENV_BIN)/headless-lm reproduce --output_dir results/headless_lm
 
-bench-headless_lm: results/headless_lm/bench.json ## CWT vs head+CE: loss-only, decoder and MLM steps, sweeps
+bench-headless_lm: results/headless_lm/bench.json ## CWT vs head+CE (cpu preset, interleaved rounds): loss-only, decoder and MLM steps, sweeps
 
 results/headless_lm/bench.json: $(INSTALL_STAMP)
 	$(VENV_BIN)/headless-lm bench --task all --output_dir results/headless_lm
 
-# on a CUDA machine (spec §9 sizes, bf16 autocast): Pythia-70m 8x2048, BERT-base 64x128, K 16376 x V 50304
+# on a CUDA machine (the gpu preset: issue 13 sizes, bf16 autocast): Pythia-70m 8x2048, BERT-base 64x128, K 16376 x V 50304
 bench-headless_lm-gpu: $(INSTALL_STAMP) ## on a CUDA machine: CWT vs head+CE at the spec sizes (bf16)
 	$(VENV_BIN)/headless-lm bench --task all --device cuda --preset gpu --precision bf16 --output_dir results/headless_lm/gpu

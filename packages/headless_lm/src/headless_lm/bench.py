@@ -1,15 +1,16 @@
 """`headless-lm bench`: headless (CWT) vs vanilla (head + CE) in one process, same config, seed, batch,
-precision, attention backend and optimizer. Times >= 3 warm-up and >= 20 timed steps with device
-synchronisation; reports tokens/s, ms/step, peak memory (CUDA) or loss-matrix element counts (CPU), parameter
-counts and the FLOP model of spec §9. Never fails on a threshold.
+precision, attention backend and optimizer. The arms of each comparison are timed in interleaved rounds after
+warm-up (`lmlab.bench.interleave`, device synchronisation before every clock read), so load drift falls on all
+arms alike; every row carries the medians, the min-max, the ratio of medians (how many times the tokens/s of
+the headless arm, i.e. baseline time / method time) and the target it is held to. Extra columns: tokens/s,
+loss-matrix elements, parameters, the FLOP model of spec §9 and, on CUDA, each arm's step peak memory above the
+resident models. Never fails on a threshold.
 """
 
 from __future__ import annotations
 
-import json
-import time
+import statistics
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +21,14 @@ from headless_lm.masking import mask_tokens
 from headless_lm.modeling import backbone, build_model, count_parameters
 from headless_lm.objectives import causal_lm_loss, masked_lm_loss
 
+PACKAGE = "headless_lm"
+
 PRESETS = {
-    # lead's GPU run: spec §9 sizes
+    # issue 13 sizes on one GPU, bf16 autocast: Pythia-70m 8x2048, BERT-base 64x128, V 50k
     "gpu": {
+        "clm_arch": "pythia-70m",
+        "mlm_arch": "bert-base",
+        "vocab": 50304,
         "clm_batch": 8,
         "clm_seq": 2048,
         "mlm_batch": 64,
@@ -32,40 +38,51 @@ PRESETS = {
         "loss_d": 512,
         "vocab_sweep": [8192, 16384, 32768, 50304, 100352, 200704],
         "k_sweep": [2048, 8192, 16376, 32768, 65504],
+        "warmup": 3,
+        "rounds": 20,
     },
-    # 2-core CPU: same architectures, shorter sequences and smaller batches
+    # 2-core CPU: the same architectures and vocabulary, shorter sequences, smaller batches and K
     "cpu": {
+        "clm_arch": "pythia-70m",
+        "mlm_arch": "bert-base",
+        "vocab": 50304,
         "clm_batch": 2,
         "clm_seq": 64,
         "mlm_batch": 2,
         "mlm_seq": 128,
-        "loss_k": 2048,
+        "loss_k": 512,
         "loss_v": 50304,
         "loss_d": 512,
         "vocab_sweep": [8192, 16384],
-        "k_sweep": [256, 512],
+        "k_sweep": [256, 1024],
+        "warmup": 1,
+        "rounds": 5,
+    },
+    # seconds: the tests' sizes
+    "toy": {
+        "clm_arch": "tiny-gpt",
+        "mlm_arch": "tiny-bert",
+        "vocab": 1000,
+        "clm_batch": 2,
+        "clm_seq": 16,
+        "mlm_batch": 2,
+        "mlm_seq": 16,
+        "loss_k": 64,
+        "loss_v": 2000,
+        "loss_d": 16,
+        "vocab_sweep": [1000],
+        "k_sweep": [32],
+        "warmup": 1,
+        "rounds": 3,
     },
 }
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+# issue 13's targets: GPU figures (bf16, one H100/H200), so they apply to the gpu preset only
+TARGETS = {"clm": ">= 1.8", "mlm_full": ">= 1.6"}
 
 
-def time_fn(fn: Callable[[], None], device: torch.device, warmup: int, steps: int) -> dict:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    _sync(device)
-    ms = (time.perf_counter() - start) / steps * 1000
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"ms_per_step": ms, "peak_mem_gib": peak}
+def _sync(device: torch.device) -> Callable[[], None]:
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
 
 def flop_model(n_nonemb: int, layers: int, d: int, v: int, tokens: int, k: int, seq: int) -> dict:
@@ -116,17 +133,42 @@ def _train_step(
     return step
 
 
+def _step_peak_gib(fn: Callable[[], None], device: torch.device) -> float | None:
+    """CUDA only: the peak memory of one call above what was allocated before it (activations, logits,
+    gradients), measured after the timed rounds, one arm at a time."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**30
+
+
+def _timed(arms: dict, cfg: BenchConfig, sizes: dict, device: torch.device) -> dict[str, list[float]]:
+    from lmlab.bench import interleave
+
+    warmup = sizes["warmup"] if cfg.warmup_steps is None else cfg.warmup_steps
+    rounds = cfg.rounds or sizes["rounds"]
+    return interleave(arms, rounds=rounds, warmup=warmup, sync=_sync(device))
+
+
 def bench_model_step(
-    cfg: BenchConfig, kind: str, sizes: dict, device: torch.device, bf16: bool
+    cfg: BenchConfig, kind: str, sizes: dict, device: torch.device, bf16: bool, gpu_targets: bool
 ) -> list[dict]:
+    from lmlab.bench import comparison
+    from lmlab.training import compile_module
+
     from headless_lm.modeling import attention_implementation
 
     batch = cfg.batch_size or sizes[f"{kind}_batch"]
     seq = cfg.seq_len or sizes[f"{kind}_seq"]
-    arch = cfg.clm_arch if kind == "clm" else cfg.mlm_arch
+    vocab = cfg.vocab_size or sizes["vocab"]
+    arch = (cfg.clm_arch if kind == "clm" else cfg.mlm_arch) or sizes[f"{kind}_arch"]
     attn = attention_implementation(cfg.attn, str(device))
     g = torch.Generator().manual_seed(cfg.seed)
-    ids = torch.randint(5, cfg.vocab_size, (batch, seq), generator=g).to(device)
+    ids = torch.randint(5, vocab, (batch, seq), generator=g).to(device)
     variants = [("headless", True, None)]
     if kind == "clm":
         variants.append(("vanilla", False, None))
@@ -138,7 +180,7 @@ def bench_model_step(
     masked = (
         mask_tokens(
             ids,
-            vocab_size=cfg.vocab_size,
+            vocab_size=vocab,
             mask_token_id=4,
             special_token_ids=(0, 1, 2, 3, 4),
             generator=torch.Generator(device=device).manual_seed(cfg.seed),
@@ -146,62 +188,76 @@ def bench_model_step(
         if kind == "mlm"
         else None
     )
-    rows = []
+    k = batch * (seq - 1) if kind == "clm" else int(masked.mask.sum())
+    arms, info = {}, {}
     for name, headless, full in variants:
         torch.manual_seed(cfg.seed)
         model = build_model(
             kind,
             arch,
-            vocab_size=cfg.vocab_size,
+            vocab_size=vocab,
             max_position_embeddings=max(seq, 128),
             attn_implementation=attn,
             headless=headless,
         ).to(device)
         model.train()
+        compile_module(model, cfg.compile)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-
-        step = _train_step(model, opt, kind, ids, masked, headless, bool(full), device, bf16)
-
-        timing = time_fn(step, device, cfg.warmup_steps, cfg.steps)
-        print(
-            f"[headless-lm bench] {kind} {name} B {batch} T {seq}: {timing['ms_per_step']:.1f} ms/step",
-            flush=True,
-        )
+        arms[name] = _train_step(model, opt, kind, ids, masked, headless, bool(full), device, bf16)
         body = backbone(model)
         d = body.get_input_embeddings().weight.shape[1]
-        k = batch * (seq - 1) if kind == "clm" else int(masked.mask.sum())
-        logit_positions = batch * seq if full else k
-        rows.append(
-            {
-                "bench": f"{kind}_step",
-                "variant": name,
-                "arch": arch,
-                "batch": batch,
-                "seq": seq,
-                "vocab": cfg.vocab_size,
-                "K": k,
-                "params": count_parameters(model),
-                "tokens_per_s": batch * seq / (timing["ms_per_step"] / 1000),
-                **timing,
-                "loss_matrix_elements": k * k if headless else logit_positions * cfg.vocab_size,
-            }
-        )
-        n_emb = body.get_input_embeddings().weight.numel()
         n_layers = getattr(body.config, "num_hidden_layers", None) or getattr(body.config, "n_layer", 1)
-        rows[-1]["flops"] = flop_model(
-            count_parameters(body) - n_emb, n_layers, d, cfg.vocab_size, batch * seq, k, seq
+        n_nonemb = count_parameters(body) - body.get_input_embeddings().weight.numel()
+        logit_positions = batch * seq if full else k
+        info[name] = {
+            "params": count_parameters(model),
+            "loss_matrix_elements": k * k if headless else logit_positions * vocab,
+            "predicted_speedup": flop_model(n_nonemb, n_layers, d, vocab, batch * seq, k, seq)[
+                "predicted_speedup"
+            ],
+        }
+    print(
+        f"[headless-lm bench] {kind} step, {arch} B {batch} T {seq} V {vocab} K {k}: {list(arms)}", flush=True
+    )
+    times = _timed(arms, cfg, sizes, device)
+    peaks = {name: _step_peak_gib(fn, device) for name, fn in arms.items()}
+    label = "decoder" if kind == "clm" else "encoder"
+    rows = []
+    for name, *_ in variants[1:]:
+        target_key = "clm" if kind == "clm" else f"mlm_{name.removeprefix('vanilla_')}"
+        m, b = times["headless"], times[name]
+        rows.append(
+            comparison(
+                PACKAGE,
+                f"{label} step tokens/s headless / {name}, {arch} B{batch} T{seq} V{vocab} K{k}",
+                "headless",
+                name,
+                {"headless": m, name: b},
+                target=TARGETS.get(target_key) if gpu_targets else None,
+                speedup=True,
+                method_tokens_per_s=batch * seq / statistics.median(m),
+                baseline_tokens_per_s=batch * seq / statistics.median(b),
+                method_params=info["headless"]["params"],
+                baseline_params=info[name]["params"],
+                method_loss_matrix_elements=info["headless"]["loss_matrix_elements"],
+                baseline_loss_matrix_elements=info[name]["loss_matrix_elements"],
+                flop_model_speedup=info[name]["predicted_speedup"],
+                method_step_peak_gib=peaks["headless"],
+                baseline_step_peak_gib=peaks[name],
+            )
         )
-        del model, opt
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    base = rows[0]["tokens_per_s"]
-    for r in rows:
-        r["headless_speedup_vs_this"] = base / r["tokens_per_s"]
+    del arms
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return rows
 
 
-def bench_loss_only(k: int, v: int, d: int, cfg: BenchConfig, device: torch.device, bf16: bool) -> list[dict]:
+def bench_loss_only(
+    k: int, v: int, d: int, cfg: BenchConfig, sizes: dict, device: torch.device, bf16: bool, what: str
+) -> dict:
     """Head + CE (logits K x V) vs CWT (K x K) on the same hidden states; forward + backward."""
+    from lmlab.bench import comparison
+
     g = torch.Generator().manual_seed(cfg.seed)
     dtype = torch.bfloat16 if bf16 else torch.float32
     hidden = torch.randn(k, d, generator=g).to(device, dtype).requires_grad_(True)
@@ -210,61 +266,34 @@ def bench_loss_only(k: int, v: int, d: int, cfg: BenchConfig, device: torch.devi
     ids = torch.randint(0, v, (k,), generator=g).to(device)
 
     def vanilla() -> None:
+        hidden.grad = head.grad = None
         F.cross_entropy((hidden @ head.T).float(), ids).backward()
 
     def headless() -> None:
+        hidden.grad = emb.grad = None
         cwt_loss(hidden, F.embedding(ids, emb)).backward()
 
-    rows = []
-    for name, fn, elements in (("head+CE", vanilla, k * v), ("CWT", headless, k * k)):
-        timing = time_fn(fn, device, cfg.warmup_steps, cfg.steps)
-        print(
-            f"[headless-lm bench] loss-only {name} K {k} V {v} D {d}: {timing['ms_per_step']:.1f} ms",
-            flush=True,
-        )
-        rows.append(
-            {
-                "bench": "loss_only",
-                "variant": name,
-                "K": k,
-                "V": v,
-                "D": d,
-                **timing,
-                "loss_matrix_elements": elements,
-            }
-        )
-        hidden.grad = emb.grad = head.grad = None
-    rows[1]["speedup"] = rows[0]["ms_per_step"] / rows[1]["ms_per_step"]
-    if rows[0]["peak_mem_gib"] and rows[1]["peak_mem_gib"]:
-        rows[1]["memory_ratio"] = rows[0]["peak_mem_gib"] / rows[1]["peak_mem_gib"]
-    return rows
-
-
-def to_markdown(result: dict) -> str:
-    lines = [f"# headless-lm bench ({result['device']}, {result['precision']})", ""]
-    lines += [
-        "| bench | variant | sizes | ms/step | tokens/s | peak GiB | loss-matrix elements | params | ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["rows"]:
-        if r["bench"].endswith("_step"):
-            sizes = f"{r['arch']} B{r['batch']} T{r['seq']} V{r['vocab']} K{r['K']}"
-            ratio = f"headless {r['headless_speedup_vs_this']:.2f}x"
-            tps = f"{r['tokens_per_s']:.0f}"
-            params = f"{r['params']:,}"
-        else:
-            sizes = f"K{r['K']} V{r['V']} D{r['D']}"
-            ratio = f"{r['speedup']:.2f}x faster" if "speedup" in r else ""
-            tps, params = "", ""
-        peak = f"{r['peak_mem_gib']:.2f}" if r.get("peak_mem_gib") is not None else "n/a (CPU)"
-        lines.append(
-            f"| {r['bench']} | {r['variant']} | {sizes} | {r['ms_per_step']:.1f} | {tps} | {peak} | "
-            f"{r['loss_matrix_elements']:,} | {params} | {ratio} |"
-        )
-    return "\n".join(lines) + "\n"
+    print(f"[headless-lm bench] {what}: K {k} V {v} D {d}", flush=True)
+    arms = {"CWT": headless, "head+CE": vanilla}
+    times = _timed(arms, cfg, sizes, device)
+    peaks = {name: _step_peak_gib(fn, device) for name, fn in arms.items()}
+    return comparison(
+        PACKAGE,
+        f"{what} fwd+bwd speed CWT / head+CE, K{k} V{v} D{d}",
+        "CWT",
+        "head+CE",
+        times,
+        target=None,
+        speedup=True,
+        method_loss_matrix_elements=k * k,
+        baseline_loss_matrix_elements=k * v,
+        method_step_peak_gib=peaks["CWT"],
+        baseline_step_peak_gib=peaks["head+CE"],
+    )
 
 
 def run_bench(cfg: BenchConfig) -> dict:
+    from lmlab.bench import environment, write_bench
     from lmlab.device import torch_device
 
     device = torch_device(cfg.device)
@@ -272,30 +301,36 @@ def run_bench(cfg: BenchConfig) -> dict:
     sizes = PRESETS[preset]
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     k, v, d = cfg.loss_k or sizes["loss_k"], cfg.loss_v or sizes["loss_v"], cfg.loss_d or sizes["loss_d"]
+    gpu_targets = preset == "gpu"
     rows: list[dict] = []
     if cfg.task in ("loss", "all"):
-        rows += bench_loss_only(k, v, d, cfg, device, bf16)
+        rows.append(bench_loss_only(k, v, d, cfg, sizes, device, bf16, "loss-only"))
     if cfg.task in ("clm", "all"):
-        rows += bench_model_step(cfg, "clm", sizes, device, bf16)
+        rows += bench_model_step(cfg, "clm", sizes, device, bf16, gpu_targets)
     if cfg.task in ("mlm", "all"):
-        rows += bench_model_step(cfg, "mlm", sizes, device, bf16)
+        rows += bench_model_step(cfg, "mlm", sizes, device, bf16, gpu_targets)
     if cfg.task in ("sweep", "all"):
-        for vv in sizes["vocab_sweep"]:
-            rows += [dict(r, bench="vocab_sweep") for r in bench_loss_only(k, vv, d, cfg, device, bf16)]
-        for kk in sizes["k_sweep"]:
-            rows += [dict(r, bench="k_sweep") for r in bench_loss_only(kk, v, d, cfg, device, bf16)]
-    result = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": "bf16 autocast" if bf16 else "fp32",
+        rows += [
+            bench_loss_only(k, vv, d, cfg, sizes, device, bf16, "vocab sweep") for vv in sizes["vocab_sweep"]
+        ]
+        rows += [bench_loss_only(kk, v, d, cfg, sizes, device, bf16, "K sweep") for kk in sizes["k_sweep"]]
+    shapes = {
         "preset": preset,
-        "torch_threads": torch.get_num_threads(),
-        "rows": rows,
+        **{key: val for key, val in sizes.items() if key not in ("warmup", "rounds")},
+        **{
+            key: value
+            for key in ("clm_arch", "mlm_arch", "vocab_size", "batch_size", "seq_len")
+            if (value := getattr(cfg, key)) is not None
+        },
+        "loss_k": k,
+        "loss_v": v,
+        "loss_d": d,
+        "warmup": sizes["warmup"] if cfg.warmup_steps is None else cfg.warmup_steps,
+        "rounds": cfg.rounds or sizes["rounds"],
+        "compile": cfg.compile,
+        "attn": cfg.attn,
     }
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = to_markdown(result)
-    (out / "bench.md").write_text(md)
-    print(md)
-    print(f"[headless-lm bench] wrote {out / 'bench.json'} and {out / 'bench.md'}")
+    env = environment(device, "bf16 autocast" if bf16 else "fp32", shapes)
+    path = write_bench(rows, env, cfg.output_dir, "bench")
+    print(f"[headless-lm bench] wrote {path} and {path.with_suffix('.md')}")
     return {"rows": len(rows)}

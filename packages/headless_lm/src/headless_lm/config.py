@@ -372,10 +372,21 @@ class ExportConfig:
 @dataclass
 class BenchConfig:
     task: str = field(default="all", metadata={"help": "clm | mlm | loss | sweep | all"})
-    preset: str = field(default="auto", metadata={"help": "auto (gpu sizes on CUDA, else cpu) | gpu | cpu"})
-    clm_arch: str = field(default="pythia-70m", metadata={"help": "decoder architecture"})
-    mlm_arch: str = field(default="bert-base", metadata={"help": "encoder architecture"})
-    vocab_size: int = field(default=50304, metadata={"help": "vocabulary of the models", "ge": 1})
+    preset: str = field(
+        default="auto",
+        metadata={
+            "help": "sizes: toy (seconds, for tests) | cpu | gpu (issue 13 sizes) | auto (gpu on CUDA, else cpu)"
+        },
+    )
+    clm_arch: str | None = field(
+        default=None, metadata={"help": "decoder architecture (default from the preset)"}
+    )
+    mlm_arch: str | None = field(
+        default=None, metadata={"help": "encoder architecture (default from the preset)"}
+    )
+    vocab_size: int | None = field(
+        default=None, metadata={"help": "vocabulary of the models (default from the preset)", "ge": 1}
+    )
     batch_size: int | None = field(
         default=None, metadata={"help": "micro-batch (default from the preset)", "ge": 1}
     )
@@ -388,8 +399,19 @@ class BenchConfig:
     loss_k: int | None = field(default=None, metadata={"help": "loss-only: predicted positions K", "ge": 1})
     loss_v: int | None = field(default=None, metadata={"help": "loss-only: vocabulary V", "ge": 1})
     loss_d: int | None = field(default=None, metadata={"help": "loss-only: hidden size D", "ge": 1})
-    warmup_steps: int = field(default=3, metadata={"help": "untimed steps", "ge": 3})
-    steps: int = field(default=20, metadata={"help": "timed steps", "ge": 1})
+    warmup_steps: int | None = field(
+        default=None, metadata={"help": "untimed calls of every arm (default from the preset)", "ge": 0}
+    )
+    rounds: int | None = field(
+        default=None,
+        metadata={
+            "help": "timed rounds, each arm once per round in rotating order (default from the preset)",
+            "ge": 1,
+        },
+    )
+    compile: bool = field(
+        default=False, metadata={"help": "torch.compile the models of every arm (compiled vs compiled)"}
+    )
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     precision: str = field(
         default="auto", metadata={"help": "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16"}
@@ -405,8 +427,8 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.task not in ("clm", "mlm", "loss", "sweep", "all"):
             raise ValueError("--task must be clm, mlm, loss, sweep or all")
-        if self.preset not in ("auto", "gpu", "cpu"):
-            raise ValueError("--preset must be auto, gpu or cpu")
+        if self.preset not in ("auto", "toy", "cpu", "gpu"):
+            raise ValueError("--preset must be auto, toy, cpu or gpu")
         if self.mlm_vanilla not in ("full", "sparse", "both"):
             raise ValueError("--mlm_vanilla must be full, sparse or both")
         if self.precision not in ("auto", "fp32", "bf16"):

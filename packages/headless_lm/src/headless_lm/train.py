@@ -327,7 +327,7 @@ def _fit(cfg, module: HeadlessLMModule, out_dir: Path, extra_callbacks=()) -> di
     from lmlab.config import save_config
     from lmlab.io import prepare_run_dir
     from lmlab.seed import seed_everything
-    from lmlab.training import build_trainer, resume_checkpoint
+    from lmlab.training import build_trainer, compile_module, resume_checkpoint
     from pytorch_lightning.callbacks import LearningRateMonitor
 
     seed_everything(cfg.seed)
@@ -363,6 +363,7 @@ def _fit(cfg, module: HeadlessLMModule, out_dir: Path, extra_callbacks=()) -> di
         prepare_run_dir(out_dir, cfg.overwrite)
         save_config(cfg, out_dir / "config.yaml")
     module.checkpoint_dir = out_dir / "checkpoints"
+    compile_module(module.model, cfg.compile)  # in place: checkpoint and export keys stay the eager ones
     trainer.fit(module, ckpt_path=ckpt, weights_only=True)
     metrics = {
         k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1

@@ -256,7 +256,7 @@ def finetune_task(
     from its `checkpoints/last.ckpt`."""
     from lmlab.io import write_json
     from lmlab.seed import seed_everything
-    from lmlab.training import build_trainer, resume_checkpoint
+    from lmlab.training import build_trainer, compile_module, resume_checkpoint
 
     done = run_dir / "history.json"
     if done.is_file():
@@ -270,6 +270,7 @@ def finetune_task(
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     dev = DataLoader(data["dev"], batch_size=cfg.batch_size, collate_fn=coll)
     module = GlueModule(copy.deepcopy(backbone), n_labels, task, cfg, total, data["train"], coll, seed)
+    compile_module(module.backbone, cfg.compile)
     opts = dataclasses.replace(cfg, output_dir=str(run_dir), max_steps=total, seed=seed)
     evaluation = DevEvaluation(dev, steps_per_epoch, total, cfg.val_check_interval)
     trainer = build_trainer(opts, run_dir, callbacks=[evaluation], use_distributed_sampler=False)
