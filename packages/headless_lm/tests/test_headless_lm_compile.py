@@ -1,10 +1,11 @@
-"""--compile (issue 13): a `gpt` run with the model torch.compiled trains to the same weights as the eager run
+"""--compile (issue 13): a `gpt` and a `glue` run with the model torch.compiled train to the same weights as eager runs
 (tolerance: the compiled graph may fuse differently), and its checkpoint keeps the eager keys."""
 
 import importlib.util
 from pathlib import Path
 
 import lmlab.training
+import pytest
 import torch
 from headless_lm.cli import main
 
@@ -38,3 +39,34 @@ def test_compiled_gpt_training_step_equals_eager(tmp_path, monkeypatch):
     for key, value in a.items():
         torch.testing.assert_close(b[key], value, rtol=1e-4, atol=1e-5, msg=f"{key} differs")
     assert (graph / "model" / "config.json").is_file()  # the export of a compiled model works
+
+
+@pytest.mark.slow  # graph capture of the backbone in train and eval mode, per padded length
+def test_compiled_glue_step_equals_eager(tmp_path, monkeypatch):
+    from lmlab.data import sample_path
+    from lmlab.testing import save_tiny_model
+
+    compiled = []
+    original = lmlab.training.compile_module
+    monkeypatch.setattr(
+        lmlab.training,
+        "compile_module",
+        lambda m, enabled=True: compiled.append(enabled) or original(m, enabled),
+    )
+    model = save_tiny_model(tmp_path / "bert", "bert", "base")  # dropout 0.1
+    (tmp_path / "glue" / "MRPC").mkdir(parents=True)
+    for split in ("train", "dev"):
+        (tmp_path / "glue" / "MRPC" / f"{split}.tsv").write_text(
+            sample_path(f"glue/mrpc/{split}.tsv").read_text()
+        )
+
+    def run(name: str, *extra: str) -> dict:
+        args = ["glue", "--model", str(model), "--tasks", "mrpc", "--seeds", "0", "--max_steps", "2"]
+        args += ["--batch_size", "2", "--learning_rate", "1e-3", "--data_dir", str(tmp_path / "glue")]
+        assert main([*args, "--output_dir", str(tmp_path / name), "--device", "cpu", *extra]) == 0
+        return _weights(tmp_path / name / "mrpc" / "seed0")
+
+    a, b = run("eager"), run("compiled", "--compile", "true")
+    assert compiled == [False, True] and a.keys() == b.keys()
+    for key, value in a.items():
+        torch.testing.assert_close(b[key], value, rtol=1e-4, atol=1e-5, msg=f"{key} differs")
