@@ -138,7 +138,7 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     from lmlab.device import resolve_attn_implementation
     from lmlab.io import finish_run, is_done, prepare_run_dir, results_report
     from lmlab.seed import seed_everything
-    from lmlab.training import build_trainer, resume_checkpoint
+    from lmlab.training import build_trainer, compile_module, resume_checkpoint
 
     from invariant_lm.data import EnvironmentStreams, default_max_seq_length, load_environments, make_collator
     from invariant_lm.data import total_updates as count_updates
@@ -166,6 +166,9 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
         envs = load_environments(cfg.train_file, cfg.train_files, cfg.env_column)
         head_names = ["erm"] if cfg.mode == "erm" else list(envs)
         model = build_model(cfg, tokenizer, head_names, attn)
+        # --compile: the body (the bulk of the update) in place, so checkpoints keep their keys; the heads run on
+        # a data-dependent number of masked positions and are left eager
+        compile_module(model.body, cfg.compile)
         max_len = default_max_seq_length(tokenizer, model.config, cfg.max_seq_length)
         env_data = _tokenise_envs(envs, tokenizer, max_len, cfg)
         pad = max_len if cfg.pad_to_max_length else None

@@ -211,53 +211,66 @@ class ExportConfig:
             raise ValueError("--model_name_or_path and --output_dir are required")
 
 
+# the sizes of each `bench --preset`: gpu = the spec's and issue 13's (RoBERTa-base, 16 x 512, bf16 autocast),
+# cpu = RoBERTa-base at a batch two cores finish in about two minutes, toy = seconds (tests)
+ROBERTA_BASE = {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "vocab_size": 50265}
+BENCH_PRESETS = {
+    "gpu": {**ROBERTA_BASE, "batch_size": 16, "seq_len": 512, "n_envs": [1, 2, 4, 8], "sparse": ["on", "off"],
+            "warmup": 5, "rounds": 20, "precision": "bf16"},
+    "cpu": {**ROBERTA_BASE, "batch_size": 2, "seq_len": 128, "n_envs": [1, 4], "sparse": ["on", "off"],
+            "warmup": 1, "rounds": 3, "precision": "fp32"},
+    "toy": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "vocab_size": 300, "batch_size": 2, "seq_len": 16,
+            "n_envs": [1, 4], "sparse": ["on", "off"], "warmup": 1, "rounds": 3, "precision": "fp32"},
+}  # fmt: skip
+
+
 @dataclass
 class BenchConfig:
     output_dir: str = _h("where bench.json and bench.md go", "results/invariant_lm")
-    device: str = _h("auto | cpu | cuda", "auto")
-    hidden_size: int = _h("hidden size (RoBERTa-base: 768)", 768, ge=1)
-    num_layers: int = _h("layers (RoBERTa-base: 12)", 12, ge=1)
-    num_heads: int = _h("attention heads", 12, ge=1)
-    vocab_size: int = _h("vocabulary (RoBERTa: 50265)", 50265, ge=8)
-    batch_size: int | None = _h("sequences per update (default: 16 on GPU, 2 on CPU)", ge=1)
-    seq_len: int | None = _h("tokens per sequence (default: 512 on GPU, 128 on CPU)", ge=2)
-    n_envs: list[int] = _h("environment counts to time (default: 1 2 4 8 on GPU, 1 4 on CPU)", None)
-    sparse: list[str] = _h("sparse-heads settings to time (on, off)", None)
-    warmup: int | None = _h("untimed updates (default: 10 on GPU, 2 on CPU)", ge=0)
-    steps: int | None = _h("timed updates (default: 50 on GPU, 6 on CPU)", ge=1)
-    precision: str = _h("auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16", "auto")
-    threads: int | None = _h("torch CPU threads (default: torch's)", ge=1)
-    interleave: str = _h(
-        "auto (on for CPU) | on | off: alternate plain and IRM updates, report medians", "auto"
+    preset: str | None = _h(
+        "toy (seconds) | cpu (RoBERTa-base, 2 x 128, fp32) | gpu (RoBERTa-base, 16 x 512, bf16); "
+        "default: gpu on a CUDA device, cpu otherwise. The options below override the preset's values"
     )
+    device: str = _h("auto | cpu | cuda", "auto")
+    hidden_size: int | None = _h("hidden size (RoBERTa-base: 768)", ge=1)
+    num_layers: int | None = _h("layers (RoBERTa-base: 12)", ge=1)
+    num_heads: int | None = _h("attention heads (RoBERTa-base: 12)", ge=1)
+    vocab_size: int | None = _h("vocabulary (RoBERTa: 50265)", ge=8)
+    batch_size: int | None = _h("sequences per update", ge=1)
+    seq_len: int | None = _h("tokens per sequence", ge=2)
+    n_envs: list[int] = _h("environment counts (heads) to time against the plain update", None)
+    sparse: list[str] = _h("sparse-heads settings to time (on: heads at masked positions only, off)", None)
+    warmup: int | None = _h("untimed updates of each arm before the timed rounds", ge=0)
+    rounds: int | None = _h(
+        "timed rounds; each runs the plain and the IRM update once, in rotating order", ge=1
+    )
+    precision: str | None = _h("fp32 | bf16 (autocast)")
+    compile: bool = _h("torch.compile both arms (the plain model, the invariant model's body)", False)
+    threads: int | None = _h("torch CPU threads (default: torch's)", ge=1)
     seed: int = _h("seed", 0)
 
     def __post_init__(self) -> None:
+        if self.preset is None:
+            import torch
+
+            gpu = self.device != "cpu" and torch.cuda.is_available()
+            self.preset = "gpu" if gpu else "cpu"
+        if self.preset not in BENCH_PRESETS:
+            raise ValueError(f"--preset must be one of {', '.join(BENCH_PRESETS)}, got {self.preset!r}")
+        for key, value in BENCH_PRESETS[self.preset].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
         if isinstance(self.n_envs, int | str):
             self.n_envs = [self.n_envs]
-        if self.n_envs is not None:
-            self.n_envs = [int(n) for n in self.n_envs]
-        if self.sparse is None:
-            self.sparse = ["on", "off"]
+        self.n_envs = [int(n) for n in self.n_envs]
         if isinstance(self.sparse, str):
             self.sparse = [self.sparse]
         if any(s not in ("on", "off") for s in self.sparse):
             raise ValueError("--sparse values must be on or off")
-        if self.interleave not in ("auto", "on", "off"):
-            raise ValueError("--interleave must be auto, on or off")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError("--precision must be auto, fp32 or bf16")
-        if self.n_envs is not None and min(self.n_envs) < 1:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"--precision must be fp32 or bf16, got {self.precision!r}")
+        if min(self.n_envs) < 1:
             raise ValueError("--n_envs must be >= 1")
-
-    def resolved(self, gpu: bool) -> BenchConfig:
-        """Defaults per device: the spec's GPU sizes, a smaller batch and fewer updates on the CPU."""
-        import dataclasses
-
-        d = {"batch_size": 16, "seq_len": 512, "warmup": 10, "steps": 50, "n_envs": [1, 2, 4, 8]}
-        if not gpu:
-            d = {"batch_size": 2, "seq_len": 128, "warmup": 2, "steps": 6, "n_envs": [1, 4]}
-        return dataclasses.replace(self, **{k: v for k, v in d.items() if getattr(self, k) is None})
 
 
 @dataclass
