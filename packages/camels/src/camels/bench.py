@@ -1,43 +1,68 @@
-"""`camels bench`: seconds per meta-step and peak memory for the reference-equivalent mode (unroll, documents
-padded to max_text_len, metric-only forwards on), unroll without padding, and the exact adjoint mode; plus
-online-adaptation documents/s and generation questions/s. Random-init models from configs, a fixed synthetic
-batch, warm-up then the median of timed steps.
+"""`camels bench`: the meta-step of the reference-equivalent mode (unroll, documents padded to max_text_len,
+metric-only forwards on), unroll without padding, and the exact adjoint mode, timed in interleaved rounds
+(lmlab.bench.interleave: every mode once per round, the order rotating), with the peak memory of every step;
+plus online-adaptation documents/s and generation questions/s. Random-init models from configs and a fixed
+synthetic batch, both built once and shared by every mode.
 
-Peak memory: `torch.cuda.max_memory_allocated` on CUDA; on the CPU each mode runs in its own spawned process
-and reports its peak resident set size above the process's size after building the models (ru_maxrss).
-Every mode also reports the weighting-model head gradient of one dropout-free step, so the modes can be
-checked against each other at the benchmark size.
+Peak memory is measured above the built models, read before any step: on CUDA per timed round
+(`torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`, minus what is allocated before the round);
+on the CPU in its own spawned process per mode (so no mode inherits another's heap), one value per round:
+the peak resident set (VmHWM, reset through /proc/self/clear_refs) above the resident set before the round,
+with the freed heap handed back to the system (malloc_trim) before each round. Every mode also reports the
+weighting-model head gradient of one dropout-free step, so the modes can be checked against each other at
+the benchmark size.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import multiprocessing as mp
-import platform
-import resource
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from lmlab.device import torch_device
-from lmlab.io import write_json
+from lmlab.bench import comparison, environment, interleave, write_bench
+from lmlab.errors import LmlabError
 
 SIZES = {
+    "toy": {"n_embd": 32, "n_layer": 1, "n_head": 2, "vocab_size": 512},
     "tiny": {"n_embd": 128, "n_layer": 2, "n_head": 4, "vocab_size": 4096},
-    "cpu": {
-        "n_embd": 64,
-        "n_layer": 2,
-        "n_head": 4,
-        "vocab_size": 8192,
-    },  # activations (logits) dominate, like at scale
+    # activations (logits) dominate, as they do at scale
+    "cpu": {"n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 8192},
     "distilgpt2": {"n_embd": 768, "n_layer": 6, "n_head": 12, "vocab_size": 50257},
     "gpt2-large": {"n_embd": 1280, "n_layer": 36, "n_head": 20, "vocab_size": 50257},
     "gpt2-xl": {"n_embd": 1600, "n_layer": 48, "n_head": 25, "vocab_size": 50257},
 }
 
+# what each preset runs; every BenchConfig field left at 0 / "auto" takes the preset's value
+PRESETS = {
+    "toy": {  # seconds, for tests
+        "device": "cpu", "size": "toy", "n_docs": 3, "doc_len": 24, "max_text_len": 32, "qa_len": 8,
+        "loc_len": 32, "warmup": 1, "rounds": 3, "eval_size": "toy", "eval_docs": 2, "eval_questions": 2,
+        "dtype": "float32",
+    },
+    "cpu": {  # under two minutes on two idle cores
+        "device": "cpu", "size": "cpu", "n_docs": 6, "doc_len": 128, "max_text_len": 192, "qa_len": 32,
+        "loc_len": 192, "warmup": 1, "rounds": 3, "eval_size": "tiny", "eval_docs": 8, "eval_questions": 8,
+        "dtype": "float32",
+    },
+    "gpu": {  # issue 13's sizes: DistilGPT-2 shape, 6 documents of 1024 tokens; GPT-2 XL adaptation in bf16
+        "device": "cuda", "size": "distilgpt2", "n_docs": 6, "doc_len": 1024, "max_text_len": 1024,
+        "qa_len": 32, "loc_len": 1024, "warmup": 3, "rounds": 10, "eval_size": "gpt2-xl", "eval_docs": 16,
+        "eval_questions": 32, "dtype": "bfloat16",
+    },
+}  # fmt: skip
 
-def _config(size: str, positions: int, attn: str = "eager") -> Any:
+# issue 13's targets for adjoint / unroll at the DistilGPT-2 shape on one GPU; rows of the toy and cpu presets
+# carry no target (their shapes weigh parameter copies against activations differently)
+GPU_TARGETS = {"time": "<= 1.2", "memory": "<= 0.35"}
+MIB = 2**20
+
+
+def _config(size: str, positions: int) -> Any:
     from transformers import GPT2Config
 
     return GPT2Config(n_positions=max(positions, 1024), bos_token_id=0, eos_token_id=0, **SIZES[size])
@@ -84,106 +109,109 @@ def _mode_cfg(mode: str, max_text_len: int, inner_dropout: bool = True, keep_las
     )
 
 
-def _rss_bytes() -> int:
-    scale = 1 if platform.system() == "Darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+class MetaStepSetup:
+    """The base model, the weighting model and the batch of one benchmark, built once; `step(mode)` runs one
+    meta-step of `mode` and clears the weighting model's gradients."""
+
+    def __init__(self, opts: dict[str, Any]):
+        from lmlab.training import compile_module
+        from transformers import GPT2LMHeadModel
+
+        from camels.meta import base_params
+        from camels.weighting import CaMeLSWeightModel
+
+        self.opts, self.device = opts, torch.device(opts["device"])
+        torch.manual_seed(opts["seed"])
+        cfg = _config(opts["size"], opts["max_text_len"])
+        self.base = GPT2LMHeadModel._from_config(cfg, attn_implementation="eager").to(self.device)
+        self.base.requires_grad_(False)
+        self.wm = CaMeLSWeightModel(_config(opts["size"], opts["max_text_len"])).to(self.device)
+        torch.nn.init.normal_(self.wm.head[2].weight, std=0.02)  # non-zero weights, so gradients differ
+        # the weighting model only: the base model's inner-loop tape needs double backward, which
+        # torch.compile does not support
+        compile_module(self.wm, opts["compile"])
+        self.params = base_params(self.base)
+        self.batch, self.loc = _batch(
+            cfg.vocab_size,
+            opts["n_docs"],
+            opts["doc_len"],
+            opts["qa_len"],
+            opts["loc_len"],
+            self.device,
+            opts["seed"],
+        )
+        self.cfgs = {
+            mode: _mode_cfg(mode, opts["max_text_len"], keep_last=opts["keep_last"]) for mode in opts["modes"]
+        }
+
+    def step(self, mode: str) -> None:
+        from camels.meta import meta_step
+
+        meta_step(self.wm, self.base, self.params, self.batch, self.loc, self.cfgs[mode])
+        self.wm.zero_grad(set_to_none=True)
+
+    def head_grad(self, mode: str) -> torch.Tensor:
+        """The weighting-model head gradient of one dropout-free step (the modes agree to round-off)."""
+        from camels.meta import meta_step
+
+        self.wm.eval()
+        cfg = _mode_cfg(
+            mode, self.opts["max_text_len"], inner_dropout=False, keep_last=self.opts["keep_last"]
+        )
+        meta_step(self.wm, self.base, self.params, self.batch, self.loc, cfg)
+        grad = torch.cat([p.grad.flatten() for p in self.wm.head.parameters()]).double().cpu()
+        self.wm.zero_grad(set_to_none=True)
+        self.wm.train()
+        return grad
 
 
-def _current_rss() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize()
-    except OSError:
-        return _rss_bytes()
+# ------------------------------------------------------------------------------------- CPU peak memory
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise LmlabError(f"/proc/self/status has no {field}; the CPU memory figures need Linux")
 
 
-def meta_step_bench(mode: str, opts: dict[str, Any]) -> dict[str, Any]:
-    """Time `opts['steps']` meta-steps of `mode` after `opts['warmup']`; return times, memory and a gradient."""
-    from camels.meta import base_params, meta_step
-    from camels.weighting import CaMeLSWeightModel
-
-    torch.set_num_threads(opts.get("threads") or torch.get_num_threads())
-    device = torch.device(opts["device"])
-    torch.manual_seed(opts["seed"])
-    from transformers import GPT2LMHeadModel
-
-    cfg_model = _config(opts["size"], opts["max_text_len"])
-    base = GPT2LMHeadModel._from_config(cfg_model, attn_implementation="eager").to(device)
-    base.requires_grad_(False)
-    wm = CaMeLSWeightModel(_config(opts["size"], opts["max_text_len"])).to(device)
-    batch, loc = _batch(
-        cfg_model.vocab_size,
-        opts["n_docs"],
-        opts["doc_len"],
-        opts["qa_len"],
-        opts["loc_len"],
-        device,
-        opts["seed"],
-    )
-    # a dropout-free step for the cross-mode gradient check
-    wm.eval()
-    torch.nn.init.normal_(wm.head[2].weight, std=0.02)
-    meta_step(
-        wm,
-        base,
-        base_params(base),
-        batch,
-        loc,
-        _mode_cfg(mode, opts["max_text_len"], inner_dropout=False, keep_last=opts["keep_last"]),
-    )
-    head_grad = torch.cat([p.grad.flatten() for p in wm.head.parameters()]).double().cpu()
-    wm.zero_grad(set_to_none=True)
-    wm.train()
-    cfg = _mode_cfg(mode, opts["max_text_len"], keep_last=opts["keep_last"])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        before = _current_rss()
-    times = []
-    for i in range(opts["warmup"] + opts["steps"]):
-        t = time.perf_counter()
-        meta_step(wm, base, base_params(base), batch, loc, cfg)
-        wm.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= opts["warmup"]:
-            times.append(time.perf_counter() - t)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = _rss_bytes()
-    return {
-        "mode": mode,
-        "s_per_meta_step": statistics.median(times),
-        "times": times,
-        "peak_bytes": peak,
-        "peak_above_models_bytes": peak - before,
-        "head_grad": head_grad.tolist(),
-    }
+def _release_heap() -> None:
+    """Hand the freed heap back to the system, so the next round's resident set starts from live memory."""
+    gc.collect()
+    # not glibc: the freed heap stays resident and the peak above it is a lower bound
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _run_isolated(mode: str, opts: dict[str, Any]) -> dict[str, Any]:
-    if opts["device"] == "cuda":
-        try:
-            return meta_step_bench(mode, opts)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            return {
-                "mode": mode,
-                "oom": True,
-                "s_per_meta_step": float("nan"),
-                "peak_bytes": -1,
-                "peak_above_models_bytes": -1,
-                "head_grad": [],
-            }
+def _reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident set (Linux >= 4.0)
+
+
+def cpu_memory_rounds(mode: str, opts: dict[str, Any]) -> list[float]:
+    """Bytes of peak resident set above the resident set before each of `opts['rounds']` meta-steps of `mode`,
+    in this process (run it in a fresh one: a process that ran another mode keeps that mode's heap). The first
+    value is read before any step, right after the models are built."""
+    torch.set_num_threads(opts["threads"])
+    setup = MetaStepSetup(opts)
+    peaks = []
+    for _ in range(opts["rounds"]):
+        _release_heap()
+        before = _status_bytes("VmRSS")
+        _reset_peak_rss()
+        setup.step(mode)
+        peaks.append(float(_status_bytes("VmHWM") - before))
+    return peaks
+
+
+def _cpu_memory(modes: list[str], opts: dict[str, Any]) -> dict[str, list[float]]:
     ctx = mp.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return pool.apply(meta_step_bench, (mode, opts))
+    # a fresh process per mode, side by side (memory is per process; the timing rounds are done by now)
+    with ctx.Pool(len(modes), maxtasksperchild=1) as pool:
+        peaks = pool.starmap(cpu_memory_rounds, [(mode, opts) for mode in modes], chunksize=1)
+    return dict(zip(modes, peaks, strict=True))
 
 
+# ------------------------------------------------------------------------------------- online adaptation
 def adaptation_bench(
     size: str,
     n_docs: int,
@@ -192,8 +220,10 @@ def adaptation_bench(
     device: torch.device,
     dtype: torch.dtype | None,
     seed: int,
+    compile_model: bool = False,
 ) -> dict[str, Any]:
     """Online adaptation documents/s (uniform weights, Adam, batch 1) and group-beam generation questions/s."""
+    from lmlab.training import compile_module
     from transformers import GPT2LMHeadModel
 
     from camels.generation import generate
@@ -201,16 +231,18 @@ def adaptation_bench(
 
     torch.manual_seed(seed)
     cfg = _config(size, doc_len)
-    model = GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa").to(device)
+    with torch.device(device):  # built in place: a GPT-2 XL initialised on the CPU takes minutes
+        model = GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa")
     if sum(p.numel() for p in model.parameters()) > 500_000_000:
         model.gradient_checkpointing_enable()
+    compile_module(model, compile_model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
     g = torch.Generator().manual_seed(seed)
     docs = torch.randint(1, cfg.vocab_size, (n_docs + 2, doc_len), generator=g).to(device)
     mask = torch.ones(1, doc_len, dtype=torch.long, device=device)
     model.train()
     times = []
-    for i in range(n_docs + 2):
+    for i in range(n_docs + 2):  # two warm-up documents
         t = time.perf_counter()
         ids = docs[i : i + 1]
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -249,114 +281,187 @@ def adaptation_bench(
         torch.cuda.synchronize()
     gen_s = time.perf_counter() - t
     return {
-        "size": size,
-        "doc_len": doc_len,
+        "online_size": size,
+        "online_doc_len": doc_len,
+        "online_dtype": str(dtype or torch.float32).removeprefix("torch."),
         "adapt_docs_per_s": len(times) / sum(times),
         "gen_questions_per_s": n_questions / gen_s,
         "generation": "group beam 12 beams / 4 groups, 16 new tokens (no early EOS), batch 8",
     }
 
 
+# ------------------------------------------------------------------------------------- the command
+def resolve(cfg: Any) -> tuple[str, dict[str, Any]]:
+    """The preset's name and every setting, the config's non-default values over the preset's."""
+    preset = cfg.preset if cfg.preset != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
+    p = dict(PRESETS[preset])
+    for key in ("size", "eval_size", "dtype", "device"):
+        if getattr(cfg, key) != "auto":
+            p[key] = getattr(cfg, key)
+    for key in (
+        "n_docs",
+        "doc_len",
+        "max_text_len",
+        "qa_len",
+        "loc_len",
+        "rounds",
+        "eval_docs",
+        "eval_questions",
+    ):
+        if getattr(cfg, key):
+            p[key] = getattr(cfg, key)
+    if cfg.warmup >= 0:
+        p["warmup"] = cfg.warmup
+    if p["device"] == "cuda" and not torch.cuda.is_available():
+        raise LmlabError(
+            f"camels bench --preset {preset} runs on CUDA, which is not available here; use --preset cpu (or toy)"
+        )
+    modes = [m.strip() for m in cfg.modes.split(",") if m.strip()]
+    bad = sorted(set(modes) - {"unroll_padded", "unroll", "adjoint"})
+    if bad or not modes:
+        raise LmlabError(
+            f"--modes takes unroll_padded, unroll and adjoint (comma-separated), got {cfg.modes!r}"
+        )
+    p.update(
+        doc_len=min(p["doc_len"], p["max_text_len"]),
+        modes=modes,
+        keep_last=cfg.adjoint_keep_last,
+        seed=cfg.seed,
+        compile=cfg.compile,
+        # CPU: one thread (the machine is shared; every mode gets the same); CUDA: the process's
+        threads=1 if p["device"] == "cpu" else torch.get_num_threads(),
+    )
+    return preset, p
+
+
+PAIRS = (("adjoint", "unroll"), ("unroll", "unroll_padded"))
+
+
 def run_bench(cfg: Any) -> dict[str, Any]:
-    device = torch_device(cfg.device)
+    preset, opts = resolve(cfg)
+    device = torch.device(opts["device"])
     cuda = device.type == "cuda"
-    size = cfg.size if cfg.size != "auto" else ("distilgpt2" if cuda else "cpu")
-    max_text_len = cfg.max_text_len or (1024 if cuda else 384)
-    doc_len = cfg.doc_len or (1024 if cuda else 256)
-    opts = {
-        "device": device.type,
-        "size": size,
-        "max_text_len": max_text_len,
-        "doc_len": min(doc_len, max_text_len),
-        "n_docs": cfg.n_docs,
-        "qa_len": cfg.qa_len,
-        "loc_len": cfg.loc_len or max_text_len,
-        "steps": cfg.steps,
-        "warmup": cfg.warmup,
-        "seed": cfg.seed,
-        "keep_last": cfg.adjoint_keep_last,
-        "threads": torch.get_num_threads() if cuda else 1,  # CPU: one thread per process (shared machines)
+    torch.set_num_threads(opts["threads"])
+    modes = opts["modes"]
+    print(
+        f"[camels bench] preset {preset}: meta-step modes {', '.join(modes)} on {device}, {opts['warmup']} "
+        f"warm-up step(s) each, then {opts['rounds']} interleaved rounds",
+        flush=True,
+    )
+    setup = MetaStepSetup(opts)
+    if cuda:
+        torch.cuda.synchronize()
+        models_bytes = torch.cuda.memory_allocated()  # before any step: the models and the batch
+    grads = {mode: setup.head_grad(mode) for mode in modes}  # also the first warm-up step
+    memory: dict[str, list[float]] = {mode: [] for mode in modes}
+
+    def arm(mode: str) -> Any:
+        if not cuda:
+            return lambda: setup.step(mode)
+
+        def measured() -> None:
+            torch.cuda.reset_peak_memory_stats()
+            setup.step(mode)
+            memory[mode].append(float(torch.cuda.max_memory_allocated() - models_bytes))
+
+        return measured
+
+    times = interleave(
+        {mode: arm(mode) for mode in modes},
+        rounds=opts["rounds"],
+        warmup=opts["warmup"],
+        sync=torch.cuda.synchronize if cuda else None,
+    )
+    if cuda:  # drop the warm-up steps' peaks
+        memory = {mode: values[opts["warmup"] :] for mode, values in memory.items()}
+    else:
+        del setup
+        print("[camels bench] CPU peak memory: one spawned process per mode ...", flush=True)
+        memory = _cpu_memory(modes, opts)
+    ref = grads.get("unroll", next(iter(grads.values())))
+    grad_diff = {
+        mode: float((g - ref).abs().max() / ref.abs().max().clamp_min(1e-30)) for mode, g in grads.items()
     }
-    results = {}
-    for mode in [m.strip() for m in cfg.modes.split(",") if m.strip()]:
-        print(f"[camels bench] meta-step mode {mode} ...", flush=True)
-        results[mode] = _run_isolated(mode, opts)
-    ref = results.get("unroll") or next(iter(results.values()))
-    ref_grad = torch.tensor(ref["head_grad"])
-    for r in results.values():
-        g = torch.tensor(r.pop("head_grad"))
-        r["head_grad_rel_diff_vs_unroll"] = float(
-            (g - ref_grad).abs().max() / ref_grad.abs().max().clamp_min(1e-30)
+    shape = (
+        f"{opts['size']}-shaped GPT-2 base and weighting model, {opts['n_docs']} sequential documents of "
+        f"{opts['doc_len']} tokens (padded mode: {opts['max_text_len']}), locality {opts['loc_len']}"
+    )
+    memory_kind = (
+        "peak CUDA memory above the models (max_memory_allocated), MiB, per round"
+        if cuda
+        else "peak RSS above the models (own process per mode, VmHWM), MiB, per round"
+    )
+    rows = []
+    for method, baseline in PAIRS:
+        if method not in modes or baseline not in modes:
+            continue
+        gpu_target = preset == "gpu" and baseline == "unroll"
+        common = {
+            "preset": preset,
+            "compile": opts["compile"],
+            "head_grad_rel_diff": {method: grad_diff[method], baseline: grad_diff[baseline]},
+        }
+        rows.append(
+            comparison(
+                "camels",
+                f"meta-step time, s ({shape})",
+                method,
+                baseline,
+                times,
+                target=GPU_TARGETS["time"] if gpu_target else None,
+                **common,
+            )
         )
-    ratios = {}
-    if "adjoint" in results and "unroll" in results:
-        ratios["adjoint_vs_unroll_time"] = (
-            results["adjoint"]["s_per_meta_step"] / results["unroll"]["s_per_meta_step"]
-        )
-        ratios["adjoint_vs_unroll_peak_above_models"] = results["adjoint"]["peak_above_models_bytes"] / max(
-            1, results["unroll"]["peak_above_models_bytes"]
-        )
-    if "unroll_padded" in results and "unroll" in results:
-        ratios["unroll_vs_padded_time"] = (
-            results["unroll"]["s_per_meta_step"] / results["unroll_padded"]["s_per_meta_step"]
-        )
-        ratios["unroll_vs_padded_peak_above_models"] = results["unroll"]["peak_above_models_bytes"] / max(
-            1, results["unroll_padded"]["peak_above_models_bytes"]
+        mib = {mode: [v / MIB for v in values] for mode, values in memory.items()}
+        rows.append(
+            comparison(
+                "camels",
+                f"meta-step {memory_kind} ({shape})",
+                method,
+                baseline,
+                mib,
+                target=GPU_TARGETS["memory"] if gpu_target else None,
+                **common,
+            )
         )
     if not cuda:
-        torch.set_num_threads(1)
-    eval_size = cfg.eval_size if cfg.eval_size != "auto" else ("gpt2-xl" if cuda else "tiny")
-    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
-    print(f"[camels bench] adaptation + generation ({eval_size}) ...", flush=True)
+        torch.set_num_threads(opts["threads"])
+    dtype = torch.bfloat16 if opts["dtype"] == "bfloat16" else None
+    print(f"[camels bench] adaptation + generation ({opts['eval_size']}) ...", flush=True)
     online = adaptation_bench(
-        eval_size,
-        cfg.eval_docs or (16 if cuda else 8),
-        doc_len,
-        cfg.eval_questions or (32 if cuda else 8),
+        opts["eval_size"],
+        opts["eval_docs"],
+        opts["doc_len"],
+        opts["eval_questions"],
         device,
         dtype,
-        cfg.seed,
+        opts["seed"],
+        opts["compile"],
     )
-    report = {
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if cuda else None,
-        "torch": torch.__version__,
-        "sizes": opts,
-        "meta_step": results,
-        "ratios": ratios,
-        "online": online,
-        "adapt_dtype": cfg.dtype,
+    rows = [{**row, **online} for row in rows]
+    shapes = {
+        k: opts[k]
+        for k in ("size", "n_docs", "doc_len", "max_text_len", "qa_len", "loc_len", "eval_size", "eval_docs")
     }
+    env = environment(device, f"float32 meta-step, {opts['dtype']} adaptation/generation", shapes)
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "bench.json", report)
-    (out / "bench.md").write_text(_markdown(report))
-    print(_markdown(report))
-    return {k: v for k, v in ratios.items()}
+    path = write_bench(rows, env, out, "bench")
+    online_line = (
+        f"Online adaptation ({online['online_size']}-shaped, {online['online_doc_len']}-token documents, Adam, "
+        f"{online['online_dtype']}): {online['adapt_docs_per_s']:.2f} docs/s. Generation: "
+        f"{online['gen_questions_per_s']:.2f} questions/s ({online['generation']}). Head-gradient relative "
+        f"difference vs unroll (one dropout-free step): "
+        + ", ".join(f"{m} {d:.1e}" for m, d in grad_diff.items())
+        + "\n"
+    )
+    with open(out / "bench.md", "a") as fh:
+        fh.write("\n" + online_line)
+    print(online_line, end="")
+    kinds = ("time", "memory")
+    return {
+        "bench": str(path),
+        **{f"{r['method']}/{r['baseline']} {kinds[i % 2]}": r["ratio"] for i, r in enumerate(rows)},
+    }
 
 
-def _markdown(r: dict[str, Any]) -> str:
-    s = r["sizes"]
-    mem = "peak CUDA memory" if r["gpu"] else "peak RSS above the built models (own process)"
-    lines = [
-        f"# camels bench ({r['device']}{', ' + r['gpu'] if r['gpu'] else ''}, torch {r['torch']})",
-        "",
-        f"Meta-step: base and weighting model `{s['size']}`-shaped GPT-2, {s['n_docs']} sequential inner documents of {s['doc_len']} tokens, max_text_len {s['max_text_len']}, {s['n_docs']} QA of {s['qa_len']} tokens, 1 locality doc of {s['loc_len']} tokens; median of {s['steps']} steps after {s['warmup']} warm-up; float32.",
-        "",
-        f"| mode | s / meta-step | {mem} (MiB) | head-grad rel. diff vs unroll (no dropout) |",
-        "|---|---|---|---|",
-    ]
-    for mode, m in r["meta_step"].items():
-        peak = m["peak_bytes"] if r["gpu"] else m["peak_above_models_bytes"]
-        lines.append(
-            f"| {mode} | {m['s_per_meta_step']:.4f} | {peak / 2**20:.1f} | {m['head_grad_rel_diff_vs_unroll']:.2e} |"
-        )
-    lines += ["", "| ratio | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.3f} |" for k, v in r["ratios"].items()]
-    o = r["online"]
-    lines += [
-        "",
-        f"Online adaptation ({o['size']}-shaped, {o['doc_len']}-token documents, Adam, {r['adapt_dtype']}): {o['adapt_docs_per_s']:.2f} docs/s. Generation: {o['gen_questions_per_s']:.2f} questions/s ({o['generation']}).",
-        "",
-    ]
-    return "\n".join(lines)
+__all__ = ["PRESETS", "adaptation_bench", "cpu_memory_rounds", "run_bench"]

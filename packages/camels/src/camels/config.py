@@ -157,6 +157,11 @@ class MetaTrainConfig(TrainerOptions):
         ge=1,
     )
     precision: str = _help("32-true", "the tape runs in float32 (second-order terms in bf16 are noisy)")
+    compile: bool = _help(
+        False,
+        "torch.compile the weighting model (in place; checkpoints keep their keys). The base model stays eager: "
+        "its inner-loop tape needs double backward, which torch.compile lacks",
+    )
     attn_implementation: str = _help(
         "eager",
         "attention of the base and weighting models; eager by default: the inner-loop tape needs double "
@@ -290,32 +295,53 @@ class EvalConfig:
 
 @dataclasses.dataclass
 class BenchConfig:
-    """Time and memory of a meta-step (unroll padded, unroll unpadded, adjoint), online adaptation and generation."""
+    """Meta-step time and peak memory (unroll padded, unroll, adjoint) in interleaved rounds; adaptation and
+    generation speed. Every option left at 0 / auto / -1 takes the preset's value."""
 
     output_dir: str = _help("results/camels", "writes bench.json and bench.md here")
-    device: str = _help("auto", "auto | cpu | cuda")
-    size: str = _help("auto", "auto (distilgpt2 on cuda, cpu on cpu) | distilgpt2 | cpu | tiny")
-    doc_len: int = _help(0, "document length (0: 1024 on cuda, 256 on cpu)", ge=0)
-    max_text_len: int = _help(0, "padded length of the reference mode (0: 1024 on cuda, 384 on cpu)", ge=0)
-    n_docs: int = _help(6, "inner documents (sequential steps)", ge=1)
-    qa_len: int = _help(32, "QA sequence length", ge=2)
-    loc_len: int = _help(0, "locality document length (0: same as max_text_len)", ge=0)
-    steps: int = _help(10, "timed meta-steps per mode (median)", ge=1)
-    warmup: int = _help(3, "warm-up meta-steps", ge=0)
-    eval_size: str = _help(
-        "auto", "auto (gpt2-xl on cuda, tiny on cpu) | gpt2-xl | gpt2-large | distilgpt2 | tiny"
+    preset: str = _help(
+        "auto",
+        "auto (gpu on CUDA, cpu otherwise) | toy (seconds, for tests) | cpu (CPU sizes, ~2 min on 2 cores) | "
+        "gpu (issue 13's sizes: DistilGPT-2 shape, 6 x 1024 tokens; GPT-2 XL adaptation in bf16)",
     )
-    eval_docs: int = _help(0, "documents for the adaptation timing (0: 16 on cuda, 8 on cpu)", ge=0)
-    eval_questions: int = _help(0, "questions for the generation timing (0: 32 on cuda, 8 on cpu)", ge=0)
-    dtype: str = _help("float32", "float32 | bfloat16 (adaptation/generation only; the tape stays float32)")
+    device: str = _help("auto", "auto (the preset's: cuda for gpu, cpu otherwise) | cpu | cuda")
+    size: str = _help("auto", "auto (the preset's) | distilgpt2 | cpu | tiny | toy: the meta-step's models")
+    doc_len: int = _help(0, "document length (0: the preset's)", ge=0)
+    max_text_len: int = _help(0, "padded length of the reference mode (0: the preset's)", ge=0)
+    n_docs: int = _help(0, "inner documents, sequential steps (0: the preset's, 6 on cpu and gpu)", ge=0)
+    qa_len: int = _help(0, "QA sequence length (0: the preset's)", ge=0)
+    loc_len: int = _help(0, "locality document length (0: the preset's)", ge=0)
+    rounds: int = _help(
+        0, "timed rounds; each runs every mode once, in rotating order (0: the preset's)", ge=0
+    )
+    warmup: int = _help(-1, "untimed meta-steps of every mode before the rounds (-1: the preset's)", ge=-1)
+    eval_size: str = _help(
+        "auto", "auto (the preset's: gpt2-xl on gpu) | gpt2-xl | gpt2-large | distilgpt2 | tiny | toy"
+    )
+    eval_docs: int = _help(0, "documents for the adaptation timing (0: the preset's)", ge=0)
+    eval_questions: int = _help(0, "questions for the generation timing (0: the preset's)", ge=0)
+    dtype: str = _help(
+        "auto", "auto (the preset's) | float32 | bfloat16: adaptation/generation only; the tape stays float32"
+    )
     modes: str = _help("unroll_padded,unroll,adjoint", "comma-separated meta-step modes")
     adjoint_keep_last: int = _help(
         1, "adjoint mode: inner steps whose graph is kept from the forward pass", ge=0
+    )
+    compile: bool = _help(
+        False,
+        "torch.compile the weighting model in every mode and the adaptation model (the base model's tape "
+        "needs double backward, which torch.compile lacks)",
     )
     seed: int = _help(0, "seed")
 
     def __post_init__(self) -> None:
         check_bounds(self)
+        _check_choice("preset", self.preset, ("auto", "toy", "cpu", "gpu"))
+        _check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16"))
+        _check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        sizes = ("auto", "toy", "tiny", "cpu", "distilgpt2", "gpt2-large", "gpt2-xl")
+        _check_choice("size", self.size, sizes)
+        _check_choice("eval_size", self.eval_size, sizes)
 
 
 @dataclasses.dataclass

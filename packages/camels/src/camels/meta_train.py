@@ -21,7 +21,7 @@ from lmlab.device import resolve_accelerator, resolve_attn_implementation
 from lmlab.errors import LmlabError
 from lmlab.io import finish_run, results_report, write_json
 from lmlab.seed import seed_everything
-from lmlab.training import StepSampler, build_trainer
+from lmlab.training import StepSampler, build_trainer, compile_module
 from torch.utils.data import DataLoader
 
 from camels.config import MetaTrainConfig, validation_updates
@@ -285,6 +285,8 @@ def run_meta_train(cfg: MetaTrainConfig) -> dict[str, Any]:
     check_vocab(tok, base, f"--base_model {cfg.base_model}")
     weight_model = build_weight_model(cfg, base, attn)
     check_vocab(tok, weight_model.encoder, f"the weighting model's encoder ({cfg.pretrained_model})")
+    # the weighting model only: the base model's inner-loop tape needs double backward, which torch.compile lacks
+    compile_module(weight_model, cfg.compile)
     out = Path(cfg.output_dir)
     ckpt = checked_resume(cfg, out, "meta-train", "batches_seen")
     module = MetaTrainModule(weight_model, base, tok, rows, val_rows, loc, val_loc, cfg)

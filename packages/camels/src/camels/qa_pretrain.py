@@ -15,7 +15,7 @@ from lmlab.callbacks import check_finite
 from lmlab.config import save_config
 from lmlab.io import finish_run, results_report, write_json
 from lmlab.seed import seed_everything
-from lmlab.training import StepSampler, build_trainer
+from lmlab.training import StepSampler, build_trainer, compile_module
 from torch.utils.data import DataLoader
 
 from camels.config import QaPretrainConfig, validation_updates
@@ -137,6 +137,7 @@ def run_qa_pretrain(cfg: QaPretrainConfig) -> dict[str, Any]:
     val = [(q, a) for _, q, a in load_rows(cfg.dataset, cfg.val_path)][: cfg.val_max_pairs]
     model = load_causal_lm(cfg.model, attn_implementation=cfg.attn_implementation)
     check_vocab(tok, model, f"--model {cfg.model}")
+    compile_module(model, cfg.compile)  # in place: model/ and the checkpoints keep the eager keys
     out = Path(cfg.output_dir)
     ckpt = checked_resume(cfg, out, "qa-pretrain", "samples_seen")
     module = QaPretrainModule(model, tok, train, val, cfg)
