@@ -9,15 +9,11 @@ reproduce-mode_connectivity: $(MC_OUT)/REPORT.md ## mode connectivity (Qin et al
 $(MC_OUT)/REPORT.md: $(INSTALL_STAMP)
 	$(VENV_BIN)/mode-connectivity reproduce --output_dir $(MC_OUT)
 
-bench-mode_connectivity: $(MC_OUT)/bench.json ## mode connectivity: in-place sweep vs reload per point (CPU, tiny T5)
+bench-mode_connectivity: $(MC_OUT)/bench.json ## mode connectivity: in-place sweep vs reload per point, full model and adapters (CPU preset, tiny T5)
 
 $(MC_OUT)/bench.json: $(INSTALL_STAMP)
-	OMP_NUM_THREADS=1 $(VENV_BIN)/mode-connectivity bench --config tiny --n_eval 256 --points 26 --mode both --tune_method adapter --output_dir $(MC_OUT)/bench-tiny-adapter-tmp
-	OMP_NUM_THREADS=1 $(VENV_BIN)/mode-connectivity bench --config tiny --n_eval 256 --points 26 --mode both --tune_method model --output_dir $(MC_OUT)
-	cp $(MC_OUT)/bench-tiny-adapter-tmp/bench.json $(MC_OUT)/bench-adapter.json
-	cp $(MC_OUT)/bench-tiny-adapter-tmp/bench.md $(MC_OUT)/bench-adapter.md
-	rm -rf $(MC_OUT)/bench-tiny-adapter-tmp
+	$(VENV_BIN)/mode-connectivity bench --preset cpu --output_dir $(MC_OUT)
 
-# on a CUDA machine (the lead's run): T5-base-shaped full model, bf16 autocast with fp32 master weights
+# on a CUDA machine: T5-base-shaped, bf16 autocast with fp32 master weights (also part of the root `make bench-gpu`)
 bench-mode_connectivity-gpu: $(INSTALL_STAMP) ## on a CUDA machine: sweep vs reload, T5-base shape (bf16)
-	$(VENV_BIN)/mode-connectivity bench --config t5-base-shaped --n_eval 256 --points 26 --mode both --tune_method model --device cuda --bf16 --output_dir $(MC_OUT)/bench-gpu
+	$(VENV_BIN)/mode-connectivity bench --preset gpu --output_dir $(MC_OUT)/bench-gpu

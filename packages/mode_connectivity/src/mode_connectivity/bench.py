@@ -1,34 +1,67 @@
 """`bench` (spec §12): the in-place sweep engine against the reference's reload-per-point approach, in one
-run, on a randomly initialised T5 (no download).
+run, on a randomly initialised T5 (no download), for the full model and for adapters.
 
-naive (per point): re-read both endpoint files, build the model from its directory, load the interpolated
-state dict, move it to the device, evaluate. efficient: endpoints loaded once onto the device, the
-interpolated tensors written in place (`torch._foreach_lerp_`), evaluate. Overhead = everything at a point
-but the evaluation (timed separately at the same point). With `--mode both` the engines alternate point by
-point so that changing machine load affects both alike.
+Three arms, timed by `lmlab.bench.interleave` in rounds whose order rotates (after `--warmup` untimed calls of
+each), one round per grid point:
+
+- reload (the reference, per point): re-read both endpoint files, build the model from its directory, load the
+  interpolated state dict, move it to the device;
+- in-place sweep: endpoints loaded once onto the device, the interpolated tensors written into the live
+  parameters (`torch._foreach_lerp_`);
+- evaluation: the loss (or generation) over the eval set at the current point, the same for both engines.
+
+Rows per tune method: sweep overhead vs reload (how many times less), time per point end to end (sweep +
+evaluation vs reload + evaluation, summed round by round), and the sweep's overhead as a fraction of the
+evaluation. After the timing both engines are evaluated at the first, middle and last grid points and their
+losses compared (`max_loss_diff`, `same_losses`).
 """
 
 from __future__ import annotations
 
-import json
-import platform
+import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from lmlab.logging import get_logger
+from lmlab.bench import comparison, environment, interleave, write_bench
+from lmlab.errors import LmlabError
+from lmlab.training import compile_module
 
 from mode_connectivity.models import delta_state, load_checkpoint, prepare_model, save_checkpoint
 from mode_connectivity.sweep import InterpolationSweep, interpolate_state_dicts, interpolation_grid
 
-log = get_logger("mode-connectivity")
-
 CONFIGS = {
-    "tiny": {"d_model": 64, "d_ff": 128, "num_layers": 2, "num_heads": 4, "vocab_size": 1100},
-    "t5-base-shaped": {"d_model": 768, "d_ff": 2048, "num_layers": 12, "num_heads": 12, "vocab_size": 32128},
-}
+    "tiny": {"d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4, "vocab_size": 1100},
+    "t5-base-shaped": {"d_model": 768, "d_kv": 64, "d_ff": 2048, "num_layers": 12, "num_heads": 12, "vocab_size": 32128},
+}  # fmt: skip
+# what `-1`/`auto` mean under each preset
+PRESETS = {
+    "toy": {"model_config": "tiny", "n_eval": 8, "points": 4, "warmup": 1, "seq_len": 16, "batch_size": 4,
+            "dtype": "fp32", "device": "cpu"},
+    "cpu": {"model_config": "tiny", "n_eval": 256, "points": 26, "warmup": 2, "seq_len": 64, "batch_size": 32,
+            "dtype": "fp32", "device": "cpu"},
+    "gpu": {"model_config": "t5-base-shaped", "n_eval": 256, "points": 26, "warmup": 1, "seq_len": 64,
+            "batch_size": 32, "dtype": "bf16", "device": "cuda"},
+}  # fmt: skip
+ADAPTER_SIZE = 12
+LABELS = {"model": "full model", "adapter": "adapters"}
+# spec §12: the GPU acceptance (T5-base-shaped full model) is an overhead at least 20x smaller than reloading
+# (233x measured on an H100, the figure to keep); efficient per-point time below naive and overhead <= 5% of the
+# evaluation are the spec's tiny-CPU acceptance, held on every preset
+OVERHEAD_TARGET = ">= 20"
+
+
+def _resolve(cfg) -> dict[str, Any]:
+    """The preset's values for every field left at -1/auto."""
+    preset = cfg.preset
+    if preset == "auto":
+        preset = "gpu" if torch.cuda.is_available() else "cpu"
+    chosen = {"preset": preset}
+    for key, value in PRESETS[preset].items():
+        mine = getattr(cfg, key)
+        chosen[key] = value if mine in (-1, "auto") else mine
+    return chosen
 
 
 def _config(name: str):
@@ -36,24 +69,19 @@ def _config(name: str):
 
     c = CONFIGS[name]
     return T5Config(
-        vocab_size=c["vocab_size"], d_model=c["d_model"], d_kv=64 if name != "tiny" else 16, d_ff=c["d_ff"],
+        vocab_size=c["vocab_size"], d_model=c["d_model"], d_kv=c["d_kv"], d_ff=c["d_ff"],
         num_layers=c["num_layers"], num_decoder_layers=c["num_layers"], num_heads=c["num_heads"],
         feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
         decoder_start_token_id=0, dropout_rate=0.0,
     )  # fmt: skip
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _eval_batches(cfg, vocab: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(cfg.seed)
+def _eval_batches(run: dict[str, Any], seed: int, vocab: int, device: torch.device):
+    g = torch.Generator().manual_seed(seed)
     out = []
-    for s in range(0, cfg.n_eval, cfg.batch_size):
-        n = min(cfg.batch_size, cfg.n_eval - s)
-        ids = torch.randint(3, vocab, (n, cfg.seq_len), generator=g)
+    for s in range(0, run["n_eval"], run["batch_size"]):
+        n = min(run["batch_size"], run["n_eval"] - s)
+        ids = torch.randint(3, vocab, (n, run["seq_len"]), generator=g)
         labels = torch.randint(3, vocab, (n, 4), generator=g)
         labels[:, -1] = 1
         out.append(
@@ -69,11 +97,7 @@ def _eval_batches(cfg, vocab: int, device: torch.device) -> list[dict[str, torch
 @torch.no_grad()
 def _evaluate(model, batches, mode: str, bf16: bool) -> float:
     device = next(model.parameters()).device
-    ctx = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if bf16
-        else torch.autocast(device.type, enabled=False)
-    )
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     total = 0.0
     with ctx:
         for b in batches:
@@ -90,148 +114,157 @@ def _evaluate(model, batches, mode: str, bf16: bool) -> float:
     return total / max(1, len(batches))
 
 
-def _build(model_dir: Path, tune_method: str, device: torch.device):
+def _build(model_dir: Path, tune_method: str, device: torch.device, compiled: bool):
     from transformers import T5ForConditionalGeneration
 
     model = T5ForConditionalGeneration.from_pretrained(model_dir)
     if tune_method == "adapter":
         torch.manual_seed(0)
-        model = prepare_model(model, "adapter", adapter_size=12)
-    return model.to(device).eval()
+        model = prepare_model(model, "adapter", adapter_size=ADAPTER_SIZE)
+    return compile_module(model.to(device).eval(), compiled)
 
 
-def run_bench(cfg) -> dict[str, Any]:
-    import transformers
-    from lmlab.device import torch_device
+def _reload(base: Path, paths: list[Path], tune_method: str, a: float, device, compiled: bool):
+    """The reference's point: both checkpoints read again, the model rebuilt, the interpolation loaded."""
+    t1, _ = load_checkpoint(paths[0])
+    t2, _ = load_checkpoint(paths[1])
+    model = _build(base, tune_method, device, compiled)
+    state = interpolate_state_dicts(t1, t2, a)
+    with torch.no_grad():
+        for k, v in delta_state(model, tune_method).items():
+            v.copy_(state[k].to(device))
+    return model
 
-    device = torch_device(cfg.device)
-    bf16 = bool(cfg.bf16) and device.type == "cuda"
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    grid = interpolation_grid(cfg.points)
-    tmp = Path(tempfile.mkdtemp(prefix="mc-bench-"))
+
+def _endpoints(tmp: Path, tune_method: str, seed: int) -> list[Path]:
+    """Two random endpoints on disk: the base perturbed (full model) or two random adapter sets."""
     from transformers import T5ForConditionalGeneration
 
-    torch.manual_seed(cfg.seed)
-    base = T5ForConditionalGeneration(_config(cfg.model_config))
-    base.save_pretrained(tmp / "base")
     paths = []
-    for k in range(2):  # two random endpoints
-        torch.manual_seed(cfg.seed + 1 + k)
+    for k in range(2):
+        torch.manual_seed(seed + 1 + k)
         m = prepare_model(
-            T5ForConditionalGeneration.from_pretrained(tmp / "base"), cfg.tune_method, adapter_size=12
+            T5ForConditionalGeneration.from_pretrained(tmp / "base"), tune_method, adapter_size=ADAPTER_SIZE
         )
-        if cfg.tune_method == "model":
+        if tune_method == "model":
             with torch.no_grad():
                 for p in m.parameters():
                     p.add_(torch.randn_like(p) * 0.01)
-        paths.append(save_checkpoint(tmp / f"end{k}", m, cfg.tune_method, {"step": 0}))
-        del m
-    vocab = base.config.vocab_size
-    del base
-    batches = _eval_batches(cfg, vocab, device)
-    result: dict[str, Any] = {
-        "config": cfg.model_config, "tune_method": cfg.tune_method, "bench_eval": cfg.bench_eval, "n_eval": cfg.n_eval,
-        "points": cfg.points, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "dtype": "bf16-autocast" if bf16 else "fp32", "torch": torch.__version__,
-        "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-    }  # fmt: skip
-    losses: dict[str, list[float]] = {}
-    timings: dict[str, dict[str, list[float]]] = {}
-    engines = ["efficient", "naive"] if cfg.mode == "both" else [cfg.mode]
-    sweep = model = None
-    if "efficient" in engines:
-        model = _build(tmp / "base", cfg.tune_method, device)
-        t1, _ = load_checkpoint(paths[0])
-        t2, _ = load_checkpoint(paths[1])
-        sweep = InterpolationSweep(delta_state(model, cfg.tune_method), t1, t2)
-        result["interpolated_numbers"] = sum(t.numel() for t in t1.values())
-        _evaluate(model, batches[:1], cfg.bench_eval, bf16)  # warm-up
-    # the engines alternate point by point, so a change in machine load hits both alike; each engine's
-    # overhead is measured against its own evaluation time at the same point
-    for a in grid:
-        for engine in engines:
-            _sync(device)
-            t0 = time.perf_counter()
-            if engine == "efficient":
-                sweep.set(a)
-                current = model
-            else:
-                a1, _ = load_checkpoint(paths[0])
-                a2, _ = load_checkpoint(paths[1])
-                current = _build(tmp / "base", cfg.tune_method, device)
-                state = interpolate_state_dicts(a1, a2, a)
-                live = delta_state(current, cfg.tune_method)
-                with torch.no_grad():
-                    for k, v in live.items():
-                        v.copy_(state[k].to(device))
-                del a1, a2, state
-            _sync(device)
-            t1_ = time.perf_counter()
-            loss = _evaluate(current, batches, cfg.bench_eval, bf16)
-            _sync(device)
-            t2_ = time.perf_counter()
-            rec = timings.setdefault(engine, {"overhead": [], "eval": []})
-            rec["overhead"].append(t1_ - t0)
-            rec["eval"].append(t2_ - t1_)
-            losses.setdefault(engine, []).append(loss)
-            if engine == "naive":
-                del current
-    n = len(grid)
-    for engine, rec in timings.items():
-        over, ev = sum(rec["overhead"]) / n, sum(rec["eval"]) / n
-        result[engine] = {
-            "seconds_per_point": over + ev,
-            "eval_seconds_per_point": ev,
-            "overhead_seconds_per_point": over,
-            "overhead_fraction_of_eval": over / ev,
-        }
-    if "naive" in result and "efficient" in result:
-        e, nv = result["efficient"], result["naive"]
-        result["speedup_per_point"] = nv["seconds_per_point"] / e["seconds_per_point"]
-        result["overhead_ratio_naive_over_efficient"] = nv["overhead_seconds_per_point"] / max(
-            e["overhead_seconds_per_point"], 1e-9
+        paths.append(save_checkpoint(tmp / f"{tune_method}-end{k}", m, tune_method, {"step": 0}))
+    return paths
+
+
+def _bench_method(cfg, run, tune_method: str, tmp: Path, device, batches, sync) -> list[dict[str, Any]]:
+    bf16 = run["dtype"] == "bf16"
+    paths = _endpoints(tmp, tune_method, cfg.seed)
+    model = _build(tmp / "base", tune_method, device, cfg.compile)
+    t1, _ = load_checkpoint(paths[0])
+    t2, _ = load_checkpoint(paths[1])
+    sweep = InterpolationSweep(delta_state(model, tune_method), t1, t2)
+    numbers = sum(t.numel() for t in t1.values())
+    del t1, t2
+    grid = interpolation_grid(run["points"])
+    at = {"sweep": 0, "reload": 0}
+    holder: dict[str, Any] = {}
+
+    def sweep_arm():
+        sweep.set(grid[at["sweep"] % len(grid)])
+        at["sweep"] += 1
+
+    def reload_arm():
+        holder.pop("model", None)  # one rebuilt model alive at a time, as in the reference
+        holder["model"] = _reload(
+            tmp / "base", paths, tune_method, grid[at["reload"] % len(grid)], device, cfg.compile
         )
-        result["same_losses"] = (
-            max(abs(x - y) for x, y in zip(losses["naive"], losses["efficient"], strict=True)) < 1e-3
+        at["reload"] += 1
+
+    def eval_arm():
+        _evaluate(model, batches, cfg.bench_eval, bf16)
+
+    times = interleave(
+        {"in-place sweep": sweep_arm, "reload per point": reload_arm, "evaluation": eval_arm},
+        rounds=run["points"],
+        warmup=run["warmup"],
+        sync=sync,
+    )
+    holder.clear()
+    diffs = []
+    for a in sorted({grid[0], grid[len(grid) // 2], grid[-1]}):
+        sweep.set(a)
+        reloaded = _reload(tmp / "base", paths, tune_method, a, device, cfg.compile)
+        diffs.append(
+            abs(_evaluate(model, batches, "loss", bf16) - _evaluate(reloaded, batches, "loss", bf16))
         )
-    (out / "bench.json").write_text(json.dumps(result, indent=1))
-    (out / "bench.md").write_text(bench_markdown(result))
-    print(bench_markdown(result))
-    print(f"results in {out}")
-    import shutil
+        del reloaded
+    label = LABELS[tune_method]
+    shape = f"{run['model_config']} T5"
+    gpu = run["preset"] == "gpu"
+    extra = {
+        "tune_method": tune_method,
+        "interpolated_numbers": numbers,
+        "max_loss_diff": max(diffs),
+        "same_losses": max(diffs) < 1e-3,
+        "compile": cfg.compile,
+    }
+    sweep_t, reload_t, eval_t = (times[k] for k in ("in-place sweep", "reload per point", "evaluation"))
+    per_point = {
+        "sweep + evaluation": [s + e for s, e in zip(sweep_t, eval_t, strict=True)],
+        "reload + evaluation": [r + e for r, e in zip(reload_t, eval_t, strict=True)],
+    }
+    return [
+        comparison(
+            "mode_connectivity", f"sweep overhead per point vs reload, {shape}, {label} (x less)",
+            "in-place sweep", "reload per point", times, speedup=True,
+            target=OVERHEAD_TARGET if gpu and tune_method == "model" else None, **extra,
+        ),
+        comparison(
+            "mode_connectivity", f"time per point, {shape}, {label} (x faster)",
+            "sweep + evaluation", "reload + evaluation", per_point, speedup=True, target="> 1", **extra,
+        ),
+        comparison(
+            "mode_connectivity", f"sweep overhead / evaluation per point, {shape}, {label}",
+            "in-place sweep", "evaluation", times, target="<= 0.05", **extra,
+        ),
+    ]  # fmt: skip
 
-    shutil.rmtree(tmp, ignore_errors=True)
-    return {k: v for k, v in result.items() if isinstance(v, int | float | str | bool)}
 
+def run_bench(cfg) -> dict[str, Any]:
+    from lmlab.device import torch_device
+    from transformers import T5ForConditionalGeneration
+    from transformers.utils import logging as hf_logging
 
-def bench_markdown(r: dict[str, Any]) -> str:
-    lines = [
-        f"# bench: {r['config']} T5, tune_method {r['tune_method']}, eval {r['bench_eval']}, "
-        f"{r['n_eval']} examples x {r['points']} points on {r['device']} ({r['device_name']}, {r['dtype']})",
-        "",
-        "| engine | s / point | eval-only s / point | overhead s / point | overhead / eval |",
-        "|---|---|---|---|---|",
-    ]
-    for k in ("naive", "efficient"):
-        if k in r:
-            x = r[k]
-            frac = (
-                x["overhead_seconds_per_point"] / x["eval_seconds_per_point"]
-                if x["eval_seconds_per_point"]
-                else 0.0
-            )
-            lines.append(
-                f"| {k} | {x['seconds_per_point']:.4f} | {x['eval_seconds_per_point']:.4f} | "
-                f"{x['overhead_seconds_per_point']:.5f} | {100 * frac:.2f}% |"
-            )
-    if "speedup_per_point" in r:
-        lines += [
-            "",
-            f"speed-up per point {r['speedup_per_point']:.2f}x; overhead naive / efficient "
-            f"{r['overhead_ratio_naive_over_efficient']:.0f}x; same losses on both paths: {r['same_losses']}",
-        ]
-    return "\n".join(lines) + "\n"
+    hf_logging.disable_progress_bar()  # the reload arm loads the model at every point: one bar each
+    run = _resolve(cfg)
+    device = torch_device(run["device"])
+    if run["dtype"] == "bf16" and device.type != "cuda":
+        raise LmlabError("--dtype bf16 (bf16 autocast) needs a CUDA device; use --dtype fp32 on the CPU")
+    sync = None
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
+    methods = ["model", "adapter"] if cfg.tune_method == "both" else [cfg.tune_method]
+    tmp = Path(tempfile.mkdtemp(prefix="mc-bench-"))
+    try:
+        torch.manual_seed(cfg.seed)
+        base = T5ForConditionalGeneration(_config(run["model_config"]))
+        base.save_pretrained(tmp / "base")
+        vocab = base.config.vocab_size
+        del base
+        batches = _eval_batches(run, cfg.seed, vocab, device)
+        rows = [r for m in methods for r in _bench_method(cfg, run, m, tmp, device, batches, sync)]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    c = CONFIGS[run["model_config"]]
+    shapes = {
+        "model": f"{run['model_config']} T5 (d_model {c['d_model']}, {c['num_layers']}+{c['num_layers']} layers, "
+        f"d_ff {c['d_ff']}, vocab {c['vocab_size']}), random weights",
+        "adapter_size": ADAPTER_SIZE,
+        "eval": f"{cfg.bench_eval}, {run['n_eval']} examples, batch {run['batch_size']}, length {run['seq_len']}",
+        "points": run["points"],
+        "warmup": run["warmup"],
+        "preset": run["preset"],
+    }
+    dtype = "bf16 autocast, fp32 weights" if run["dtype"] == "bf16" else "fp32"
+    write_bench(rows, environment(device, dtype, shapes), cfg.output_dir, "bench")
+    print(f"results in {cfg.output_dir}")
+    return {f"{r['method']} vs {r['baseline']}, {r['tune_method']}": r["ratio"] for r in rows}

@@ -308,31 +308,47 @@ class MakeTinyConfig:
 
 @dataclass
 class BenchConfig:
-    model_config: str = _h(
-        "tiny", "tiny | t5-base-shaped (random weights, no download); `--config tiny` sets it"
+    preset: str = _h(
+        "auto",
+        "auto (gpu on CUDA, cpu otherwise) | toy (seconds, for tests) | cpu (tiny T5, 256 examples x 26 points, "
+        "fp32) | gpu (T5-base shape, 256 examples x 26 points, bf16 autocast, one GPU)",
     )
-    n_eval: int = _h(256, "evaluation examples", ge=1)
-    points: int = _h(26, "grid points", ge=2)
-    mode: str = _h("both", "naive | efficient | both")
-    tune_method: str = _h("model", "model | adapter")
+    model_config: str = _h(
+        "auto",
+        "auto (the preset's) | tiny | t5-base-shaped (random weights, no download); `--config tiny` sets it",
+    )
+    tune_method: str = _h("both", "both | model | adapter: the sweeps timed (three rows each)")
     bench_eval: str = _h("loss", "loss (teacher-forced loss over the eval set) | generate")
-    seq_len: int = _h(64, "encoder length of the random eval inputs", ge=1)
-    batch_size: int = _h(32, "eval batch size", ge=1)
-    device: str = _h("auto", "auto | cpu | cuda")
-    bf16: bool = _h(False, "bf16 autocast for the forward (fp32 master weights)")
+    n_eval: int = _h(-1, "evaluation examples (-1: the preset's)", ge=-1)
+    points: int = _h(-1, "grid points; one timed round per point, so at least 3 (-1: the preset's)", ge=-1)
+    warmup: int = _h(-1, "untimed calls of every arm before the timed rounds (-1: the preset's)", ge=-1)
+    seq_len: int = _h(-1, "encoder length of the random eval inputs (-1: the preset's)", ge=-1)
+    batch_size: int = _h(-1, "eval batch size (-1: the preset's)", ge=-1)
+    device: str = _h("auto", "auto (the preset's: cuda for gpu, cpu otherwise) | cpu | cuda")
+    dtype: str = _h("auto", "auto (the preset's) | fp32 | bf16 (bf16 autocast over fp32 weights; CUDA only)")
+    compile: bool = _h(False, "torch.compile the models evaluated in both arms (in place)")
     output_dir: str = _h("runs/bench", "bench.json and bench.md go here")
     seed: int = _h(0, "seed")
 
     def __post_init__(self) -> None:
         check_bounds(self)
-        if self.model_config not in ("tiny", "t5-base-shaped"):
-            raise ValueError("--model_config (or --config) must be tiny or t5-base-shaped")
-        if self.mode not in ("naive", "efficient", "both"):
-            raise ValueError("--mode must be naive, efficient or both")
-        if self.tune_method not in ("model", "adapter"):
-            raise ValueError("--tune_method must be model or adapter")
+        if self.preset not in ("auto", "toy", "cpu", "gpu"):
+            raise ValueError("--preset must be auto, toy, cpu or gpu")
+        if self.model_config not in ("auto", "tiny", "t5-base-shaped"):
+            raise ValueError("--model_config (or --config) must be auto, tiny or t5-base-shaped")
+        if self.tune_method not in ("both", "model", "adapter"):
+            raise ValueError("--tune_method must be both, model or adapter")
         if self.bench_eval not in ("loss", "generate"):
             raise ValueError("--bench_eval must be loss or generate")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ValueError("--dtype must be auto, fp32 or bf16")
+        if self.dtype == "bf16" and self.device == "cpu":
+            raise ValueError("--dtype bf16 (bf16 autocast) needs --device cuda; use --dtype fp32 on the CPU")
+        if 0 <= self.points < 3:
+            raise ValueError("--points must be -1 (the preset's) or at least 3 (one timed round per point)")
+        for name in ("n_eval", "seq_len", "batch_size"):
+            if getattr(self, name) == 0:
+                raise ValueError(f"--{name} must be -1 (the preset's) or at least 1")
 
 
 @dataclass

@@ -28,7 +28,7 @@ from lmlab.errors import LmlabError
 from lmlab.io import finish_run, is_done
 from lmlab.logging import get_logger
 from lmlab.seed import seed_everything
-from lmlab.training import build_trainer, resume_checkpoint
+from lmlab.training import build_trainer, compile_module, resume_checkpoint
 
 from mode_connectivity.curves import Curve, CurveSweep, curve_loss
 from mode_connectivity.data import EncodedSplit, TextTaskOptions, load_split, train_loader
@@ -51,7 +51,7 @@ class CurveModule(pl.LightningModule):
     ):
         super().__init__()
         self.checkpoint_dir = checkpoint_dir
-        self.cfg, self.model, self.curve = cfg, model, curve
+        self.cfg, self.model, self.curve = cfg, compile_module(model, cfg.compile), curve
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.train_split, self.pad_id = train_split, pad_id

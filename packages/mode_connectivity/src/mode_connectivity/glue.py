@@ -30,7 +30,7 @@ from lmlab.io import finish_run, is_done, results_report
 from lmlab.logging import get_logger
 from lmlab.metrics import glue_metrics
 from lmlab.seed import seed_everything
-from lmlab.training import StepSampler, build_trainer, param_groups, resume_checkpoint
+from lmlab.training import StepSampler, build_trainer, compile_module, param_groups, resume_checkpoint
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -245,7 +245,12 @@ def evaluate_glue(model, encoded, task: str, batch_size: int, pad_id: int) -> tu
 class GlueModule(pl.LightningModule):
     def __init__(self, cfg, model, train_items, pad_id: int):
         super().__init__()
-        self.cfg, self.model, self.train_items, self.pad_id = cfg, model, train_items, pad_id
+        self.cfg, self.model, self.train_items, self.pad_id = (
+            cfg,
+            compile_module(model, cfg.compile),
+            train_items,
+            pad_id,
+        )
         self.samples_seen = 0
 
     def training_step(self, batch, batch_idx):

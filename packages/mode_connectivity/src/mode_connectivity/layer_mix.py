@@ -18,7 +18,7 @@ import torch
 from lmlab.config import save_config
 from lmlab.errors import LmlabError
 from lmlab.io import finish_run, is_done, results_report
-from lmlab.training import build_trainer, resume_checkpoint
+from lmlab.training import build_trainer, compile_module, resume_checkpoint
 from torch import nn
 
 from mode_connectivity.data import EncodedSplit, TextTaskOptions, load_split, train_loader
@@ -68,7 +68,7 @@ class MixModule(pl.LightningModule):
         super().__init__()
         self.cfg, self.model, self.mixture, self.train_split, self.pad_id = (
             cfg,
-            model,
+            compile_module(model, cfg.compile),
             mixture,
             train_split,
             pad_id,

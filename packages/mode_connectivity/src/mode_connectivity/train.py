@@ -30,7 +30,7 @@ from lmlab.config import save_config
 from lmlab.errors import LmlabError
 from lmlab.io import finish_run, is_done, results_report
 from lmlab.logging import get_logger
-from lmlab.training import build_trainer, param_groups, resume_checkpoint
+from lmlab.training import build_trainer, compile_module, param_groups, resume_checkpoint
 
 from mode_connectivity.data import (
     EncodedSplit,
@@ -65,7 +65,7 @@ class T5TaskModule(pl.LightningModule):
         self, cfg, model, tokenizer, train_split: EncodedSplit, lr: float, micro: int, total_steps: int
     ):
         super().__init__()
-        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self.cfg, self.model, self.tokenizer = cfg, compile_module(model, cfg.compile), tokenizer
         self.train_split, self.lr, self.micro, self.total_steps = train_split, lr, micro, total_steps
         self.samples_seen = 0  # this rank's; all ranks together have read world * samples_seen
         self.world = 1
