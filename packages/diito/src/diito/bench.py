@@ -10,7 +10,8 @@ backward, norm clipping and an AdamW step. Arms (`--modes`):
 Each arm has its own copies of the teacher and student (same initial weights) and its own optimizer, so arms never
 share compiled graphs, dtypes or optimizer state. The arms are timed in interleaved rounds after warm-up
 (`lmlab.bench.interleave`); each row compares one arm with its baseline (median and min-max of the step time, the
-ratio of medians, tokens/s, peak memory on CUDA) and is printed and written by `lmlab.bench.write_bench`.
+ratio of medians, tokens/s, on CUDA the peak memory of the arm's first step) and is printed and written by
+`lmlab.bench.write_bench`.
 """
 
 from __future__ import annotations
@@ -158,15 +159,20 @@ def baseline_of(mode: str) -> str:
     return "standard"
 
 
-def peak_memory_gb(step, device: torch.device) -> float | None:
-    """Peak CUDA memory of one more step of an arm (after its timed rounds); None on CPU."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+def build_arm(cfg: BenchConfig, mode: str, teacher, student, batch, device: torch.device):
+    """(step, peak GB): the arm's step after one untimed first step (which allocates its optimizer state) and, on
+    CUDA, the peak memory of that step above what was allocated before the arm's model copies were made: its
+    teacher and student, optimizer state, gradients and activations, not what other arms hold (None on CPU)."""
+    cuda = device.type == "cuda"
+    before = torch.cuda.memory_allocated(device) if cuda else 0
+    step = make_step(cfg, mode, teacher, student, batch, device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     step()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 2**30
+    if not cuda:
+        return step, None
+    torch.cuda.synchronize(device)
+    return step, (torch.cuda.max_memory_allocated(device) - before) / 2**30
 
 
 def resolve(cfg: BenchConfig) -> tuple[BenchConfig, torch.device, str]:
@@ -206,16 +212,17 @@ def run_bench(cfg: BenchConfig) -> dict:
     cfg, device, preset = resolve(cfg)
     teacher, student = build_models(cfg.size, device, cfg.seed)
     batch = make_batch(cfg.batch_size, cfg.seq_len, teacher.config.vocab_size, device, cfg.seed)
-    arms = {m: make_step(cfg, m, teacher, student, batch, device) for m in cfg.modes}
+    arms, memory = {}, {}
+    for mode in cfg.modes:
+        arms[mode], memory[mode] = build_arm(cfg, mode, teacher, student, batch, device)
     del teacher, student
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     print(
-        f"[diito bench] preset {preset}: {len(arms)} arms ({', '.join(arms)}), {cfg.warmup} warm-up step(s) each, "
-        f"then {cfg.rounds} interleaved rounds",
+        f"[diito bench] preset {preset}: {len(arms)} arms ({', '.join(arms)}), a first step and {cfg.warmup} "
+        f"warm-up step(s) each, then {cfg.rounds} interleaved rounds",
         flush=True,
     )
     times = interleave(arms, rounds=cfg.rounds, warmup=cfg.warmup, sync=sync)
-    memory = {m: peak_memory_gb(step, device) for m, step in arms.items()}
     gpu_shapes = PRESETS["gpu"][:3] == (cfg.size, cfg.batch_size, cfg.seq_len) and device.type == "cuda"
     tokens = cfg.batch_size * cfg.seq_len
     (layers, hidden, _, _), s_layers, vocab, _ = SIZES[cfg.size]
