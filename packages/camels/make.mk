@@ -8,11 +8,11 @@ reproduce-camels: $(CAMELS_RESULTS)/report.md ## CaMeLS vs uniform / SSM / TF-ID
 $(CAMELS_RESULTS)/report.md: $(INSTALL_STAMP)
 	$(VENV_BIN)/camels reproduce --output_dir $(CAMELS_RESULTS)
 
-bench-camels: $(CAMELS_RESULTS)/bench.json ## meta-step time/memory: unroll padded, unroll, adjoint; adaptation and generation speed
+bench-camels: $(CAMELS_RESULTS)/bench.json ## meta-step time/memory (unroll padded, unroll, adjoint) in interleaved rounds, CPU sizes; adaptation and generation speed
 
 $(CAMELS_RESULTS)/bench.json: $(INSTALL_STAMP)
-	$(VENV_BIN)/camels bench --output_dir $(CAMELS_RESULTS)
+	$(VENV_BIN)/camels bench --preset cpu --output_dir $(CAMELS_RESULTS)
 
 # on a CUDA machine: DistilGPT-2-shaped meta-step at 6 x 1024 tokens, GPT-2 XL-shaped adaptation/generation in bf16
-bench-camels-gpu: $(INSTALL_STAMP) ## on a CUDA machine: the meta-step, adaptation and generation at the spec sizes
-	$(VENV_BIN)/camels bench --device cuda --dtype bfloat16 --output_dir $(CAMELS_RESULTS)/gpu
+bench-camels-gpu: $(INSTALL_STAMP) ## on a CUDA machine: the meta-step, adaptation and generation at the issue's sizes (--preset gpu)
+	$(VENV_BIN)/camels bench --preset gpu --output_dir $(CAMELS_RESULTS)/gpu

@@ -272,6 +272,25 @@ def test_p9_adjoint_equals_unroll(sequential, steps, dropout, keep):
         assert torch.allclose(params["adjoint"][n], params["unroll"][n], rtol=0, atol=1e-12)
 
 
+def test_p9_adjoint_equals_unroll_with_weighting_model_dropout():
+    """The adjoint mode re-runs the weighting model's forward for its backward (activation checkpointing): with
+    dropout in both models it replays the same masks, so the gradients are unroll's."""
+    model, _ = base(dropout=0.2)
+    vocab = model.config.vocab_size
+    batch, loc = make_batch(vocab, lengths=(7, 5, 6)), loc_batch(vocab)
+    grads = {}
+    for mode in ("unroll", "adjoint"):
+        wm = weighter(dropout=0.3).train()
+        cfg = MetaConfig(inner_lr=1.0, max_text_len=8, meta_grad_mode=mode, c_norm=0.1)
+        torch.manual_seed(7)
+        meta_step(wm, model, base_params(model), batch, loc, cfg)
+        grads[mode] = torch.cat([p.grad.flatten() for p in wm.parameters()])
+        grads[mode + "_rng"] = torch.rand(1)  # both modes leave the generator at the same point
+    assert grads["unroll"].abs().max() > 0
+    assert rel(grads["adjoint"], grads["unroll"]) < 1e-9
+    assert torch.equal(grads["adjoint_rng"], grads["unroll_rng"])
+
+
 # -------------------------------------------------------------------------------------------------- P6, P7
 
 
