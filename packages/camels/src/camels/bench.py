@@ -6,7 +6,7 @@ synthetic batch, both built once and shared by every mode.
 
 Peak memory is measured above the built models, read before any step: on CUDA per timed round
 (`torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`, minus what is allocated before the round);
-on the CPU in its own spawned process per mode (so no mode inherits another's heap), one value per round:
+on the CPU in a fresh process per mode (so no mode inherits another's heap), one value per round:
 the peak resident set (VmHWM, reset through /proc/self/clear_refs) above the resident set before the round,
 with the freed heap handed back to the system (malloc_trim) before each round. Every mode also reports the
 weighting-model head gradient of one dropout-free step, so the modes can be checked against each other at
@@ -204,8 +204,10 @@ def cpu_memory_rounds(mode: str, opts: dict[str, Any]) -> list[float]:
 
 
 def _cpu_memory(modes: list[str], opts: dict[str, Any]) -> dict[str, list[float]]:
-    ctx = mp.get_context("spawn")
-    # a fresh process per mode, side by side (memory is per process; the timing rounds are done by now)
+    # a fresh process per mode, side by side (memory is per process; the timing rounds are done by now), forked
+    # from a server that has imported the modules but run no step, so no process pays the imports again
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["camels.bench", "camels.meta", "camels.weighting", "transformers"])
     with ctx.Pool(len(modes), maxtasksperchild=1) as pool:
         peaks = pool.starmap(cpu_memory_rounds, [(mode, opts) for mode in modes], chunksize=1)
     return dict(zip(modes, peaks, strict=True))
@@ -376,7 +378,7 @@ def run_bench(cfg: Any) -> dict[str, Any]:
         memory = {mode: values[opts["warmup"] :] for mode, values in memory.items()}
     else:
         del setup
-        print("[camels bench] CPU peak memory: one spawned process per mode ...", flush=True)
+        print("[camels bench] CPU peak memory: a fresh process per mode ...", flush=True)
         memory = _cpu_memory(modes, opts)
     ref = grads.get("unroll", next(iter(grads.values())))
     grad_diff = {
