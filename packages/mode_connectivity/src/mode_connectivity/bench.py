@@ -38,11 +38,11 @@ CONFIGS = {
 # what `-1`/`auto` mean under each preset
 PRESETS = {
     "toy": {"model_config": "tiny", "n_eval": 8, "points": 4, "warmup": 1, "seq_len": 16, "batch_size": 4,
-            "dtype": "fp32", "device": "cpu"},
+            "dtype": "fp32", "device": "cpu", "threads": 1},
     "cpu": {"model_config": "tiny", "n_eval": 256, "points": 26, "warmup": 2, "seq_len": 64, "batch_size": 32,
-            "dtype": "fp32", "device": "cpu"},
+            "dtype": "fp32", "device": "cpu", "threads": 1},
     "gpu": {"model_config": "t5-base-shaped", "n_eval": 256, "points": 26, "warmup": 1, "seq_len": 64,
-            "batch_size": 32, "dtype": "bf16", "device": "cuda"},
+            "batch_size": 32, "dtype": "bf16", "device": "cuda", "threads": 0},  # 0: leave
 }  # fmt: skip
 ADAPTER_SIZE = 12
 LABELS = {"model": "full model", "adapter": "adapters"}
@@ -238,6 +238,8 @@ def run_bench(cfg) -> dict[str, Any]:
     device = torch_device(run["device"])
     if run["dtype"] == "bf16" and device.type != "cuda":
         raise LmlabError("--dtype bf16 (bf16 autocast) needs a CUDA device; use --dtype fp32 on the CPU")
+    if run["threads"]:
+        torch.set_num_threads(run["threads"])  # recorded by environment()
     sync = None
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -327,6 +327,11 @@ class BenchConfig:
     device: str = _h("auto", "auto (the preset's: cuda for gpu, cpu otherwise) | cpu | cuda")
     dtype: str = _h("auto", "auto (the preset's) | fp32 | bf16 (bf16 autocast over fp32 weights; CUDA only)")
     compile: bool = _h(False, "torch.compile the models evaluated in both arms (in place)")
+    threads: int = _h(
+        -1,
+        "torch threads (-1: the preset's: 1 for toy and cpu, as the old OMP_NUM_THREADS=1; torch's own for gpu)",
+        ge=-1,
+    )
     output_dir: str = _h("runs/bench", "bench.json and bench.md go here")
     seed: int = _h(0, "seed")
 
@@ -346,7 +351,7 @@ class BenchConfig:
             raise ValueError("--dtype bf16 (bf16 autocast) needs --device cuda; use --dtype fp32 on the CPU")
         if 0 <= self.points < 3:
             raise ValueError("--points must be -1 (the preset's) or at least 3 (one timed round per point)")
-        for name in ("n_eval", "seq_len", "batch_size"):
+        for name in ("n_eval", "seq_len", "batch_size", "threads"):
             if getattr(self, name) == 0:
                 raise ValueError(f"--{name} must be -1 (the preset's) or at least 1")
 
