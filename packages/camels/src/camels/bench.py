@@ -46,7 +46,7 @@ PRESETS = {
     },
     "cpu": {  # under two minutes on two idle cores
         "device": "cpu", "size": "cpu", "n_docs": 6, "doc_len": 128, "max_text_len": 192, "qa_len": 32,
-        "loc_len": 192, "warmup": 1, "rounds": 3, "eval_size": "tiny", "eval_docs": 8, "eval_questions": 8,
+        "loc_len": 192, "warmup": 2, "rounds": 7, "eval_size": "tiny", "eval_docs": 8, "eval_questions": 8,
         "dtype": "float32",
     },
     "gpu": {  # issue 13's sizes: DistilGPT-2 shape, 6 documents of 1024 tokens; GPT-2 XL adaptation in bf16
@@ -183,8 +183,14 @@ def _release_heap() -> None:
 
 
 def _reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current resident set (Linux >= 4.0)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident set (Linux >= 4.0)
+    except OSError as e:
+        raise LmlabError(
+            f"the CPU memory figures reset the peak resident set through /proc/self/clear_refs ({e}); run the "
+            "bench on Linux, or on CUDA"
+        ) from None
 
 
 def cpu_memory_rounds(mode: str, opts: dict[str, Any]) -> list[float]:
@@ -336,6 +342,39 @@ def resolve(cfg: Any) -> tuple[str, dict[str, Any]]:
     return preset, p
 
 
+def _time_modes(
+    opts: dict[str, Any], cuda: bool
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, torch.Tensor]]:
+    """Seconds per meta-step of every mode in interleaved rounds; on CUDA also each timed round's peak memory
+    above what was allocated before any step (bytes; empty lists on the CPU); and each mode's head gradient."""
+    setup = MetaStepSetup(opts)
+    if cuda:
+        torch.cuda.synchronize()
+        models_bytes = torch.cuda.memory_allocated()  # before any step: the models and the batch
+    grads = {mode: setup.head_grad(mode) for mode in opts["modes"]}  # also the first warm-up step
+    memory: dict[str, list[float]] = {mode: [] for mode in opts["modes"]}
+
+    def arm(mode: str) -> Any:
+        if not cuda:
+            return lambda: setup.step(mode)
+
+        def measured() -> None:
+            torch.cuda.reset_peak_memory_stats()
+            setup.step(mode)
+            memory[mode].append(float(torch.cuda.max_memory_allocated() - models_bytes))
+
+        return measured
+
+    times = interleave(
+        {mode: arm(mode) for mode in opts["modes"]},
+        rounds=opts["rounds"],
+        warmup=opts["warmup"],
+        sync=torch.cuda.synchronize if cuda else None,
+    )
+    memory = {mode: values[opts["warmup"] :] for mode, values in memory.items()}  # not the warm-up steps'
+    return times, memory, grads
+
+
 PAIRS = (("adjoint", "unroll"), ("unroll", "unroll_padded"))
 
 
@@ -350,34 +389,8 @@ def run_bench(cfg: Any) -> dict[str, Any]:
         f"warm-up step(s) each, then {opts['rounds']} interleaved rounds",
         flush=True,
     )
-    setup = MetaStepSetup(opts)
-    if cuda:
-        torch.cuda.synchronize()
-        models_bytes = torch.cuda.memory_allocated()  # before any step: the models and the batch
-    grads = {mode: setup.head_grad(mode) for mode in modes}  # also the first warm-up step
-    memory: dict[str, list[float]] = {mode: [] for mode in modes}
-
-    def arm(mode: str) -> Any:
-        if not cuda:
-            return lambda: setup.step(mode)
-
-        def measured() -> None:
-            torch.cuda.reset_peak_memory_stats()
-            setup.step(mode)
-            memory[mode].append(float(torch.cuda.max_memory_allocated() - models_bytes))
-
-        return measured
-
-    times = interleave(
-        {mode: arm(mode) for mode in modes},
-        rounds=opts["rounds"],
-        warmup=opts["warmup"],
-        sync=torch.cuda.synchronize if cuda else None,
-    )
-    if cuda:  # drop the warm-up steps' peaks
-        memory = {mode: values[opts["warmup"] :] for mode, values in memory.items()}
-    else:
-        del setup
+    times, memory, grads = _time_modes(opts, cuda)
+    if not cuda:
         print("[camels bench] CPU peak memory: a fresh process per mode ...", flush=True)
         memory = _cpu_memory(modes, opts)
     ref = grads.get("unroll", next(iter(grads.values())))
@@ -426,8 +439,10 @@ def run_bench(cfg: Any) -> dict[str, Any]:
                 **common,
             )
         )
-    if not cuda:
-        torch.set_num_threads(opts["threads"])
+    if (
+        cuda
+    ):  # the meta-step's models are gone: the adaptation model (GPT-2 XL on the gpu preset) gets the memory
+        torch.cuda.empty_cache()
     dtype = torch.bfloat16 if opts["dtype"] == "bfloat16" else None
     print(f"[camels bench] adaptation + generation ({opts['eval_size']}) ...", flush=True)
     online = adaptation_bench(
