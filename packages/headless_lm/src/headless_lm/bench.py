@@ -49,7 +49,7 @@ PRESETS = {
         "clm_batch": 2,
         "clm_seq": 64,
         "mlm_batch": 2,
-        "mlm_seq": 128,
+        "mlm_seq": 64,
         "loss_k": 512,
         "loss_v": 50304,
         "loss_d": 512,
