@@ -60,6 +60,7 @@ PRESETS = {
 # carry no target (their shapes weigh parameter copies against activations differently)
 GPU_TARGETS = {"time": "<= 1.2", "memory": "<= 0.35"}
 MIB = 2**20
+PAIRS = (("adjoint", "unroll"), ("unroll", "unroll_padded"))  # (method, baseline) rows
 
 
 def _config(size: str, positions: int) -> Any:
@@ -326,9 +327,10 @@ def resolve(cfg: Any) -> tuple[str, dict[str, Any]]:
         )
     modes = [m.strip() for m in cfg.modes.split(",") if m.strip()]
     bad = sorted(set(modes) - {"unroll_padded", "unroll", "adjoint"})
-    if bad or not modes:
+    if bad or not any(m in modes and b in modes for m, b in PAIRS):
         raise LmlabError(
-            f"--modes takes unroll_padded, unroll and adjoint (comma-separated), got {cfg.modes!r}"
+            "--modes takes unroll_padded, unroll and adjoint, comma-separated, with at least one pair to compare "
+            f"(adjoint,unroll or unroll,unroll_padded), got {cfg.modes!r}"
         )
     p.update(
         doc_len=min(p["doc_len"], p["max_text_len"]),
@@ -373,9 +375,6 @@ def _time_modes(
     )
     memory = {mode: values[opts["warmup"] :] for mode, values in memory.items()}  # not the warm-up steps'
     return times, memory, grads
-
-
-PAIRS = (("adjoint", "unroll"), ("unroll", "unroll_padded"))
 
 
 def run_bench(cfg: Any) -> dict[str, Any]:
@@ -427,21 +426,19 @@ def run_bench(cfg: Any) -> dict[str, Any]:
                 **common,
             )
         )
-        mib = {mode: [v / MIB for v in values] for mode, values in memory.items()}
         rows.append(
             comparison(
                 "camels",
                 f"meta-step {memory_kind} ({shape})",
                 method,
                 baseline,
-                mib,
+                {mode: [v / MIB for v in values] for mode, values in memory.items()},
                 target=GPU_TARGETS["memory"] if gpu_target else None,
                 **common,
             )
         )
-    if (
-        cuda
-    ):  # the meta-step's models are gone: the adaptation model (GPT-2 XL on the gpu preset) gets the memory
+    # the meta-step's models are gone: the adaptation model (GPT-2 XL on the gpu preset) gets the memory
+    if cuda:
         torch.cuda.empty_cache()
     dtype = torch.bfloat16 if opts["dtype"] == "bfloat16" else None
     print(f"[camels bench] adaptation + generation ({opts['eval_size']}) ...", flush=True)
