@@ -9,6 +9,6 @@ results/invariant_lm/results.md: $(INSTALL_STAMP)
 
 bench-invariant_lm: results/invariant_lm/bench.json ## n-environment IRM-games update vs plain MLM update
 
-# --preset cpu (RoBERTa-base, 2 x 128, fp32) without a GPU, gpu (16 x 512, bf16) on one: interleaved rounds, medians
+# --preset cpu (RoBERTa-base, 1 x 128, fp32) without a GPU, gpu (16 x 512, bf16) on one: interleaved rounds, medians
 results/invariant_lm/bench.json: $(INSTALL_STAMP)
 	$(VENV_BIN)/invariant-lm bench --output_dir results/invariant_lm
