@@ -15,7 +15,8 @@ os.environ["WANDB_MODE"] = "disabled"
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="lmlab-hf-home-"))
 os.environ.setdefault("MPLBACKEND", "Agg")
-os.environ.setdefault("LMLAB_COMPILE_BACKEND", "aot_eager")  # --compile in tests: graph capture, no kernel builds
+# --compile in tests: the graph capture of torch.compile without minutes of kernel builds
+os.environ.setdefault("LMLAB_COMPILE_BACKEND", "aot_eager")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
