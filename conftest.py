@@ -59,3 +59,25 @@ def malicious_pickle(tmp_path):
         return marker
 
     return make
+
+
+def _assert_same(a, b, where="ckpt"):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+@pytest.fixture
+def same_state():
+    """`same_state(a, b, where)`: two nested containers (checkpoints, state dicts) are equal, every tensor
+    bit for bit (torch.equal, same dtype); a failure names the path of the first difference."""
+    return _assert_same

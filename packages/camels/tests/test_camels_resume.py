@@ -43,35 +43,19 @@ def _kill_at_step(monkeypatch, module, step):
     )
 
 
-def assert_same_tensors(a, b, where="ckpt"):
-    """Equal nested containers; tensors compared with torch.equal."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_same_tensors(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same_tensors(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
-def _compare_runs(resumed, straight, keys):
+def _compare_runs(resumed, straight, keys, same_state):
     a = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"]
     for key in keys:
-        assert_same_tensors(a[key], b[key], key)
+        same_state(a[key], b[key], key)
     rows = read_jsonl(resumed / "metrics.jsonl")
     assert rows == read_jsonl(straight / "metrics.jsonl")
     train_steps = [r["step"] for r in rows if any(k.startswith("train/") for k in r)]
     assert train_steps == sorted(set(train_steps))  # each step once
 
 
-def test_qa_pretrain_resumes_exactly_with_dropout(setup, monkeypatch, tmp_path):
+def test_qa_pretrain_resumes_exactly_with_dropout(setup, monkeypatch, tmp_path, same_state):
     root, data, base = setup
     args = ["qa-pretrain", "--dataset", "synthetic", "--model", str(base)]
     args += ["--train_path", str(data / "qa_train.csv"), "--val_path", str(data / "qa_val.csv")]
@@ -86,11 +70,13 @@ def test_qa_pretrain_resumes_exactly_with_dropout(setup, monkeypatch, tmp_path):
     )
     assert main([*args, "--output_dir", str(tmp_path / "resumed")]) == 0
     assert main([*args, "--output_dir", str(tmp_path / "straight")]) == 0
-    _compare_runs(tmp_path / "resumed", tmp_path / "straight", ["state_dict", "optimizer_states", "camels"])
+    _compare_runs(
+        tmp_path / "resumed", tmp_path / "straight", ["state_dict", "optimizer_states", "camels"], same_state
+    )
 
 
 @pytest.mark.parametrize("mode", ["unroll", "adjoint"])
-def test_meta_train_resumes_exactly_with_dropout(setup, monkeypatch, tmp_path, mode):
+def test_meta_train_resumes_exactly_with_dropout(setup, monkeypatch, tmp_path, mode, same_state):
     root, data, base = setup
     args = [
         "meta-train",
@@ -126,10 +112,12 @@ def test_meta_train_resumes_exactly_with_dropout(setup, monkeypatch, tmp_path, m
         assert main([*args, "--output_dir", str(tmp_path / "resumed")]) == 1
     assert main([*args, "--output_dir", str(tmp_path / "resumed")]) == 0
     assert main([*args, "--output_dir", str(tmp_path / "straight")]) == 0
-    _compare_runs(tmp_path / "resumed", tmp_path / "straight", ["state_dict", "optimizer_states", "camels"])
+    _compare_runs(
+        tmp_path / "resumed", tmp_path / "straight", ["state_dict", "optimizer_states", "camels"], same_state
+    )
 
 
-def test_eval_adaptation_resumes_exactly_with_dropout(setup, monkeypatch, tmp_path, capsys):
+def test_eval_adaptation_resumes_exactly_with_dropout(setup, monkeypatch, tmp_path, capsys, same_state):
     """eval checkpoints every 2 documents (model, Adam state, stream position, snapshots); killed at document 4
     of a 6-document stream (2 epochs of 3), it resumes after document 2 and ends exactly like a straight run."""
     root, data, base = setup
@@ -184,7 +172,7 @@ def test_eval_adaptation_resumes_exactly_with_dropout(setup, monkeypatch, tmp_pa
     a = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["camels_eval"]["docs_seen"] == 6
-    assert_same_tensors(a, b)  # parameters, Adam state, per-document losses, snapshot list
+    same_state(a, b)  # parameters, Adam state, per-document losses, snapshot list
     for n in (2, 4, 6):
         assert (resumed / f"step{n}_em.csv").read_text() == (straight / f"step{n}_em.csv").read_text()
     assert (resumed / "final_em.csv").read_text() == (straight / "final_em.csv").read_text()

@@ -56,28 +56,12 @@ def _kill_before_update(monkeypatch, update: int) -> None:
     )
 
 
-def assert_same(a, b, where="ckpt"):
-    """Equal nested containers; tensors compared with torch.equal."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
 def _without(rows: list[dict], *keys: str) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in keys} for r in rows]
 
 
 @pytest.mark.slow
-def test_killed_train_resumes_exactly_with_dropout(workdir, tmp_path, monkeypatch):
+def test_killed_train_resumes_exactly_with_dropout(workdir, tmp_path, monkeypatch, same_state):
     part, full = tmp_path / "part", tmp_path / "full"
     with monkeypatch.context() as m:
         _kill_before_update(m, 4)
@@ -92,11 +76,11 @@ def test_killed_train_resumes_exactly_with_dropout(workdir, tmp_path, monkeypatc
     assert a["global_step"] == b["global_step"] == 4
     assert len(a["optimizer_states"]) == len(a["lr_schedulers"]) == 3  # body + 2 heads
     for key in ("state_dict", "optimizer_states", "lr_schedulers", "loops"):
-        assert_same(a[key], b[key], key)
+        same_state(a[key], b[key], key)
     inv_a, inv_b = ({k: v for k, v in c["invariant"].items() if k != "train_seconds"} for c in (a, b))
-    assert_same(inv_a, inv_b, "invariant")
+    same_state(inv_a, inv_b, "invariant")
     wa, wb = (InvariantMLM.from_pretrained(d).state_dict() for d in (part, full))
-    assert_same(wa, wb, "model/")
+    same_state(wa, wb, "model/")
     rows = read_jsonl(part / "metrics.jsonl")
     assert _without(rows, "timestamp") == _without(read_jsonl(full / "metrics.jsonl"), "timestamp")
     steps = [r["step"] for r in rows if "loss" in r]
@@ -109,7 +93,7 @@ def test_killed_train_resumes_exactly_with_dropout(workdir, tmp_path, monkeypatc
     )
 
 
-def test_invariant_trainer_resumes_exactly_with_dropout(tmp_path):
+def test_invariant_trainer_resumes_exactly_with_dropout(tmp_path, same_state):
     from invariant_lm._testing import args, deep, tiny, tokenised
     from invariant_lm.model import InvariantMLM
     from invariant_lm.trainer import InvariantTrainer
@@ -132,7 +116,7 @@ def test_invariant_trainer_resumes_exactly_with_dropout(tmp_path):
     resumed.load_checkpoint(tmp_path / "ck")
     resumed.train(envs)
     assert resumed.updates == straight.updates == 4
-    assert_same(resumed.state_dict(), straight.state_dict(), "trainer")
+    same_state(resumed.state_dict(), straight.state_dict(), "trainer")
 
 
 def _fails(capsys, argv, code, *needles):
@@ -243,7 +227,7 @@ def test_crafted_pickles_are_refused_by_every_loading_path(workdir, tmp_path, ca
     assert not any(m.exists() for m in markers)
 
 
-def test_non_finite_gradient_norm_is_an_error_outside_fp16_only():
+def test_non_finite_gradient_norm_is_an_error_outside_fp16_only(same_state):
     from invariant_lm._testing import args, batches, snapshot, tiny
     from invariant_lm.model import InvariantMLM
     from invariant_lm.trainer import InvariantTrainer, environment_update
@@ -269,4 +253,4 @@ def test_non_finite_gradient_norm_is_an_error_outside_fp16_only():
     assert (
         not torch.isfinite(torch.tensor(norm)) and scaler.get_scale() == 2.0**15
     )  # fp16: an overflow, redone
-    assert_same(snapshot(model), before, "nothing stepped")
+    same_state(snapshot(model), before, "nothing stepped")
