@@ -20,6 +20,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lmlab.errors import LmlabError
+from lmlab.logging import JsonlLogger
 
 
 class LastStepCheckpoint(ModelCheckpoint):
@@ -88,16 +89,16 @@ class ExactResume(pl.Callback):
     ) -> None:
         if trainer.is_global_zero:
             for logger in trainer.loggers:
-                drop = getattr(logger, "drop_steps_after", None)
-                if drop is not None:
-                    drop(int(checkpoint.get("global_step", 0)))
+                if isinstance(logger, JsonlLogger):
+                    logger.drop_steps_after(int(checkpoint.get("global_step", 0)))
 
 
 class TrainMode(pl.Callback):
     """Puts the LightningModule in train mode when fitting starts (`from_pretrained` returns models in eval mode
     and Lightning 2 keeps modes as it finds them, so dropout would silently stay off), then puts back in eval
     mode the modules named in the LightningModule's `eval_modules` attribute (dotted attribute paths, also of
-    modules kept outside the module tree): the ones meant to stay frozen. Lightning restores these modes itself after each validation."""
+    modules kept outside the module tree): the ones meant to stay frozen. Lightning restores these modes itself
+    after each validation."""
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pl_module.train()
@@ -127,11 +128,11 @@ class FinalMetricsRow(pl.Callback):
             value = torch.as_tensor(value)
             if value.numel() == 1:
                 metrics[key] = float(value)
+        if not metrics or step < 0:
+            return
         for logger in trainer.loggers:
-            last = getattr(logger, "last_step", "absent")
-            if last != "absent" and metrics and step >= 0 and (last is None or last < step):
+            if isinstance(logger, JsonlLogger) and (logger.last_step is None or logger.last_step < step):
                 logger.log_metrics(metrics, step=step)
-                logger.save()
 
 
 def _first_nonfinite(terms: dict[str, Any]) -> tuple[str, float] | None:
