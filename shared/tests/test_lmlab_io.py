@@ -169,3 +169,21 @@ def test_finish_run_writes_the_shared_layout_with_done_last(tmp_path):
     )
     finish_run(tmp_path, {"accuracy": 0.5}, report, export=export)  # a rerun replaces the export whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["DONE", "model", "report.md", "results.json"]
+
+
+def test_refuse_finished_and_clear_run(tmp_path):
+    from lmlab.io import clear_run, refuse_finished
+
+    refuse_finished(tmp_path, overwrite=False)  # nothing finished here
+    for name in ("checkpoints", "model"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x").write_text("x")
+    for name in ("metrics.jsonl", "results.json", "report.md", "keep.txt", "extra.csv"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "old").symlink_to(tmp_path / "model")
+    mark_done(tmp_path)
+    with pytest.raises(LmlabError, match="holds a finished run; pass --overwrite true"):
+        refuse_finished(tmp_path, overwrite=False)
+    refuse_finished(tmp_path, overwrite=True)
+    clear_run(tmp_path, also=[tmp_path / "extra.csv", tmp_path / "old"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]

@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,14 +80,31 @@ def prepare_run_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Create the run directory. A finished run (one with a DONE marker) is refused unless `overwrite`, so a
     finished result is never clobbered by accident; an unfinished one is reused, which lets a run resume."""
     path = Path(path)
-    if (path / DONE_MARKER).exists():
-        if not overwrite:
-            raise LmlabError(
-                f"{path} holds a finished run; pass --overwrite true or choose another --output_dir"
-            )
-        (path / DONE_MARKER).unlink()
+    refuse_finished(path, overwrite)
+    Path(path, DONE_MARKER).unlink(missing_ok=True)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def refuse_finished(path: str | os.PathLike, overwrite: bool) -> None:
+    """The one check every command makes before any work: a folder holding a finished run (DONE) is refused
+    unless `--overwrite`."""
+    if is_done(path) and not overwrite:
+        raise LmlabError(f"{path} holds a finished run; pass --overwrite true or choose another --output_dir")
+
+
+RUN_OUTPUTS = ("DONE", "checkpoints", "logs", "metrics.jsonl", "model", "results.json", "report.md")
+
+
+def clear_run(folder: str | os.PathLike, also: Iterable[Path] = ()) -> None:
+    """`--overwrite` of a finished run: remove what it wrote (the shared layout, `RUN_OUTPUTS`, and `also`) so
+    the new run starts at step 0 and nothing of the old one passes for its own."""
+    folder = Path(folder)
+    for path in [*(folder / name for name in RUN_OUTPUTS), *also]:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)  # under ddp every rank clears; one of them wins
+        else:
+            path.unlink(missing_ok=True)
 
 
 def mark_done(path: str | os.PathLike) -> None:

@@ -20,6 +20,7 @@ from lmlab.io import (
     is_done,
     load_safetensors,
     prepare_run_dir,
+    refuse_finished,
     results_report,
     save_safetensors,
     write_results,
@@ -135,8 +136,7 @@ def _read_adapt_checkpoint(cfg: EvalConfig, path: str, total: int) -> dict[str, 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     out = Path(cfg.output_dir)
-    if is_done(out) and not cfg.overwrite:  # before any work, not after it
-        raise LmlabError(f"{out} holds a finished run; pass --overwrite true or choose another --output_dir")
+    refuse_finished(out, cfg.overwrite)  # before any work, not after it
     device = torch_device(cfg.device)
     stream = build_stream(
         cfg.dataset,

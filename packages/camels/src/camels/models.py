@@ -135,22 +135,17 @@ def check_vocab(tokenizer: Any, model: Any, what: str) -> None:
         )
 
 
-RUN_OUTPUTS = (DONE_MARKER, "checkpoints", "model", "metrics.jsonl", "results.json", "report.md", "val_history.json",
-               "samples", "logs")  # fmt: skip
-
-
 def open_run_folder(cfg: Any, output_dir: str | os.PathLike) -> Path:
     """Start writing a training command's run folder, once every input is checked. The folder is unfinished until
     the command writes DONE again (a rerun resumes from last.ckpt, e.g. with a larger --max_steps);
-    --overwrite removes the outputs of the earlier run first, so the run starts afresh."""
-    import shutil
+    --overwrite removes the outputs of the earlier run first (lmlab's layout plus camels' validation history and
+    samples), so the run starts afresh."""
+    from lmlab.io import clear_run
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in RUN_OUTPUTS if cfg.overwrite else (DONE_MARKER,):
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+    if cfg.overwrite:
+        clear_run(out, also=[out / "val_history.json", out / "samples"])
+    else:
+        (out / DONE_MARKER).unlink(missing_ok=True)
     return out

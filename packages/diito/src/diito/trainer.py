@@ -436,14 +436,11 @@ def run_train(cfg: TrainConfig) -> dict:
     """Every input (models, data, mapping, counts, resume checkpoint) is loaded and checked before anything is
     written, so a failed start leaves no half-made run folder that would later look resumable."""
     from lmlab.config import save_config
-    from lmlab.io import finish_run, is_done, prepare_run_dir, results_report, write_json
+    from lmlab.io import finish_run, prepare_run_dir, refuse_finished, results_report, write_json
     from lmlab.seed import seed_everything
     from lmlab.training import resume_checkpoint
 
-    if is_done(cfg.output_dir) and not cfg.overwrite:
-        raise LmlabError(
-            f"{cfg.output_dir} holds a finished run; pass --overwrite true or choose another --output_dir"
-        )
+    refuse_finished(cfg.output_dir, cfg.overwrite)
     if cfg.val_check_interval is not None and not cfg.validation_file:
         print(
             f"[diito train] --val_check_interval {cfg.val_check_interval} has no effect without --validation_file "

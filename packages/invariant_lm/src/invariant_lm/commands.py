@@ -136,7 +136,7 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
 
     from lmlab.config import save_config
     from lmlab.device import resolve_attn_implementation
-    from lmlab.io import finish_run, is_done, prepare_run_dir, results_report
+    from lmlab.io import finish_run, prepare_run_dir, refuse_finished, results_report
     from lmlab.seed import seed_everything
     from lmlab.training import build_trainer, compile_module, resume_checkpoint
 
@@ -148,8 +148,8 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
     world = cfg.devices * cfg.num_nodes if cfg.do_train else 1
     is_main = _launch_rank(cfg) == 0 if world > 1 else True
     out = Path(cfg.output_dir)
-    if is_main and is_done(out) and not cfg.overwrite:
-        raise LmlabError(f"{out} holds a finished run; pass --overwrite true or choose another --output_dir")
+    if is_main:
+        refuse_finished(out, cfg.overwrite)
     if cfg.do_eval and not cfg.validation_file:
         raise LmlabError("--do_eval needs --validation_file")
     device = "cpu" if (cfg.no_cuda or cfg.use_cpu) else cfg.device

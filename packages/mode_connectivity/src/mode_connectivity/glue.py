@@ -26,7 +26,7 @@ import torch
 from lmlab.config import config_to_dict, save_config
 from lmlab.errors import LmlabError
 from lmlab.glue import GlueSplit, eval_splits, read_glue
-from lmlab.io import finish_run, is_done, results_report
+from lmlab.io import finish_run, is_done, refuse_finished, results_report
 from lmlab.logging import get_logger
 from lmlab.metrics import glue_metrics
 from lmlab.seed import seed_everything
@@ -333,8 +333,7 @@ def run_glue_train(cfg) -> dict[str, Any]:
         cfg.attn_implementation, cfg.device,
     )  # fmt: skip
     set_trainable(model, cfg.delta_type, cfg.unfrozen_modules)
-    if is_done(out) and not cfg.overwrite:
-        raise LmlabError(f"{out} holds a finished run; pass --overwrite true or choose another --output_dir")
+    refuse_finished(out, cfg.overwrite)
     if is_done(out):
         clear_finished_run(out)  # --overwrite: train again from the start
     out.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lmlab.config import save_config
-from lmlab.errors import LmlabError
-from lmlab.io import finish_run, is_done, results_report
+from lmlab.io import finish_run, is_done, refuse_finished, results_report
 from lmlab.training import build_trainer, compile_module, resume_checkpoint
 from torch import nn
 
@@ -122,8 +121,7 @@ def run_layer_mix(cfg) -> dict[str, Any]:
         load_split(cfg.task_dir, "train"), ctx.tokenizer, ctx.task_name,
         TextTaskOptions(cfg.max_input_length, cfg.max_output_length, cfg.do_lowercase, cfg.append_another_bos),
     )  # fmt: skip
-    if is_done(out) and not cfg.overwrite:
-        raise LmlabError(f"{out} holds a finished run; pass --overwrite true or choose another --output_dir")
+    refuse_finished(out, cfg.overwrite)
     if is_done(out):
         clear_finished_run(out)  # --overwrite: train again from the start
     out.mkdir(parents=True, exist_ok=True)

@@ -209,20 +209,11 @@ def export_model(
         save_checkpoint(folder, model, tune_method, meta)
 
 
-RUN_OUTPUTS = ("DONE", "checkpoints", "logs", "metrics.jsonl", "model", "results.json", "report.md")
-
-
 def clear_finished_run(folder: Path) -> None:
-    """`--overwrite` of a finished run: remove what it wrote (resume checkpoint, metrics, logs, export, results,
-    kept checkpoints) so the new run starts at step 0 and nothing of the old one passes for its own."""
-    import shutil
+    """`--overwrite` of a finished run: lmlab's shared layout plus the kept `checkpoint@N`/`checkpoint-*`."""
+    from lmlab.io import clear_run
 
-    kept = [*folder.glob("checkpoint@*"), *folder.glob("checkpoint-*")]
-    for path in [*(folder / name for name in RUN_OUTPUTS), *kept]:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)  # under ddp every rank clears; one of them wins
-        else:
-            path.unlink(missing_ok=True)
+    clear_run(folder, also=[*folder.glob("checkpoint@*"), *folder.glob("checkpoint-*")])
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -28,7 +28,7 @@ import pytorch_lightning as pl
 import torch
 from lmlab.config import save_config
 from lmlab.errors import LmlabError
-from lmlab.io import finish_run, is_done, results_report
+from lmlab.io import finish_run, is_done, refuse_finished, results_report
 from lmlab.logging import get_logger
 from lmlab.training import build_trainer, compile_module, param_groups, resume_checkpoint
 
@@ -272,8 +272,8 @@ def run_train(cfg) -> dict[str, Any]:
         raise LmlabError("--task_dir and --model are required")
     out = Path(cfg.output_dir)
     jobs = job_dirs(cfg)
-    if len(jobs) == 1 and is_done(out) and not cfg.overwrite:
-        raise LmlabError(f"{out} holds a finished run; pass --overwrite true or choose another --output_dir")
+    if len(jobs) == 1:
+        refuse_finished(out, cfg.overwrite)
     task_name = task_name_of(cfg.task_dir)
     metric = metric_for_task(task_name, cfg.metric or None)
     tokenizer = load_tokenizer(cfg.tokenizer_path or cfg.model)
