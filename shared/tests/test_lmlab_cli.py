@@ -319,3 +319,24 @@ def test_a_redeclared_field_keeps_the_range_of_its_base(capsys):
     assert "--lr must be > 0, got -1.0" in capsys.readouterr().err
     run_cli("prog", commands, ["train", "--help"])
     assert "--lr float [0.5]" in (out := capsys.readouterr().out) and "(> 0)" in out
+
+
+def test_option_declares_help_range_and_copies_list_defaults(capsys):
+    from lmlab.config import check_bounds, option
+
+    @dataclasses.dataclass
+    class Cfg:
+        lr: float = option("learning rate", 1e-3, gt=0)
+        tags: list[str] = option("names", ["a"])
+
+    one, two = Cfg(), Cfg()
+    one.tags.append("b")
+    assert two.tags == ["a"]  # each instance has its own list
+    field = Cfg.__dataclass_fields__["lr"]
+    assert dict(field.metadata) == {"help": "learning rate", "gt": 0}
+    with pytest.raises(ValueError, match=r"--lr must be > 0, got 0"):
+        check_bounds(Cfg(lr=0))
+    with pytest.raises(TypeError, match="not minimum"):
+        option("x", 1, minimum=0)
+    assert run_cli("prog", [Command("go", Cfg, lambda cfg: None, "go")], ["go", "--help"]) == 0
+    assert "learning rate (> 0)" in capsys.readouterr().out

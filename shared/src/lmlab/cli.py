@@ -1,7 +1,7 @@
 """The one command-line parser of all five lmlab console scripts.
 
-A subcommand is a dataclass (typed fields, defaults, `metadata={"help": ...}`, checks in `__post_init__`) and a
-function taking an instance of it. On the command line, in order of precedence (highest first):
+A subcommand is a dataclass (typed fields declared with `lmlab.config.option(help, default, ge=...)`, checks in
+`__post_init__`) and a function taking an instance of it. On the command line, in order of precedence (highest first):
 
     prog CMD [--key value | --flag | key=value ...] [--config NAME|PATH] [-m key=a,b ...] [--print_config] [--debug]
 

@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from lmlab.config import option
 from lmlab.errors import LmlabError
 
 # torch and Lightning are imported inside the functions: packages build their CLI dataclasses on
@@ -38,60 +39,31 @@ STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed")
 class TrainerOptions:
     """Options every training subcommand shares. Inherit them in a subcommand's config dataclass."""
 
-    output_dir: str = dataclasses.field(
-        default="runs/run", metadata={"help": "where checkpoints, logs and results go"}
+    output_dir: str = option("where checkpoints, logs and results go", "runs/run")
+    device: str = option("auto | cpu | cuda | mps", "auto")
+    devices: int | str = option("devices per node (int, list or auto)", "auto")
+    num_nodes: int = option("number of nodes", 1, ge=1)
+    strategy: str = option("auto | ddp | ddp_spawn | fsdp | deepspeed", "auto")
+    precision: str = option(
+        "auto (bf16-mixed on a bf16 GPU, else 32-true) | 32-true | bf16-mixed | 16-mixed", "auto"
     )
-    device: str = dataclasses.field(default="auto", metadata={"help": "auto | cpu | cuda | mps"})
-    devices: int | str = dataclasses.field(
-        default="auto", metadata={"help": "devices per node (int, list or auto)"}
+    attn_implementation: str = option(
+        "sdpa | eager | flash_attention_2 (GPU) | xformers (where supported): the attention of the models",
+        "sdpa",
     )
-    num_nodes: int = dataclasses.field(default=1, metadata={"help": "number of nodes", "ge": 1})
-    strategy: str = dataclasses.field(
-        default="auto", metadata={"help": "auto | ddp | ddp_spawn | fsdp | deepspeed"}
+    compile: bool = option(
+        "torch.compile the models' forward (in place: checkpoints keep their keys); off by default", False
     )
-    precision: str = dataclasses.field(
-        default="auto",
-        metadata={"help": "auto (bf16-mixed on a bf16 GPU, else 32-true) | 32-true | bf16-mixed | 16-mixed"},
-    )
-    attn_implementation: str = dataclasses.field(
-        default="sdpa",
-        metadata={
-            "help": "sdpa | eager | flash_attention_2 (GPU) | xformers (where supported): the attention of the models"
-        },
-    )
-    compile: bool = dataclasses.field(
-        default=False,
-        metadata={
-            "help": "torch.compile the models' forward (in place: checkpoints keep their keys); off by default"
-        },
-    )
-    max_steps: int = dataclasses.field(
-        default=1000, metadata={"help": "optimizer steps to train for", "ge": 1}
-    )
-    accumulate_grad_batches: int = dataclasses.field(
-        default=1, metadata={"help": "micro-batches per optimizer step", "ge": 1}
-    )
-    log_every_n_steps: int = dataclasses.field(
-        default=10, metadata={"help": "log metrics every N steps", "ge": 1}
-    )
-    val_check_interval: int | None = dataclasses.field(
-        default=None, metadata={"help": "validate every N batches (None: never)", "ge": 1}
-    )
-    checkpoint_every_n_steps: int = dataclasses.field(
-        default=500, metadata={"help": "save a resumable checkpoint every N steps", "ge": 1}
-    )
-    logger: str = dataclasses.field(
-        default="csv", metadata={"help": "csv | tensorboard | wandb | none (metrics.jsonl is always written)"}
-    )
-    progress_bar: bool = dataclasses.field(default=True, metadata={"help": "show a progress bar"})
-    seed: int = dataclasses.field(default=42, metadata={"help": "random seed"})
-    overwrite: bool = dataclasses.field(
-        default=False, metadata={"help": "run again into an --output_dir that holds a finished run (DONE)"}
-    )
-    resume: str = dataclasses.field(
-        default="auto",
-        metadata={"help": "auto (from <output_dir>/checkpoints/last.ckpt if there) | never | PATH"},
-    )
+    max_steps: int = option("optimizer steps to train for", 1000, ge=1)
+    accumulate_grad_batches: int = option("micro-batches per optimizer step", 1, ge=1)
+    log_every_n_steps: int = option("log metrics every N steps", 10, ge=1)
+    val_check_interval: int | None = option("validate every N batches (None: never)", None, ge=1)
+    checkpoint_every_n_steps: int = option("save a resumable checkpoint every N steps", 500, ge=1)
+    logger: str = option("csv | tensorboard | wandb | none (metrics.jsonl is always written)", "csv")
+    progress_bar: bool = option("show a progress bar", True)
+    seed: int = option("random seed", 42)
+    overwrite: bool = option("run again into an --output_dir that holds a finished run (DONE)", False)
+    resume: str = option("auto (from <output_dir>/checkpoints/last.ckpt if there) | never | PATH", "auto")
 
     def __post_init__(self) -> None:
         from lmlab.config import check_bounds
