@@ -94,8 +94,16 @@ def test_run_dir_refuses_finished_run_unless_overwrite(tmp_path):
     assert is_done(run)
     with pytest.raises(LmlabError, match="finished run"):
         prepare_run_dir(run)
-    prepare_run_dir(run, overwrite=True)
-    assert not is_done(run)
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    (run / "extra").mkdir()
+    prepare_run_dir(run, overwrite=True, also=[run / "extra"])
+    assert not is_done(run)  # the finished run's outputs are gone: the new run cannot pass for the old one
+    assert not (run / "metrics.jsonl").exists() and not (run / "extra").exists()
+    assert (run / "partial.txt").exists()  # files that are not run outputs stay
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert (
+        prepare_run_dir(run, overwrite=True) == run and (run / "metrics.jsonl").exists()
+    )  # unfinished: kept
 
 
 def test_results_json_and_csv(tmp_path):
