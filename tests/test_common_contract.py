@@ -15,6 +15,9 @@ diito train, mode-connectivity train/curve/glue-train), on tiny inputs built in 
 4. the flags take effect in the run: `--accumulate_grad_batches 2` (Lightning's accumulation, or two batches per
    optimizer step under manual optimisation), `--max_steps 2` (ends at global step 2), `--val_check_interval`,
    `--log_every_n_steps` and `--seed` are what the Trainer and `ExactResume` use.
+5. `--overwrite` means one thing: the same command again into a finished run folder is refused (one line naming
+   --overwrite, nothing written); with `--overwrite true` it trains afresh from step 0 and nothing of the old run
+   (its model/, metrics rows, last.ckpt) remains.
 
 Each command runs once per module (cached); the checks read that one run.
 """
@@ -27,6 +30,7 @@ import hashlib
 import importlib
 import io
 import json
+import shutil
 import sys
 import typing
 from collections.abc import Callable
@@ -857,3 +861,46 @@ def test_common_flags_take_effect_in_the_run(recipe, assets):
         if tv["seed"] != SEED:
             problems.append(f"fit {i}: ExactResume seed = {tv['seed']}")
     assert not problems, f"{recipe.id}:\n  " + "\n  ".join(problems)
+
+
+# ------------------------------------------------------------------------------------------------ 5. overwrite
+
+
+@pytest.mark.parametrize("recipe", IDS, indirect=True)
+def test_finished_run_is_refused_then_overwritten_afresh(recipe, assets):
+    run = run_of(recipe, assets)
+    assert run.code == 0, run.summary()
+    command = _commands(recipe.package)[recipe.command]
+    flag = _spelling(command, "overwrite")
+    assert flag is not None, f"{recipe.id} does not accept --overwrite"
+    out = run.output_dir.with_name(
+        run.output_dir.name + "_again"
+    )  # a copy: the other checks read the original
+    shutil.copytree(run.output_dir, out)
+    argv = [a.replace(str(run.output_dir), str(out)) for a in run.argv]
+
+    def files() -> dict[str, int]:
+        return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+    before = files()
+    code, _, err = _call(recipe.package, argv)
+    assert code != 0 and "--overwrite" in _last_line(err), (
+        f"{recipe.id} again into its finished run exited {code}: {_last_line(err)}"
+    )
+    assert files() == before, f"{recipe.id}: the refused rerun changed the finished run folder"
+
+    stale = out / "model" / "stale-from-the-old-run.txt"
+    stale.write_text("old")
+    with probing() as (probes, _forward):
+        code, _, err = _call(recipe.package, [*argv, f"--{flag}", "true"])
+        batches = sum(p.batches for p in probes)
+    assert code == 0, f"{recipe.id} --overwrite true exited {code}: {_last_line(err)}"
+    assert not stale.exists(), f"{recipe.id} --overwrite kept the old run's model/ files"
+    assert batches == STEPS * ACCUMULATE * max(1, len([p for p in probes if p.modes is not None])), (
+        f"{recipe.id} --overwrite trained {batches} batches, not a fresh run's {STEPS * ACCUMULATE} per fit "
+        "(did it resume from the old last.ckpt?)"
+    )
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [r["step"] for r in rows if "step" in r]
+    assert steps == sorted(steps), f"{recipe.id} --overwrite appended to the old metrics.jsonl: steps {steps}"
+    assert (out / "DONE").is_file()

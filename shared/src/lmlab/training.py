@@ -187,11 +187,17 @@ def quiet_lightning() -> None:
 
 def resume_checkpoint(opts: TrainerOptions, output_dir: str | os.PathLike | None = None) -> str | None:
     """The checkpoint to resume from: `last.ckpt` of the run directory when `resume=auto` and it exists,
-    nothing with `resume=never`, else the given path (which must exist)."""
-    if opts.resume == "never":
+    nothing with `resume=never`, else the given path (which must exist). A finished run overwritten with
+    `--overwrite` starts afresh: its last.ckpt is not resumed (`lmlab.io.prepare_run_dir` removes it)."""
+    from lmlab.io import is_done
+
+    folder = Path(output_dir if output_dir is not None else opts.output_dir)
+    if opts.resume == "never" or (
+        opts.resume == "auto" and getattr(opts, "overwrite", False) and is_done(folder)
+    ):
         return None
     if opts.resume == "auto":
-        last = Path(output_dir if output_dir is not None else opts.output_dir) / "checkpoints" / "last.ckpt"
+        last = folder / "checkpoints" / "last.ckpt"
         return str(last) if last.is_file() else None
     if not Path(opts.resume).is_file():
         raise LmlabError(f"--resume {opts.resume}: no such checkpoint file")
