@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+from lmlab.masking import corrupt
 from torch import Tensor
 
 SCHEMES = ("bert", "reference")
@@ -31,13 +32,6 @@ class MaskedBatch:
 
 def _rand(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> Tensor:
     return torch.rand(shape, device=device, generator=generator)
-
-
-def _random_ids(
-    shape: tuple[int, ...], allowed: Tensor, device: torch.device, generator: torch.Generator | None
-) -> Tensor:
-    idx = torch.randint(0, allowed.numel(), shape, device=device, generator=generator)
-    return allowed[idx]
 
 
 def select_positions(special: Tensor, mask_prob: float, generator: torch.Generator | None = None) -> Tensor:
@@ -96,28 +90,28 @@ def mask_tokens(
     allowed = torch.ones(vocab_size, dtype=torch.bool, device=device)
     if specials:
         allowed[special_t] = False
-    allowed_ids = allowed.nonzero().squeeze(1)
     original = input_ids
-    corrupted = input_ids.clone()
     if scheme == "reference":
         # step 2: ~10% of ALL positions get a uniform random id; draws that are special ids are skipped
         noise = _rand(tuple(input_ids.shape), device, generator) < random_token_prob
         draws = torch.randint(0, vocab_size, tuple(input_ids.shape), device=device, generator=generator)
         noise &= allowed[draws]
-        corrupted = torch.where(noise, draws, corrupted)
+        corrupted = torch.where(noise, draws, input_ids)
         randomised = corrupted.clone()
         selected = select_positions(is_special, mask_prob, generator)
         to_mask = selected & (_rand(tuple(input_ids.shape), device, generator) < mask_token_prob)
         corrupted = corrupted.masked_fill(to_mask, mask_token_id)
         label_source = randomised if reference_label_bug else original
-    else:
+        labels = torch.where(selected, label_source, torch.full_like(original, -100))
+    else:  # BERT's 80/10/10 on the chosen positions, as every lmlab package does it
         selected = select_positions(is_special, mask_prob, generator)
-        u = _rand(tuple(input_ids.shape), device, generator)
-        to_mask = selected & (u < mask_token_prob)
-        to_random = selected & (u >= mask_token_prob) & (u < mask_token_prob + random_token_prob)
-        corrupted = corrupted.masked_fill(to_mask, mask_token_id)
-        random_ids = _random_ids(tuple(input_ids.shape), allowed_ids, device, generator)
-        corrupted = torch.where(to_random, random_ids.to(corrupted.dtype), corrupted)
-        label_source = original
-    labels = torch.where(selected, label_source, torch.full_like(original, -100))
+        corrupted, labels = corrupt(
+            original,
+            selected,
+            mask_token_id=mask_token_id,
+            random_ids=allowed.nonzero().squeeze(1),
+            mask_token_prob=mask_token_prob,
+            random_token_prob=random_token_prob,
+            generator=generator,
+        )
     return MaskedBatch(input_ids=corrupted, labels=labels, mask=selected)

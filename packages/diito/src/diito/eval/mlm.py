@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from lmlab.errors import LmlabError
+from lmlab.masking import bernoulli_positions, corrupt
 
 from diito.config import EvalMlmConfig
 
@@ -22,13 +23,10 @@ def mask_tokens(
         [tokenizer.get_special_tokens_mask(row, already_has_special_tokens=True) for row in ids.tolist()],
         dtype=torch.bool,
     )
-    chosen = (torch.rand(ids.shape, generator=gen) < prob) & ~special
-    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
-    r = torch.rand(ids.shape, generator=gen)
-    rand_ids = torch.randint(len(tokenizer), ids.shape, generator=gen)
-    out = torch.where(chosen & (r < 0.8), torch.full_like(ids, tokenizer.mask_token_id), ids)
-    out = torch.where(chosen & (r >= 0.8) & (r < 0.9), rand_ids, out)
-    return out, labels
+    chosen = bernoulli_positions(~special, prob, gen)
+    return corrupt(
+        ids, chosen, mask_token_id=tokenizer.mask_token_id, random_ids=len(tokenizer), generator=gen
+    )
 
 
 def mlm_perplexity(
