@@ -2,7 +2,8 @@
 
 w[v] = max(count[v], 1) ** -smoothing, 0 for special tokens; n = ceil(mask_prop * real tokens) distinct positions
 drawn without replacement proportionally to w; each is masked (word_mask), kept (word_keep) or replaced by a
-uniform random id (word_rand). The reference's rounding of n to a multiple of 8 under fp16 is dropped.
+uniform random id (word_rand), by lmlab.masking.corrupt. The reference's rounding of n to a multiple of 8 under
+fp16 is dropped.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+from lmlab.masking import corrupt
 
 
 def token_weights(counts: torch.Tensor, special_ids: list[int], smoothing: float = 0.7) -> torch.Tensor:
@@ -44,13 +46,13 @@ def mlm_mask(
         idx = torch.multinomial(probs.flatten(), n, replacement=False, generator=generator)
         selected[idx] = True
     selected = selected.view(B, T)
-    labels = torch.where(selected, ids, torch.full_like(ids, -100))
-    choice = torch.multinomial(
-        torch.tensor([word_mask, word_keep, word_rand]), B * T, replacement=True, generator=generator
-    ).view(B, T)
-    random_ids = torch.randint(0, vocab_size, (B, T), generator=generator)
-    corrupted = torch.where(
-        choice == 0, torch.full_like(ids, mask_id), torch.where(choice == 1, ids, random_ids)
+    out, labels = corrupt(
+        ids,
+        selected,
+        mask_token_id=mask_id,
+        random_ids=vocab_size,
+        mask_token_prob=word_mask,
+        random_token_prob=word_rand,
+        generator=generator,
     )
-    out = torch.where(selected, corrupted, ids)
     return out, labels, selected

@@ -18,7 +18,6 @@ import torch
 from lmlab.errors import LmlabError
 
 log = logging.getLogger(__name__)
-IGNORE_INDEX = -100
 
 
 def _seeded_generator(*keys: int) -> torch.Generator:
@@ -189,20 +188,11 @@ class MLMCollator:
         return ids, att
 
     def mask(self, ids: torch.Tensor, att: torch.Tensor, generator: torch.Generator | None = None):
-        labels = ids.clone()
+        from lmlab.masking import bernoulli_positions, corrupt
+
         maskable = (att == 1) & ~torch.isin(ids, self.special_ids)
-        prob = torch.full(ids.shape, self.p)
-        selected = torch.bernoulli(prob, generator=generator).bool() & maskable
-        labels[~selected] = IGNORE_INDEX
-        inputs = ids.clone()
-        to_mask = torch.bernoulli(torch.full(ids.shape, 0.8), generator=generator).bool() & selected
-        inputs[to_mask] = self.mask_id
-        to_random = (
-            torch.bernoulli(torch.full(ids.shape, 0.5), generator=generator).bool() & selected & ~to_mask
-        )
-        random_ids = torch.randint(self.vocab, ids.shape, generator=generator, dtype=torch.long)
-        inputs[to_random] = random_ids[to_random]
-        return inputs, labels
+        selected = bernoulli_positions(maskable, self.p, generator)
+        return corrupt(ids, selected, mask_token_id=self.mask_id, random_ids=self.vocab, generator=generator)
 
     def __call__(self, examples, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         examples = [e["input_ids"] if isinstance(e, dict) else e for e in examples]
