@@ -253,8 +253,10 @@ def fp16_autocast(model: nn.Module, scaler: torch.amp.GradScaler | None):
 
 @torch.no_grad()
 def evaluate_batches(model, batches: list[dict], per_head: bool = False) -> dict:
-    """Token-weighted perplexity exp(sum NLL / #masked), the reference-style exp(mean of batch means), and
-    optionally each head's own perplexity."""
+    """Token-weighted perplexity exp(sum NLL / #masked) (lmlab.metrics.perplexity), the reference-style exp(mean
+    of batch means), and optionally each head's own perplexity."""
+    from lmlab.metrics import perplexity
+
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -286,12 +288,12 @@ def evaluate_batches(model, batches: list[dict], per_head: bool = False) -> dict
     batch_avg = sum(m * s for m, s in zip(batch_means, batch_sizes, strict=True)) / sum(batch_sizes)
     res = {
         "eval_loss": loss,
-        "perplexity": math.exp(loss),
+        "perplexity": perplexity(nll, n_tok),
         "perplexity_batch_avg": math.exp(batch_avg),
         "n_masked_tokens": n_tok,
     }
     if per_head:
-        res["per_head_perplexity"] = {e: math.exp(v / n_tok) for e, v in head_nll.items()}
+        res["per_head_perplexity"] = {e: perplexity(v, n_tok) for e, v in head_nll.items()}
     return res
 
 
