@@ -264,8 +264,9 @@ class GlueModule(pl.LightningModule):
         opt = torch.optim.AdamW(groups, lr=self.cfg.learning_rate)
         if not self.cfg.warmup_steps:
             return opt
-        w = self.cfg.warmup_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / w))
+        from transformers import get_scheduler
+
+        sched = get_scheduler("constant_with_warmup", opt, num_warmup_steps=self.cfg.warmup_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def train_dataloader(self):

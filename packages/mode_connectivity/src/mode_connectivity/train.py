@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from lmlab.config import save_config
 from lmlab.errors import LmlabError
 from lmlab.io import finish_run, is_done, refuse_finished, results_report
@@ -98,20 +97,11 @@ class T5TaskModule(pl.LightningModule):
         )
         if self.cfg.lr_decay_style == "constant":
             return opt
+        from transformers import get_scheduler
+
         warm = int(self.cfg.warmup_rate * self.total_steps)
-
-        def schedule(step: int) -> float:
-            if step < warm:
-                return (step + 1) / max(1, warm)
-            return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warm))
-
-        return {
-            "optimizer": opt,
-            "lr_scheduler": {
-                "scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule),
-                "interval": "step",
-            },
-        }
+        sched = get_scheduler("linear", opt, num_warmup_steps=warm, num_training_steps=self.total_steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def train_dataloader(self):
         return train_loader(
