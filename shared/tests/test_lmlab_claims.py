@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from lmlab.claims import Claim, claims_section, claims_table, holds, read_claims, write_claims
+from lmlab.claims import Claim, claims_section, claims_table, holds, main, read_claims, write_claims
 from lmlab.errors import LmlabError
 
 
@@ -63,3 +63,11 @@ def test_read_back_and_sanity_section(tmp_path):
     assert "failed" not in claims_section(claims[:1])
     with pytest.raises(LmlabError, match="not among the claims"):
         claims_section(claims, sanity=["nope"])
+
+
+def test_main_prints_each_papers_table(tmp_path, capsys):
+    claims = [Claim("a_vs_b", "A beats B", "nll", "lower", "A", "B", [1.0, 2.0, 3.0], [3.0, 4.0, 5.0])]
+    path = write_claims("paper", claims, tmp_path)
+    assert main([str(path)]) == 0
+    assert capsys.readouterr().out == f"### paper\n\n{claims_table(claims)}\n\n"
+    assert main([]) == 2

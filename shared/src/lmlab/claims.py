@@ -127,3 +127,22 @@ def claims_section(claims: Sequence[Claim], sanity: Sequence[str] = ()) -> str:
             "depend on it say little here.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m lmlab.claims results/*/claims.json`: each paper's claims table, as PAPERS.md and the package
+    READMEs show it (holds recomputed from the per-seed values)."""
+    import sys
+
+    paths = list(sys.argv[1:] if argv is None else argv)
+    if not paths:
+        print("usage: python -m lmlab.claims results/<paper>/claims.json ...", file=sys.stderr)
+        return 2
+    for path in paths:
+        paper, claims = read_claims(path)
+        print(f"### {paper}\n\n{claims_table(claims)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
