@@ -10,7 +10,7 @@ EDITABLES := -e "shared[test]" $(foreach p,$(PACKAGES),-e "packages/$(p)[test]")
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu test coverage demo lint format clean bench-cpu bench-gpu
+.PHONY: help install install-gpu test coverage demo lint format clean bench-cpu bench-gpu papers
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_%-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-28s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ bench-gpu: $(INSTALL_STAMP) ## on one CUDA GPU (after make install-gpu): every b
 	@set -e; for s in $(SCRIPTS); do p=$${s//-/_}; echo "== $$s bench --preset gpu"; \
 	  $(VENV_BIN)/$$s bench --preset gpu --output_dir results/bench/gpu/$$p; done
 	$(VENV_BIN)/python -c "from lmlab.bench import collect; collect('results/bench/gpu', 'gpu')"
+
+papers: $(INSTALL_STAMP) ## print each paper's claims table from results/*/claims.json (for PAPERS.md and the package READMEs)
+	$(VENV_BIN)/python -m lmlab.claims $(wildcard results/*/claims.json)
 
 lint: $(INSTALL_STAMP) ## ruff format --check and ruff check
 	$(VENV_BIN)/ruff format --check .
