@@ -1,9 +1,10 @@
-# headless_lm: scaled-down reproduction (offline, CPU, <= 30 min on 2 cores) and the benchmark.
+# headless_lm: the reproduction (Brown Corpus, 3 seeds per arm, offline, one torch thread, <= 20 min on 2 idle cores)
+# and the benchmark.
 .PHONY: reproduce-headless_lm bench-headless_lm bench-headless_lm-gpu
 
-reproduce-headless_lm: results/headless_lm/summary.md ## headless vs vanilla decoder and encoder, table + plots
+reproduce-headless_lm: results/headless_lm/report.md ## headless vs vanilla decoder (equal compute) and encoder on Brown, 3 seeds: claims.json + report.md
 
-results/headless_lm/summary.md: $(INSTALL_STAMP)
+results/headless_lm/report.md: $(INSTALL_STAMP)
 	$(VENV_BIN)/headless-lm reproduce --output_dir results/headless_lm
 
 bench-headless_lm: results/headless_lm/bench.json ## CWT vs head+CE (cpu preset, interleaved rounds): loss-only, decoder and MLM steps, sweeps

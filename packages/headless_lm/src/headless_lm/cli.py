@@ -96,8 +96,8 @@ def commands() -> list[Command]:
         Command(
             "reproduce",
             ReproduceConfig,
-            "headless_lm.demo:run_reproduce",
-            "scaled-down reproduction: vanilla vs headless decoder and encoder, table and plots",
+            "headless_lm.reproduce:run_reproduce",
+            "headless vs vanilla on the Brown Corpus, 3 seeds per arm: claims.json and report.md",
             CONFIGS,
         ),
     ]

@@ -453,17 +453,67 @@ class DemoConfig:
 
 
 @dataclass
-class ReproduceConfig(DemoConfig):
+class ReproduceConfig:
+    """Headless vs vanilla on the Brown Corpus (see `headless_lm.reproduce`); `--quick` replaces the sizes by a
+    one-seed, few-step run of the same code path (seconds)."""
+
     output_dir: str = field(default="results/headless_lm", metadata={"help": "where the reproduction writes"})
-    steps: int = field(default=150, metadata={"help": "pre-training steps per model", "ge": 1})
-    ft_steps: int = field(default=40, metadata={"help": "fine-tuning steps of the headless decoder", "ge": 1})
-    vocab_size: int = field(default=2000, metadata={"help": "BPE vocabulary trained on the sample", "ge": 1})
-    seq_len: int = field(default=64, metadata={"help": "packed row length", "ge": 1})
-    batch_size: int = field(default=16, metadata={"help": "micro-batch (= in-batch negatives)", "ge": 1})
-    hidden: int = field(default=64, metadata={"help": "model width", "ge": 1})
+    quick: bool = field(default=False, metadata={"help": "one seed, tiny sizes, few steps (the test's run)"})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "seeds of every arm"})
+    threads: int = field(
+        default=1, metadata={"help": "torch threads (results repeat for a given count)", "ge": 1}
+    )
+    docs_per_genre: int | None = field(
+        default=None,
+        metadata={"help": "use only the first N documents of each genre (default: all)", "ge": 2},
+    )
+    holdout_every: int = field(
+        default=5, metadata={"help": "hold out every N-th document of each genre", "ge": 2}
+    )
+    vocab_size: int = field(
+        default=4096, metadata={"help": "BPE vocabulary trained on the training paragraphs", "ge": 300}
+    )
+    seq_len: int = field(
+        default=64, metadata={"help": "packed row length (also the classifier's max length)", "ge": 8}
+    )
+    batch_size: int = field(
+        default=16, metadata={"help": "pre-training micro-batch (= in-batch negatives)", "ge": 1}
+    )
+    hidden: int = field(default=128, metadata={"help": "model width", "ge": 32})
     layers: int = field(default=2, metadata={"help": "model depth", "ge": 1})
-    mlm: bool = field(default=True, metadata={"help": "also pre-train encoders + GLUE sample"})
-    bench: bool = field(default=True, metadata={"help": "also run the CPU benchmark"})
+    learning_rate: float = field(
+        default=1e-3, metadata={"help": "pre-training and fine-tuning peak lr", "gt": 0}
+    )
+    lm_steps: int = field(
+        default=400, metadata={"help": "vanilla decoder steps (the compute budget)", "ge": 2}
+    )
+    ft_steps: int = field(
+        default=60, metadata={"help": "headless decoder CE fine-tuning steps, inside the budget", "ge": 1}
+    )
+    cost_ratio: float = field(
+        default=2.08,
+        metadata={
+            "help": "measured vanilla step time / headless step time at these shapes (bench --task clm)",
+            "gt": 0,
+        },
+    )
+    eval_rows: int = field(
+        default=500, metadata={"help": "held-out packed rows scored for next-token accuracy", "ge": 1}
+    )
+    mlm_steps: int = field(default=300, metadata={"help": "encoder pre-training steps per arm", "ge": 1})
+    cls_train_rows: int = field(default=2000, metadata={"help": "classifier training paragraphs", "ge": 2})
+    cls_epochs: int = field(default=2, metadata={"help": "classifier epochs (best dev epoch kept)", "ge": 1})
+    cls_batch_size: int = field(default=32, metadata={"help": "classifier batch", "ge": 1})
+    cls_learning_rate: float = field(default=3e-4, metadata={"help": "classifier fine-tuning lr", "gt": 0})
+    bench_rounds: int = field(
+        default=10, metadata={"help": "interleaved rounds of this run's own bench", "ge": 1}
+    )
+
+    def __post_init__(self) -> None:
+        if self.ft_steps >= self.lm_steps:
+            raise ValueError(f"--ft_steps {self.ft_steps} must be below --lm_steps {self.lm_steps}")
+        if not self.seeds:
+            raise ValueError("--seeds needs at least one seed")
 
 
 @dataclass

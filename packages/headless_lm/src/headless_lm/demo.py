@@ -1,4 +1,4 @@
-"""`demo` (tiny, < 2 minutes on 2 CPU cores) and `reproduce` (scaled-down paper comparison, offline).
+"""`demo`: a tiny end-to-end run (< 2 minutes on 2 CPU cores) on the shipped Wikipedia sample.
 
 Both run the same pipeline through the real subcommands: train a BPE tokenizer on the shipped Wikipedia sample,
 `preprocess`, pre-train vanilla and headless decoders (and encoders) for the same number of steps, `export`,
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lmlab.errors import LmlabError
 
-from headless_lm.config import DemoConfig, ReproduceConfig
+from headless_lm.config import DemoConfig
 
 PAPER = {
     "decoder (Table 3, Pythia-70m, OWT2)": {
@@ -459,8 +459,4 @@ def summary_markdown(res: dict) -> str:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    return pipeline(cfg)
-
-
-def run_reproduce(cfg: ReproduceConfig) -> dict:
     return pipeline(cfg)
