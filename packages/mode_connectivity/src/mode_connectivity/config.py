@@ -364,11 +364,27 @@ class DemoConfig:
 
 @dataclass
 class ReproduceConfig:
-    output_dir: str = _h("results/mode_connectivity", "REPORT.md, tables and plots go here")
-    steps: int = _h(400, "updates per training run", ge=1)
-    checkpoint_every: int = _h(200, "checkpoint@N every N updates", ge=1)
-    curve_steps: int = _h(200, "updates of the adapter curve", ge=1)
-    itpl_points: int = _h(26, "interpolation grid", ge=2)
+    output_dir: str = _h(
+        "results/mode_connectivity", "report.md, claims.json, runs/, paths/ and plots go here"
+    )
+    quick: bool = _h(
+        False, "the same code path at one pair per arm, a smaller tiny T5 and a few steps (tests)"
+    )
+    seeds: list[int] = _hl(
+        [0, 1, 2], "seeds; seed arms pair each with the next cyclically, so n seeds = n pairs"
+    )
+    ft_steps: int = _h(200, "updates of each full fine-tuning run", ge=1)
+    adapter_steps: int = _h(400, "updates of each adapter run", ge=1)
+    curve_steps: int = _h(200, "updates of each adapter curve", ge=1)
+    glue_steps: int = _h(300, "updates of each RoBERTa glue-train run", ge=1)
+    itpl_points: int = _h(11, "grid points of every path", ge=2)
+    n_train: int = _h(1000, "training examples of the synthetic tasks", ge=4)
+    n_eval: int = _h(200, "dev examples of the synthetic tasks", ge=2)
     model: str = _h("", "real T5 directory (paper setting; needs a GPU); default: a tiny one from make-tiny")
-    task_root: str = _h("", "real task root with glue-mnli/, anli/, superglue-record/ (paper setting)")
+    task_root: str = _h("", "real task root with glue-mnli/ (paper setting)")
     device: str = _h("auto", "auto | cpu | cuda")
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+        if len(set(self.seeds)) < 2 or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("--seeds needs at least two distinct seeds (a pair of minima per path)")

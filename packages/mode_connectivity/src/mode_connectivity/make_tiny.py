@@ -1,13 +1,14 @@
 """`make-tiny`: a random tiny T5 v1.1-style model, a T5-convention tokenizer trained locally, and synthetic
 CrossFit-format tasks (no downloads). Optionally a tiny RoBERTa and tiny GLUE folders for `glue-train`.
 
-Tasks (label decided by a rule over tokens; premise = random words with one cue word, hypothesis = one word):
-- `tiny-nli` (3-way): the premise's cue word decides the label (surely/indeed/certainly -> entailment,
-  maybe/perhaps/possibly -> neutral, never/hardly/not -> contradiction). A rule a 2-layer T5 learns in a few
-  hundred CPU steps; a comparison rule (is the hypothesis word in the premise?) needed far more.
-- `tiny-nli2`: the same rule and labels on a different surface (longer premises, another prefix word): a task
+Tasks (CrossFit format; the label is decided by COUNTING cue words, so no single word gives it away):
+- `tiny-nli` (3-way): the premise holds three cue adverbs among distractor adjectives, two of one class
+  (surely/indeed/certainly: entailment, maybe/perhaps/possibly: neutral, never/hardly/rarely: contradiction)
+  and one of another; the label is the majority class. Any one cue word is of the label's class only 2/3 of
+  the time, so a model that reads one cue word is right at most 2/3 of the time; it must count.
+- `tiny-nli2`: the same rule and labels on a different surface (longer premises, another lead word): a task
   of the same domain, as ANLI is to MNLI.
-- `tiny-binary` (2-way): yes for an entailment cue, no otherwise.
+- `tiny-binary` (2-way): yes when the rule gives entailment, no otherwise.
 """
 
 from __future__ import annotations
@@ -37,35 +38,42 @@ PAIRS = [
 ANTONYM = {a: b for a, b in PAIRS} | {b: a for a, b in PAIRS}
 WORDS = sorted(ANTONYM)
 FILLER = ["cat", "dog", "tree", "house", "river", "car", "book", "city", "road", "song", "bird", "stone"]
-
-
+LABELS = ["entailment", "neutral", "contradiction"]
 CUES = {
     "entailment": ["surely", "indeed", "certainly"],
     "neutral": ["maybe", "perhaps", "possibly"],
-    "contradiction": ["never", "hardly", "not"],
+    "contradiction": ["never", "hardly", "rarely"],
 }
+N_CUES = 3  # two of the label's class, one of another
+
+
+def rule_label(words: list[str]) -> str:
+    """The majority class of a premise's cue words (the rule every synthetic NLI example follows)."""
+    counts = {label: sum(w in CUES[label] for w in words) for label in LABELS}
+    if sum(counts.values()) != N_CUES or max(counts.values()) != N_CUES - 1:
+        raise ValueError(f"a premise needs {N_CUES} cue words, two of one class: {words}")
+    return max(counts, key=counts.__getitem__)
 
 
 def _nli_example(rng: random.Random, label: str, n_words: int, lead: str) -> tuple[str, str]:
     h = rng.choice(WORDS)
-    words = rng.sample(WORDS, n_words - 2) + [rng.choice(FILLER), rng.choice(CUES[label])]
+    other = rng.choice([x for x in LABELS if x != label])
+    cues = rng.sample(CUES[label], 2) + [rng.choice(CUES[other])]
+    words = rng.sample(WORDS, n_words - N_CUES) + cues
     rng.shuffle(words)
     return f"premise: {lead} {' '.join(words)} [SEP] hypothesis: {h}", label
 
 
-def make_nli(n: int, seed: int, n_words: int = 5, lead: str = "the") -> list[tuple[str, str]]:
+def make_nli(n: int, seed: int, n_words: int = 6, lead: str = "the") -> list[tuple[str, str]]:
     rng = random.Random(seed)
-    labels = ["entailment", "neutral", "contradiction"]
-    return [_nli_example(rng, labels[i % 3], n_words, lead) for i in range(n)]
+    return [_nli_example(rng, LABELS[i % 3], n_words, lead) for i in range(n)]
 
 
-def make_binary(n: int, seed: int, n_words: int = 5) -> list[tuple[str, str]]:
+def make_binary(n: int, seed: int, n_words: int = 6) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        text, label = _nli_example(
-            rng, "entailment" if i % 2 == 0 else rng.choice(["neutral", "contradiction"]), n_words, "a"
-        )
+        text, label = _nli_example(rng, "entailment" if i % 2 == 0 else rng.choice(LABELS[1:]), n_words, "a")
         out.append(
             (text.replace("hypothesis:", "question: is there"), "yes" if label == "entailment" else "no")
         )
@@ -90,7 +98,7 @@ def synthetic_tasks(
     for k, (name, maker) in enumerate(
         (
             ("tiny-nli", lambda n, s: make_nli(n, s)),
-            ("tiny-nli2", lambda n, s: make_nli(n, s, n_words=7, lead="some")),
+            ("tiny-nli2", lambda n, s: make_nli(n, s, n_words=8, lead="some")),
             ("tiny-binary", lambda n, s: make_binary(n, s)),
         )
     ):
@@ -109,7 +117,7 @@ def tokenizer_texts() -> list[str]:
     texts = list(default_texts())
     extra = (
         [t for t, _ in make_nli(300, 99)]
-        + [t for t, _ in make_nli(200, 98, 7, "some")]
+        + [t for t, _ in make_nli(200, 98, 8, "some")]
         + [t for t, _ in make_binary(200, 97)]
     )
     extra += [
