@@ -65,8 +65,8 @@ COMMANDS = [
     Command(
         "reproduce",
         ReproduceConfig,
-        "camels.pipeline:run_reproduce",
-        "scaled-down reproduction (results/camels)",
+        "camels.reproduce:run_reproduce",
+        "controlled reproduction: CaMeLS vs uniform / SSM / TF-IDF and the oracle, 3 seeds (results/camels)",
     ),
 ]
 

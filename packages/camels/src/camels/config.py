@@ -10,7 +10,7 @@ from lmlab.config import check_bounds
 from lmlab.training import TrainerOptions
 
 DATASETS = ("streamingqa", "squad", "archivalqa", "synthetic")
-WEIGHTINGS = ("CaMeLS", "uniform", "ssm", "TFIDF")
+WEIGHTINGS = ("CaMeLS", "uniform", "ssm", "TFIDF", "oracle")
 
 
 def _help(default, text, **bounds):
@@ -67,6 +67,12 @@ class QaPretrainConfig(TrainerOptions):
     val_max_pairs: int = _help(2048, "at most this many validation pairs (greedy F1/EM and NLL)", ge=1)
     qa_eos: bool = _help(True, "append EOS to the answer")
     max_question_len: int = _help(128, "QA sequence length cap (question cut from the left)", ge=2)
+    documents: bool = _help(
+        False,
+        "also train on the train file's distinct documents as plain LM examples, mixed with the QA pairs, so "
+        "the model learns the facts of documents and the questions about them in one format",
+    )
+    max_text_len: int = _help(1024, "document token cap (with --documents true)", ge=2)
     early_stop: bool = _help(False, "stop when validation NLL has not improved for stop_k validations")
     stop_k: int = _help(10, "early-stopping patience (validations)", ge=1)
     max_steps: int = _help(10000, "optimizer updates", ge=1)
@@ -200,7 +206,11 @@ class EvalConfig:
     base_model: str = _help("distilgpt2", "QA-tuned base model (folder or hub name)")
     base_model_state_dict: str | None = _help(None, "optional state dict loaded strictly into base_model")
     tokenizer_name: str | None = _help(None, "tokenizer (default: base_model's)")
-    weight_model: str = _help("CaMeLS", "CaMeLS | uniform | ssm | TFIDF")
+    weight_model: str = _help(
+        "CaMeLS",
+        "CaMeLS | uniform | ssm | TFIDF | oracle (weight 1 on the gold answers' tokens in their documents: a "
+        "sanity reference that knows the questions)",
+    )
     weight_model_path: str | None = _help(
         None, "CaMeLS checkpoint (.pt from meta-train; required for CaMeLS)"
     )
@@ -368,9 +378,9 @@ class DemoConfig:
 
 @dataclasses.dataclass
 class ReproduceConfig:
-    """Scaled-down reproduction: QA-pretrain a tiny model, meta-train, compare the four weightings on the
-    synthetic stream and on the real SQuAD sample, each at its best lr of a small sweep."""
+    """Controlled reproduction (issue 11): synthetic facts among Brown Corpus text, a tiny base pre-trained on
+    documents and QA pairs, CaMeLS vs uniform / SSM / TF-IDF and the oracle, seeds 0, 1, 2; claims.json and
+    report.md. A rerun skips finished run folders."""
 
-    output_dir: str = _help("results/camels", "where the table and plots go")
-    seed: int = _help(0, "seed")
-    quick: bool = _help(False, "much smaller settings (tests)")
+    output_dir: str = _help("results/camels", "where the claims, report, table and run folders go")
+    quick: bool = _help(False, "one seed, tiny sizes, seconds (the test suite's run of the same code path)")

@@ -280,11 +280,32 @@ def encode_qa(
     return q + a, [-100] * len(q) + a
 
 
-def collate_qa(
-    tokenizer: Any, pairs: Sequence[tuple[str, str]], max_len: int = 128, eos: bool = True
+def encode_doc(tokenizer: Any, text: str, max_len: int = 1024) -> tuple[list[int], list[int]]:
+    """A document as a plain LM example: its tokens (at most `max_len`, as `collate_docs` cuts them) then EOS,
+    every position a label."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_len] + [tokenizer.eos_token_id]
+    return ids, list(ids)
+
+
+def collate_lm(
+    tokenizer: Any,
+    items: Sequence[tuple[str | None, str]],
+    max_question_len: int = 128,
+    eos: bool = True,
+    max_text_len: int = 1024,
 ) -> dict[str, torch.Tensor]:
-    """Right-padded QA batch: qa_ids, qa_mask, qa_labels (−100 on question and padding)."""
-    enc = [encode_qa(tokenizer, q, a, max_len, eos) for q, a in pairs]
+    """A right-padded batch of QA pairs (question, answer) and documents (None, text), in `collate_qa`'s keys:
+    QA pairs are labelled on the answer only, documents on every token."""
+    enc = [
+        encode_doc(tokenizer, a, max_text_len)
+        if q is None
+        else encode_qa(tokenizer, q, a, max_question_len, eos)
+        for q, a in items
+    ]
+    return _pad_labelled(tokenizer, enc)
+
+
+def _pad_labelled(tokenizer: Any, enc: Sequence[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
     L = max(len(i) for i, _ in enc)
     ids = torch.full((len(enc), L), pad_id(tokenizer), dtype=torch.long)
     labels = torch.full((len(enc), L), -100, dtype=torch.long)
@@ -294,6 +315,13 @@ def collate_qa(
         labels[b, : len(lab)] = torch.tensor(lab)
         mask[b, : len(i)] = 1
     return {"qa_ids": ids, "qa_mask": mask, "qa_labels": labels}
+
+
+def collate_qa(
+    tokenizer: Any, pairs: Sequence[tuple[str, str]], max_len: int = 128, eos: bool = True
+) -> dict[str, torch.Tensor]:
+    """Right-padded QA batch: qa_ids, qa_mask, qa_labels (−100 on question and padding)."""
+    return _pad_labelled(tokenizer, [encode_qa(tokenizer, q, a, max_len, eos) for q, a in pairs])
 
 
 def qa_loc_batch(

@@ -30,7 +30,7 @@ from lmlab.seed import seed_everything
 from lmlab.training import resume_checkpoint
 
 from camels.config import EvalConfig
-from camels.data import build_stream, load_rows, read_table
+from camels.data import Stream, build_stream, load_rows, read_table
 from camels.models import check_vocab, is_large, load_causal_lm, load_tokenizer, load_torch_file
 from camels.online import (
     adapt,
@@ -44,6 +44,7 @@ from camels.online import (
 )
 from camels.weighting import (
     CaMeLSWeightModel,
+    OracleWeights,
     SSMWeights,
     TfidfModel,
     TfidfWeights,
@@ -52,8 +53,14 @@ from camels.weighting import (
 )
 
 
-def build_weighting(cfg: EvalConfig, tokenizer: Any, stream_docs: list[str], device: torch.device) -> Any:
+def build_weighting(cfg: EvalConfig, tokenizer: Any, stream: Stream, device: torch.device) -> Any:
     """The weighting callable named by cfg.weight_model."""
+    stream_docs = stream.docs
+    if cfg.weight_model == "oracle":
+        answers: dict[str, list[str]] = {}
+        for _, gold, d in stream.qa:
+            answers.setdefault(stream.docs[d], []).append(gold)
+        return OracleWeights(tokenizer, answers, cfg.max_text_len)
     if cfg.weight_model == "uniform":
         return UniformWeights(cfg.init_scalar)
     if cfg.weight_model == "ssm":
@@ -165,7 +172,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     check_vocab(tok, model, f"--base_model {cfg.base_model}")
     if is_large(model):
         model.gradient_checkpointing_enable()
-    weighting = build_weighting(cfg, tok, stream.docs, device)
+    weighting = build_weighting(cfg, tok, stream, device)
     if isinstance(weighting, CaMeLSWeightModel):
         check_vocab(tok, weighting.encoder, f"the weighting model {cfg.weight_model_path}")
     fresh = is_done(out)  # --overwrite of a finished run: its checkpoints are not resumed

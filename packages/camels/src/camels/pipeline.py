@@ -1,5 +1,5 @@
-"""`camels demo` and `camels reproduce`: the whole pipeline at tiny scale, offline, through the same CLI
-subcommands a user runs (make-synthetic → qa-pretrain → meta-train → eval with lr sweeps).
+"""`camels demo`: the whole pipeline at tiny scale, offline, through the same CLI subcommands a user runs
+(make-synthetic → qa-pretrain → meta-train → eval with lr sweeps). The reproduction is `camels.reproduce`.
 
 Scaled-down choices (documented in the README): a tiny GPT-2 (2 layers, 64 wide) with a BPE tokenizer trained
 on the synthetic corpus plus the SQuAD sample, the QA-tuned tiny model as the weighting model's encoder (no
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from lmlab.errors import LmlabError
-from lmlab.io import is_done, write_json, write_results
+from lmlab.io import is_done, write_results
 
 METHODS = {
     "uniform": [],
@@ -338,35 +338,9 @@ DEMO = {
     "num_beams": 4,
     "num_beam_groups": 2,
 }
-REPRODUCE = {
-    "n_qa": 600,
-    "n_meta": 240,
-    "n_test": 40,
-    "qa_steps": 300,
-    "qa_val_steps": 100,
-    "qa_lr": 3e-3,
-    "meta_steps": 40,
-    "meta_val_steps": 10,
-    "inner_lr": 0.05,
-    "outer_lr": 1e-3,
-    "lrs": [3e-3, 1e-3, 3e-4],
-    "val_docs": 16,
-    "num_beams": 12,
-    "num_beam_groups": 4,
-}
 
 
 def run_demo(cfg: Any) -> dict[str, Any]:
     result = run_pipeline(Path(cfg.output_dir), cfg.seed, DEMO)
     print(f"[camels demo] results in {cfg.output_dir} (report.md, results.csv, token_weights.html)")
-    return {"seconds": result["seconds"]}
-
-
-def run_reproduce(cfg: Any) -> dict[str, Any]:
-    sizes = dict(REPRODUCE)
-    if cfg.quick:
-        sizes = dict(DEMO)
-    result = run_pipeline(Path(cfg.output_dir), cfg.seed, sizes)
-    write_json(Path(cfg.output_dir) / "reproduce.json", {"seconds": result["seconds"], "sizes": sizes})
-    print(f"[camels reproduce] table: {cfg.output_dir}/report.md")
     return {"seconds": result["seconds"]}

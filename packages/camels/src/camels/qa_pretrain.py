@@ -19,7 +19,7 @@ from lmlab.training import StepSampler, build_trainer, compile_module
 from torch.utils.data import DataLoader
 
 from camels.config import QaPretrainConfig, validation_updates
-from camels.data import collate_qa, load_rows
+from camels.data import collate_lm, load_rows
 from camels.models import check_vocab, checked_resume, load_causal_lm, load_tokenizer, open_run_folder
 from camels.online import qa_scores
 
@@ -41,7 +41,9 @@ class QaPretrainModule(pl.LightningModule):
             self.train_pairs,
             batch_size=self.cfg.lt_batch_size,
             sampler=sampler,
-            collate_fn=lambda b: collate_qa(self.tokenizer, b, self.cfg.max_question_len, self.cfg.qa_eos),
+            collate_fn=lambda b: collate_lm(
+                self.tokenizer, b, self.cfg.max_question_len, self.cfg.qa_eos, self.cfg.max_text_len
+            ),
         )
 
     def training_step(self, batch: dict[str, torch.Tensor], i: int) -> torch.Tensor:
@@ -133,7 +135,10 @@ def save_model(model: Any, tokenizer: Any, folder: Path) -> None:
 def run_qa_pretrain(cfg: QaPretrainConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     tok = load_tokenizer(cfg.tokenizer_name or cfg.model)
-    train = [(q, a) for _, q, a in load_rows(cfg.dataset, cfg.train_path)]
+    rows = load_rows(cfg.dataset, cfg.train_path)
+    train: list[tuple[str | None, str]] = [(q, a) for _, q, a in rows]
+    if cfg.documents:  # each distinct document once, after the pairs (the sampler shuffles)
+        train += [(None, d) for d in dict.fromkeys(d for d, _, _ in rows)]
     val = [(q, a) for _, q, a in load_rows(cfg.dataset, cfg.val_path)][: cfg.val_max_pairs]
     model = load_causal_lm(cfg.model, attn_implementation=cfg.attn_implementation)
     check_vocab(tok, model, f"--model {cfg.model}")

@@ -412,3 +412,49 @@ class TfidfWeights(_TextWeighting):
 
     def token_weights(self, token_texts: list[str]) -> list[float]:
         return self.model.token_weights(token_texts, self.min_threshold)
+
+
+# ----------------------------------------------------------------------------------------------------- oracle
+
+
+class OracleWeights:
+    """The sanity arm of the reproduction: weight 1 on the tokens of a document's gold answers (every place the
+    answer's tokens, as the QA prompt encodes them, `" " + answer`, occur in the document), 0 elsewhere. It knows
+    the questions, so it is an upper reference for what a weighting can do, not a method.
+
+    `docs_answers` maps each document text to the gold answers asked about it; documents are recognised by their
+    token ids, cut to `max_len` as the adaptation cuts them. An answer that does not occur in its document's
+    tokens is an error (the oracle would silently not update on that document)."""
+
+    def __init__(self, tokenizer: Any, docs_answers: dict[str, Sequence[str]], max_len: int = 1024):
+        self.spans: dict[tuple[int, ...], list[list[int]]] = {}
+        for doc, answers in docs_answers.items():
+            ids = tuple(tokenizer(doc, add_special_tokens=False)["input_ids"][:max_len])
+            for answer in answers:
+                target = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+                if not _occurrences(ids, target):
+                    raise LmlabError(
+                        f"oracle weights: the answer {answer!r} does not occur in the tokens of its document "
+                        f"{doc[:60]!r}...; the oracle needs answers stated verbatim in their documents"
+                    )
+                self.spans.setdefault(ids, []).append(target)
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(input_ids.shape, dtype=torch.float32)
+        for b in range(input_ids.shape[0]):
+            n = int(attention_mask[b].sum())
+            ids = tuple(input_ids[b, :n].tolist())
+            if ids not in self.spans:
+                raise LmlabError(
+                    "oracle weights: a document that is not in the stream the oracle was built for"
+                )
+            for target in self.spans[ids]:
+                for start in _occurrences(ids, target):
+                    out[b, start : start + len(target)] = 1.0
+        return out.to(input_ids.device)
+
+
+def _occurrences(seq: Sequence[int], target: Sequence[int]) -> list[int]:
+    """Start positions where `target` occurs in `seq` as a contiguous run."""
+    k = len(target)
+    return [i for i in range(len(seq) - k + 1) if k and list(seq[i : i + k]) == list(target)]

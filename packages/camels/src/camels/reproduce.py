@@ -1,0 +1,485 @@
+"""`camels reproduce`: a small controlled experiment that can show CaMeLS's effect on CPU (issue 11).
+
+Design (README, "Reproduction"): documents are Brown Corpus windows with one made-up fact inserted ("The
+hometown of Kavor Delin is Velmora."), each asked by its cloze prompt (`camels.facts`). A tiny GPT-2 is
+pre-trained on the pre-training split's documents *and* QA pairs (`qa-pretrain --documents true`), so that a
+gradient step on a new document can change its answers. Entities are disjoint across the pre-training,
+meta-training/validation and test splits. Every arm adapts the same base model on a test stream with one SGD step
+per document, at its own lr chosen on a stream of the validation split; the metric is the answer NLL after
+adaptation (lower is better), with F1 and EM of greedy answers beside it and a no-adaptation row. Arms: uniform,
+SSM, TF-IDF, the oracle (weight only on the answer tokens: the sanity arm) and CaMeLS, meta-trained per seed on the
+meta-train split with `normalize` (mean weight 1, so it starts exactly at uniform) and the inner lr at which
+uniform did best on the validation stream.
+
+Every step goes through the console script's subcommands into its own run folder, and a finished folder is
+skipped, so an interrupted reproduction resumes. Seeds (fixed here, chosen before any result) vary the
+weighting model's meta-training and the sampled validation and test streams; the data and the base model are
+built once (seed 0), as the paper meta-trains and evaluates on one QA-tuned base model.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from lmlab.claims import Claim, claims_section, write_claims
+from lmlab.errors import LmlabError
+from lmlab.io import is_done, write_json, write_results
+
+ARMS = ("uniform", "ssm", "TFIDF", "oracle", "CaMeLS")
+CONTROLS = {"camels_vs_uniform": "uniform", "camels_vs_ssm": "ssm", "camels_vs_tfidf": "TFIDF"}
+DATA_SEED = 0  # the data, tokenizer and base model: built once
+
+FULL: dict[str, Any] = {
+    "seeds": [0, 1, 2],
+    "data": {"qa_train": 2000, "qa_val": 100, "train": 480, "val": 120, "test": 120},
+    "words": 24,
+    "hidden": 64,
+    "layers": 2,
+    "qa_steps": 600,
+    "qa_val_steps": 200,
+    "qa_lr": 3e-3,
+    "meta_steps": 120,
+    "meta_val_steps": 30,
+    "outer_lr": 1e-3,
+    "stream_docs": 16,
+    "lrs": [0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
+}
+QUICK: dict[str, Any] = {
+    "seeds": [0],
+    "data": {"qa_train": 60, "qa_val": 8, "train": 24, "val": 8, "test": 8},
+    "words": 12,
+    "hidden": 32,
+    "layers": 1,
+    "qa_steps": 20,
+    "qa_val_steps": 20,
+    "qa_lr": 3e-3,
+    "meta_steps": 2,
+    "meta_val_steps": 2,
+    "outer_lr": 1e-3,
+    "stream_docs": 4,
+    "lrs": [0.5, 1.0],
+}
+MAX_TEXT_LEN = 128
+
+
+def _cli(args: list[str]) -> None:
+    from camels.cli import main
+
+    code = main(args)
+    if code != 0:
+        raise LmlabError(f"`camels {' '.join(args[:1])}` failed with exit code {code} (its line is above)")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def ssm_pipeline() -> str:
+    """spaCy's English NER when a model is installed (en_core_web_sm), else the package's rule-based pipeline."""
+    import spacy
+
+    return "en_core_web_sm" if spacy.util.is_package("en_core_web_sm") else "rule_based"
+
+
+class Reproduction:
+    def __init__(self, out: Path, sizes: dict[str, Any]):
+        self.out, self.sizes = out, sizes
+        self.data = out / "data"
+        self.qa_model = out / "qa_pretrain" / "model"
+        self.ssm = ssm_pipeline()
+
+    # ------------------------------------------------------------------------------------------- shared parts
+
+    def build_base(self) -> Path:
+        from camels.data import read_table
+        from camels.facts import make_facts
+        from camels.pipeline import build_tiny_base
+
+        s = self.sizes
+        if not (self.data / "test.csv").is_file():
+            make_facts(self.data, DATA_SEED, s["data"], words=s["words"])
+        train = read_table(self.data / "qa_train.csv")  # the tokenizer sees the pre-training split only
+        texts = [*map(str, train["text"]), *map(str, train["question"])]
+        base = build_tiny_base(self.out / "tiny_base", texts, DATA_SEED, s["hidden"], s["layers"])
+        qa_dir = self.out / "qa_pretrain"
+        if not is_done(qa_dir):
+            _cli(
+                [
+                    "qa-pretrain",
+                    *self._common(DATA_SEED),
+                    "--model",
+                    str(base),
+                    "--train_path",
+                    str(self.data / "qa_train.csv"),
+                    "--val_path",
+                    str(self.data / "qa_val.csv"),
+                    "--documents",
+                    "true",
+                    "--max_text_len",
+                    str(MAX_TEXT_LEN),
+                    "--output_dir",
+                    str(qa_dir),
+                    "--lr",
+                    str(s["qa_lr"]),
+                    "--lt_batch_size",
+                    "16",
+                    "--accumulate_grad_batches",
+                    "1",
+                    "--grad_clip_thresh",
+                    "1.0",
+                    "--max_steps",
+                    str(s["qa_steps"]),
+                    "--val_steps",
+                    str(s["qa_val_steps"]),
+                    "--val_max_pairs",
+                    "64",
+                    "--checkpoint_every_n_steps",
+                    "100000",
+                ]
+            )
+        return self.qa_model
+
+    @staticmethod
+    def _common(seed: int) -> list[str]:
+        return ["--dataset", "synthetic", "--seed", str(seed), "--progress_bar", "false", "--logger", "none"]
+
+    # ------------------------------------------------------------------------------------------------ per seed
+
+    def meta_train(self, seed: int, inner_lr: float) -> Path:
+        s = self.sizes
+        meta_dir = self.out / f"seed{seed}" / "meta_train"
+        if not is_done(meta_dir):
+            _cli(
+                [
+                    "meta-train",
+                    *self._common(seed),
+                    "--base_model",
+                    str(self.qa_model),
+                    "--pretrained_model",
+                    str(self.qa_model),
+                    "--train_path",
+                    str(self.data / "train.csv"),
+                    "--val_path",
+                    str(self.data / "val.csv"),
+                    "--loc_train_path",
+                    str(self.data / "owt_train.csv"),
+                    "--loc_val_path",
+                    str(self.data / "owt_val.csv"),
+                    "--output_dir",
+                    str(meta_dir),
+                    "--normalize",
+                    "true",
+                    "--max_steps",
+                    str(s["meta_steps"]),
+                    "--accumulate_grad_batches",
+                    "1",
+                    "--max_text_len",
+                    str(MAX_TEXT_LEN),
+                    "--inner_lr",
+                    str(inner_lr),
+                    "--outer_lr",
+                    str(s["outer_lr"]),
+                    "--val_steps",
+                    str(s["meta_val_steps"]),
+                    "--val_max_batches",
+                    "8",
+                    "--meta_grad_mode",
+                    "adjoint",
+                    "--checkpoint_every_n_steps",
+                    "100000",
+                ]
+            )
+        return meta_dir / "model"
+
+    def eval_run(self, seed: int, arm: str, split: str, mode: str, lr: float, folder: Path) -> dict[str, Any]:
+        """One `camels eval` run (skipped when its folder is finished); its results.json."""
+        if not is_done(folder):
+            weights = ["--weight_model_path", str(self.out / f"seed{seed}" / "meta_train" / "model")]
+            _cli(
+                [
+                    "eval",
+                    "--dataset",
+                    "synthetic",
+                    "--seed",
+                    str(seed),
+                    "--base_model",
+                    str(self.qa_model),
+                    "--test_path",
+                    str(self.data / f"{split}.csv"),
+                    "--downsample_to",
+                    str(self.sizes["stream_docs"]),
+                    "--weight_model",
+                    arm,
+                    *(weights if arm == "CaMeLS" else []),
+                    "--ssm_spacy_model",
+                    self.ssm,
+                    "--tfidf_path",
+                    str(self.data / "all.csv"),
+                    "--min_threshold",
+                    "0.05",
+                    "--optimizer",
+                    "sgd",
+                    "--lr",
+                    str(lr),
+                    "--max_text_len",
+                    str(MAX_TEXT_LEN),
+                    "--eval",
+                    mode,
+                    "--eval_init",
+                    "true",
+                    "--generation_strategy",
+                    "greedy",
+                    "--max_new_tokens",
+                    "8",
+                    "--generation_batch_size",
+                    "16",
+                    "--checkpoint_every_n_docs",
+                    "0",
+                    "--device",
+                    "cpu",
+                    "--progress_bar",
+                    "false",
+                    "--output_dir",
+                    str(folder),
+                    "--overwrite",
+                    "true",
+                ]
+            )
+        return _read(folder / "results.json")
+
+    def choose_lr(self, seed: int, arm: str) -> float:
+        """The lr of the grid with the lowest answer NLL on the seed's validation stream (never the test one)."""
+        scores = {}
+        for lr in self.sizes["lrs"]:
+            folder = self.out / f"seed{seed}" / arm / f"val_lr{lr:g}"
+            scores[lr] = self.eval_run(seed, arm, "val", "ppl", lr, folder)["final_nll"]
+        return min(scores, key=lambda lr: (scores[lr], lr))
+
+    def seed_rows(self, seed: int) -> list[dict[str, Any]]:
+        lrs = {arm: self.choose_lr(seed, arm) for arm in ARMS if arm != "CaMeLS"}
+        self.meta_train(seed, lrs["uniform"])  # inner lr: where uniform did best on the validation stream
+        lrs["CaMeLS"] = self.choose_lr(seed, "CaMeLS")
+        rows = []
+        for arm in ARMS:
+            folder = self.out / f"seed{seed}" / arm
+            ppl = self.eval_run(seed, arm, "test", "ppl", lrs[arm], folder / "test_ppl")
+            em = self.eval_run(seed, arm, "test", "em", lrs[arm], folder / "test_em")
+            if arm == "uniform":  # before any update: the same for every arm
+                rows.append(_row(seed, "none", None, ppl["init_nll"], em, "init_"))
+            rows.append(_row(seed, arm, lrs[arm], ppl["final_nll"], em, ""))
+        return rows
+
+
+def _row(
+    seed: int, arm: str, lr: float | None, nll: float, em: dict[str, Any], prefix: str
+) -> dict[str, Any]:
+    return {
+        "seed": seed,
+        "arm": arm,
+        "lr": lr,
+        "answer_nll": nll,
+        "f1": em[f"{prefix}avg_f1"],
+        "em_strict": em[f"{prefix}em_strict"],
+        "em_prefix": em[f"{prefix}em"],
+    }
+
+
+def per_seed(out: Path, seeds: list[int], arm: str, key: str = "final_nll") -> list[float]:
+    """An arm's test answer NLL per seed, read from its run folders' results.json."""
+    return [_read(out / f"seed{s}" / arm / "test_ppl" / "results.json")[key] for s in seeds]
+
+
+def build_claims(out: Path, seeds: list[int]) -> list[Claim]:
+    metric = "answer NLL after adaptation (test stream, nats/token)"
+    camels = per_seed(out, seeds, "CaMeLS")
+    claims = [
+        Claim(
+            cid,
+            f"CaMeLS's weights give a lower answer NLL after adaptation than {control}'s",
+            metric,
+            "lower",
+            "CaMeLS",
+            control,
+            camels,
+            per_seed(out, seeds, control),
+        )
+        for cid, control in CONTROLS.items()
+    ]
+    claims.append(
+        Claim(
+            "oracle_vs_uniform",
+            "sanity: weighting only the answer tokens beats uniform weights (one step per document can store a "
+            "fact, and where the weight goes matters)",
+            metric,
+            "lower",
+            "oracle",
+            "uniform",
+            per_seed(out, seeds, "oracle"),
+            per_seed(out, seeds, "uniform"),
+        )
+    )
+    return claims
+
+
+def _stats(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.4f} ± {std:.4f} ({', '.join(f'{v:.4f}' for v in values)})"
+
+
+def _meta_summary(out: Path, seeds: list[int]) -> list[str]:
+    lines = []
+    for s in seeds:
+        history = [
+            json.loads(line)
+            for line in (out / f"seed{s}" / "meta_train" / "metrics.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
+        val = [h for h in history if "val/total_loss" in h]
+        if val:
+            lines.append(
+                f"- seed {s}: validation total loss {val[0]['val/total_loss']:.4f} (before the first update) -> "
+                f"best {min(h['val/total_loss'] for h in val):.4f}"
+            )
+    return lines
+
+
+def write_report(
+    out: Path,
+    rows: list[dict[str, Any]],
+    claims: list[Claim],
+    sizes: dict[str, Any],
+    ssm: str,
+    seconds: float,
+) -> None:
+    seeds = sizes["seeds"]
+    arms = ["none", *ARMS]
+    lines = ["# CaMeLS: a controlled reproduction on synthetic facts among Brown Corpus text", ""]
+    lines.append(claims_section(claims, sanity=["oracle_vs_uniform"]))
+    lines += [
+        f"Wall time {seconds / 60:.1f} min; seeds {', '.join(map(str, seeds))}; "
+        f"SSM used spaCy pipeline `{ssm}`"
+        + (
+            " (no English spaCy model is installed: the package's rule-based entity ruler)"
+            if ssm == "rule_based"
+            else ""
+        )
+        + ".",
+        "",
+        "## Every arm (mean ± std over seeds, then each seed)",
+        "",
+        "Answer NLL: token-mean NLL of the gold answer tokens (and EOS) of the test stream's questions after "
+        "adaptation; F1 and EM (strict SQuAD EM and the reference's prefix EM) of greedy answers, ×100. "
+        "`none` is the base model before any update. lr: the SGD lr chosen per seed on the validation stream.",
+        "",
+        "| arm | answer NLL | F1 | EM strict | EM prefix | lr per seed |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for arm in arms:
+        mine = [r for r in rows if r["arm"] == arm]
+        lr = ", ".join("–" if r["lr"] is None else f"{r['lr']:g}" for r in mine)
+        lines.append(
+            f"| {arm} | {_stats([r['answer_nll'] for r in mine])} | {_stats([100 * r['f1'] for r in mine])} "
+            f"| {_stats([100 * r['em_strict'] for r in mine])} | {_stats([100 * r['em_prefix'] for r in mine])} "
+            f"| {lr} |"
+        )
+    data = sizes["data"]
+    lines += [
+        "",
+        "## Design",
+        "",
+        f"- Data (`camels.facts`, seed {DATA_SEED}): each document is a {sizes['words']}-word window of a Brown Corpus "
+        'paragraph with one made-up fact inserted ("The hometown of Kavor Delin is Velmora." or "The trade of '
+        "... is baker.\"); its question is the fact's cloze prompt. Documents per split: "
+        + ", ".join(f"{k} {v}" for k, v in data.items())
+        + ". Entities and filler paragraphs are disjoint across splits (tested); values are shared, so every "
+        "test fact is new to the model.",
+        f"- Base model: GPT-2, {sizes['layers']} layers, {sizes['hidden']} wide, BPE tokenizer trained on the "
+        f"pre-training split; `qa-pretrain --documents true`: {sizes['qa_steps']} Adam steps (lr {sizes['qa_lr']:g}, "
+        "batch 16) on the pre-training split's documents and QA pairs mixed, model of the lowest validation "
+        "answer NLL kept.",
+        f"- Adaptation: one SGD step per document on a stream of {sizes['stream_docs']} documents (sampled per seed), "
+        f"weighted loss over max_text_len {MAX_TEXT_LEN} (the reference's normalisation); each arm's lr is the "
+        f"best of {', '.join(f'{v:g}' for v in sizes['lrs'])} by answer NLL on a {sizes['stream_docs']}-document "
+        "stream of the validation split (the same seed's sample).",
+        "- Arms: uniform (plain fine-tuning), SSM (salient spans), TF-IDF (min_threshold 0.05, fitted on all "
+        "documents), oracle (weight 1 on the gold answer's tokens in the document, 0 elsewhere: the sanity arm), "
+        f"CaMeLS (weighting model = the QA-tuned base as encoder + head, meta-trained per seed for "
+        f"{sizes['meta_steps']} updates on the meta-train split: 6 documents per meta-step, sequential inner SGD "
+        "at the lr where uniform did best on the validation stream, adjoint meta-gradients, outer Adam lr "
+        f"{sizes['outer_lr']:g}, `normalize` so the weights have mean 1 per document and start exactly at uniform).",
+        "- Seeds vary the meta-training and the sampled validation and test streams; data and base model are "
+        "built once, as the paper evaluates on one QA-tuned base model.",
+        "",
+        "Meta-training (validation total loss = answer NLL + 0.1 × locality KL, before the first update and best):",
+        "",
+        *_meta_summary(out, seeds),
+        "",
+        "Run folders: `seed<k>/<arm>/test_ppl` and `test_em` (the test runs), `seed<k>/<arm>/val_lr<lr>` (the lr "
+        "choice), `seed<k>/meta_train`, `qa_pretrain`, `data`. Token weights of the first seed's CaMeLS model: "
+        "token_weights.html / token_weights.png.",
+        "",
+        "## Reading",
+        "",
+        reading(claims),
+    ]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def reading(claims: list[Claim]) -> str:
+    """The plain-words paragraph, from the measured claims."""
+    by = {c.id: c for c in claims}
+    mean = lambda v: statistics.fmean(v)  # noqa: E731
+    sanity = by["oracle_vs_uniform"]
+    text = [
+        f"Oracle {mean(sanity.method_values):.4f} vs uniform {mean(sanity.control_values):.4f}: "
+        + (
+            "weighting only the answer tokens stores more of each fact than plain fine-tuning, so the set-up can "
+            "show a weighting's effect."
+            if sanity.holds
+            else "the oracle does not beat uniform, so this set-up cannot show a weighting's effect and the other "
+            "claims say little."
+        )
+    ]
+    for cid, control in CONTROLS.items():
+        c = by[cid]
+        verdict = "beats" if c.holds else "does not beat"
+        text.append(
+            f"CaMeLS {verdict} {control} ({mean(c.method_values):.4f} vs {mean(c.control_values):.4f}, rule: the "
+            "mean lower by more than the larger std / sqrt(seeds))."
+        )
+    return " ".join(text)
+
+
+def run_reproduce(cfg: Any) -> dict[str, Any]:
+    from transformers.utils import logging as hf_logging
+
+    from camels.pipeline import _weights_picture
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    sizes = dict(QUICK if cfg.quick else FULL)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    run = Reproduction(out, sizes)
+    run.build_base()
+    rows = [row for seed in sizes["seeds"] for row in run.seed_rows(seed)]
+    claims = build_claims(out, sizes["seeds"])
+    write_claims("camels", claims, out)
+    write_results(rows, out, name="results")
+    first = sizes["seeds"][0]
+    _weights_picture(out, out / f"seed{first}" / "meta_train" / "model", run.qa_model, run.data / "test.csv")
+    seconds = time.time() - t0
+    write_report(out, rows, claims, sizes, run.ssm, seconds)
+    write_json(out / "reproduce.json", {"seconds": seconds, "sizes": sizes, "ssm_spacy_model": run.ssm})
+    print(f"[camels reproduce] claims: {out}/claims.json, report: {out}/report.md")
+    return {"seconds": seconds}
+
+
+__all__ = ["ARMS", "FULL", "QUICK", "build_claims", "per_seed", "run_reproduce", "ssm_pipeline"]
