@@ -1,4 +1,4 @@
-"""The bench's FLOP model, reproduction pieces, accumulation, environment column, config checks."""
+"""The bench's FLOP model, accumulation, environment column, config checks."""
 
 import json
 
@@ -14,30 +14,6 @@ def test_predicted_dense_ratio_matches_spec_formula():
     cfg = BenchConfig(seq_len=512)  # RoBERTa-base: (189 + 78 n) / (189 + 78)
     assert predicted_dense_ratio(cfg, 4) == pytest.approx(1.88, abs=0.03)
     assert predicted_dense_ratio(cfg, 8) == pytest.approx(3.05, abs=0.05)
-
-
-def test_synthetic_language_and_noise_mass(tmp_path):
-    from invariant_lm.model import InvariantMLM
-    from invariant_lm.reproduce import NOISE, noise_mass, word_tokenizer, write_language
-
-    write_language(tmp_path, n_train=50, n_test=10, noise_rate=0.3)
-    clean = (tmp_path / "envs" / "clean.txt").read_text().split()
-    noisy = (tmp_path / "envs" / "noisy.txt").read_text().split()
-    assert not set(NOISE) & set(clean)
-    share = sum(w in NOISE for w in noisy) / sum(w not in NOISE for w in noisy)
-    assert 0.2 < share < 0.4
-    tok = word_tokenizer(tmp_path / "tok")
-    assert tok("w1 <m2> w3")["input_ids"] == [2, 6, tok.convert_tokens_to_ids("<m2>"), 8, 3]
-    from transformers import BertConfig, BertForMaskedLM
-
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=64)  # fmt: skip
-    base = BertForMaskedLM(cfg)
-    with torch.no_grad():  # a head that puts all mass on <m0> gives noise mass ~1
-        base.cls.predictions.bias.zero_()
-        base.cls.predictions.bias[tok.convert_tokens_to_ids("<m0>")] = 100.0
-    model = InvariantMLM.from_base(base, ["a", "b"])
-    assert noise_mass(model, tok, tmp_path / "test_clean.txt", 34) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_gradient_accumulation_uses_micro_batches_of_the_same_env():

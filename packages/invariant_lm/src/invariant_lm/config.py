@@ -281,18 +281,44 @@ class DemoConfig:
     threads: int = _h("torch CPU threads (1 is fastest for tiny models on a shared machine)", 1, ge=1)
 
 
+# the sizes `reproduce --quick` uses: one seed, a smoke-sized run of the same code path (the tests run it)
+QUICK = {"stage1_steps": 60, "stage2_steps": 24, "train_lines": 100, "test_lines": 40}
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+
+
 @dataclass
 class ReproduceConfig:
     output_dir: str = _h("where results go", "results/invariant_lm")
-    seeds: list[int] = _h("seeds of stage 2", None)
-    stage1_steps: int = _h("stage-1 updates (clean MLM pretraining)", 2500, ge=1)
-    stage1_lr: float = _h("stage-1 learning rate", 5e-4, gt=0)
-    stage2_steps: int = _h("stage-2 updates per mode", 1000, ge=1)
-    stage2_lr: float = _h("stage-2 learning rate", 1e-4, gt=0)
-    batch_size: int = _h("batch size", 32, ge=1)
-    noise_rate: float = _h(
-        "share of positions with a markup token before them in the noisy environment", 0.3, ge=0, le=1
+    seeds: list[int] = _h("seeds of stage 2 (each arm runs every seed)", None)
+    quick: bool = _h(
+        "smoke-sized run of the same code path: the first seed only, "
+        + ", ".join(f"{k} {v}" for k, v in QUICK.items()),
+        False,
     )
+    arms: list[str] = _h("stage-2 arms: erm and irm (required by the claims), ensemble (optional)", None)
+    n_noisy_envs: int = _h(
+        "noisy environments, each with its own noise token (plus one clean one)", 3, ge=1, le=10
+    )
+    noise_words: int = _h(
+        "words per noisy environment whose occurrences its noise token may replace", 5, ge=1
+    )
+    noise_rate: float = _h(
+        "probability that an occurrence of one of those words is replaced", 0.4, gt=0, le=1
+    )
+    data_seed: int = _h("seed of the chain, the noise word sets and the text", 0)
+    train_lines: int = _h("sequences per training environment (and of the stage-1 corpus)", 3000, ge=1)
+    test_lines: int = _h("held-out sequences, clean and noisy each", 500, ge=1)
+    hidden_size: int = _h("hidden size of the tiny BERT (2 layers, 2 attention heads)", 64, ge=2)
+    stage1_steps: int = _h("stage-1 updates (clean MLM pretraining)", 6000, ge=1)
+    stage1_lr: float = _h("stage-1 learning rate", 1e-3, gt=0)
+    stage2_steps: int = _h("stage-2 updates per run (environment updates; whole rounds)", 1000, ge=1)
+    stage2_lr: float = _h("stage-2 learning rate (every arm)", 5e-4, gt=0)
+    batch_size: int = _h("batch size (sequences per update)", 32, ge=1)
+    max_grad_norm: float = _h(
+        "stage 2: clip the norm of the stepped gradients at this value (<= 0: no clipping)", 1.0
+    )
+    lr_scheduler_type: str = _h("stage-2 LR schedule: " + " | ".join(SCHEDULERS), "linear")
+    warmup_steps: int = _h("stage-2 LR warm-up updates", 0, ge=0)
     device: str = _h("auto | cpu | cuda", "cpu")
     threads: int = _h("torch CPU threads (1 is fastest for tiny models on a shared machine)", 1, ge=1)
 
@@ -301,3 +327,21 @@ class ReproduceConfig:
             self.seeds = [0, 1, 2]
         if isinstance(self.seeds, int):
             self.seeds = [self.seeds]
+        if self.arms is None:
+            self.arms = ["erm", "irm", "ensemble"]
+        if isinstance(self.arms, str):
+            self.arms = [self.arms]
+        if not {"erm", "irm"} <= set(self.arms) or not set(self.arms) <= {"erm", "irm", "ensemble"}:
+            raise ValueError(f"--arms must hold erm and irm, and may add ensemble; got {self.arms}")
+        if self.lr_scheduler_type not in SCHEDULERS:
+            raise ValueError(
+                f"--lr_scheduler_type must be one of {', '.join(SCHEDULERS)}, got {self.lr_scheduler_type!r}"
+            )
+        if self.n_noisy_envs * self.noise_words > 40:
+            raise ValueError(
+                "--n_noisy_envs x --noise_words must be at most 40 (disjoint sets of the 40 words)"
+            )
+        if self.quick:
+            self.seeds = self.seeds[:1]
+            for key, value in QUICK.items():
+                setattr(self, key, value)

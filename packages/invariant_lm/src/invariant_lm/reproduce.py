@@ -1,18 +1,27 @@
-"""`invariant-lm reproduce` (`make reproduce-invariant_lm`): the controlled structured-noise experiment (spec §8).
+"""`invariant-lm reproduce` (`make reproduce-invariant_lm`): does IRM-games remove environment-specific noise?
 
-Synthetic language: a random sparse first-order Markov chain over 40 words (3 successors each). Environment
-`clean` = chain text; environment `noisy` = the same chain with one of 5 markup tokens inserted before ~30% of
-positions. Stage 1: a tiny BERT (hidden 64, 2 layers) trained from scratch as a plain MLM on `clean` only; it
-plays the pretrained checkpoint. Stage 2: from it, `--mode erm | irm | ensemble` on {clean, noisy}, same seed,
-data stream and number of updates. Metrics on held-out clean text with fixed masks: perplexity and noise mass
-(mean probability given to the 5 markup tokens at masked positions, where they never occur). The recipe is the
-spec's, not tuned toward an outcome. Every run folder is skipped when finished, so a rerun resumes.
+Synthetic language: a random sparse first-order Markov chain over 40 words (3 successors each), 32-word
+sequences. Environment `clean` is chain text; environment `noisy<k>` (k < n_noisy_envs) is the same chain where a
+share `noise_rate` of the occurrences of its own `noise_words` words is replaced by its own noise token `<z<k>>`
+(disjoint word sets, one token per environment). The noise is sparse (about one noise token per sequence), so a
+sequence of a noisy environment often shows none: the environment is not trivially visible from the context, and
+a model that learns the noise has to hedge and leaks it into clean text. Held out: clean chain text, and noisy
+text (each line carries one noisy environment's noise, the environments in turn).
+
+Stage 1: a tiny BERT trained from scratch as a plain MLM on clean text (the "pretrained" model, where every
+arm of stage 2 starts). Stage 2, per seed: ERM (`--mode erm`, one head, the same round-robin stream of all
+environments), IRM-games (`--mode irm`, one head per environment, body + head e per update) and ensembling
+(`--mode ensemble`, the heads without the game: all stepped every update). Metrics per run, with fixed masks:
+noise mass (the probability the model puts on the noise tokens at masked positions) on held-out clean and noisy
+text, and perplexity on both. Every run folder keeps its metrics in `metrics_reproduce.json`; a finished run is
+skipped, so an interrupted reproduction resumes. `claims.json` and `report.md` are built from those files.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +29,25 @@ import torch
 
 from invariant_lm.config import ReproduceConfig, TrainConfig
 
-N_WORDS, N_SUCC, N_NOISE, SEQ_WORDS = 40, 3, 5, 32
+N_WORDS, N_SUCC, SEQ_WORDS = 40, 3, 32
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-NOISE = [f"<m{i}>" for i in range(N_NOISE)]
-MODES = ("erm", "irm", "ensemble")
+ARMS = ("erm", "irm", "ensemble")
+METRICS = ("noise_mass_clean", "noise_mass_noisy", "clean_perplexity", "noisy_perplexity")
+RUN_METRICS = "metrics_reproduce.json"
+PAPER = "invariant_lm"
 
 
-def word_tokenizer(folder: Path):
-    """A word-level tokenizer (one token per word, BERT specials), saved to `folder`."""
+def noise_tokens(n_noisy_envs: int) -> list[str]:
+    return [f"<z{k}>" for k in range(n_noisy_envs)]
+
+
+def word_tokenizer(folder: Path, n_noisy_envs: int):
+    """A word-level tokenizer (one token per word and per noise token, BERT specials), saved to `folder`."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {t: i for i, t in enumerate(SPECIALS + [f"w{i}" for i in range(N_WORDS)] + NOISE)}
+    words = [f"w{i}" for i in range(N_WORDS)]
+    vocab = {t: i for i, t in enumerate(SPECIALS + words + noise_tokens(n_noisy_envs))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(
@@ -45,46 +61,71 @@ def word_tokenizer(folder: Path):
     return fast
 
 
-def write_language(
-    folder: Path, n_train: int = 3000, n_test: int = 300, noise_rate: float = 0.3, seed: int = 0
-):
-    """clean.txt, noisy.txt (training environments) and test_clean.txt; one 32-word sequence per line."""
-    rng = np.random.default_rng(seed)
-    succ = np.stack([rng.choice(N_WORDS, N_SUCC, replace=False) for _ in range(N_WORDS)])
-    probs = rng.dirichlet(np.ones(N_SUCC), size=N_WORDS)
+class Language:
+    """The Markov chain, and each noisy environment's noise: `noise_sets[k]` are the words that `<z<k>>` replaces
+    (with probability `noise_rate` per occurrence) in environment `noisy<k>`."""
 
-    def sequence() -> list[str]:
-        w = int(rng.integers(N_WORDS))
+    def __init__(self, n_noisy_envs: int, noise_words: int, noise_rate: float, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.succ = np.stack([self.rng.choice(N_WORDS, N_SUCC, replace=False) for _ in range(N_WORDS)])
+        self.probs = self.rng.dirichlet(np.ones(N_SUCC), size=N_WORDS)
+        order = self.rng.permutation(N_WORDS)
+        self.noise_sets = [
+            {f"w{i}" for i in order[k * noise_words : (k + 1) * noise_words]} for k in range(n_noisy_envs)
+        ]
+        self.noise = noise_tokens(n_noisy_envs)
+        self.noise_rate = noise_rate
+
+    def sequence(self) -> list[str]:
+        w = int(self.rng.integers(N_WORDS))
         out = []
         for _ in range(SEQ_WORDS):
             out.append(f"w{w}")
-            w = int(succ[w][rng.choice(N_SUCC, p=probs[w])])
+            w = int(self.succ[w][self.rng.choice(N_SUCC, p=self.probs[w])])
         return out
 
-    def noisy(words: list[str]) -> list[str]:
-        out = []
-        for w in words:
-            if rng.random() < noise_rate:
-                out.append(NOISE[int(rng.integers(N_NOISE))])
-            out.append(w)
-        return out
+    def add_noise(self, words: list[str], env: int) -> list[str]:
+        """Environment `env`'s noise: each occurrence of one of its words becomes its noise token with
+        probability `noise_rate`; every other word is left as it is."""
+        hit = self.noise_sets[env]
+        return [self.noise[env] if w in hit and self.rng.random() < self.noise_rate else w for w in words]
 
-    envs = folder / "envs"
-    envs.mkdir(parents=True, exist_ok=True)
-    (envs / "clean.txt").write_text("\n".join(" ".join(sequence()) for _ in range(n_train)) + "\n")
-    (envs / "noisy.txt").write_text("\n".join(" ".join(noisy(sequence())) for _ in range(n_train)) + "\n")
-    (folder / "test_clean.txt").write_text("\n".join(" ".join(sequence()) for _ in range(n_test)) + "\n")
-    (folder / "stage1_envs").mkdir(exist_ok=True)
-    (folder / "stage1_envs" / "clean.txt").write_text((envs / "clean.txt").read_text())
+
+def write_language(folder: Path, cfg: ReproduceConfig) -> Language:
+    """envs/clean.txt and envs/noisy<k>.txt (stage 2), stage1/clean.txt (stage 1), test_clean.txt and
+    test_noisy.txt (held out; line i of test_noisy carries the noise of environment i mod n_noisy_envs); one
+    32-word sequence per line, every line drawn afresh from the chain."""
+    lang = Language(cfg.n_noisy_envs, cfg.noise_words, cfg.noise_rate, seed=cfg.data_seed)
+
+    def lines(seqs) -> str:
+        return "\n".join(" ".join(s) for s in seqs) + "\n"
+
+    (folder / "envs").mkdir(parents=True, exist_ok=True)
+    (folder / "stage1").mkdir(exist_ok=True)
+    n, m = cfg.train_lines, cfg.test_lines
+    (folder / "stage1" / "clean.txt").write_text(lines(lang.sequence() for _ in range(n)))
+    (folder / "envs" / "clean.txt").write_text(lines(lang.sequence() for _ in range(n)))
+    for k in range(cfg.n_noisy_envs):
+        (folder / "envs" / f"noisy{k}.txt").write_text(
+            lines(lang.add_noise(lang.sequence(), k) for _ in range(n))
+        )
+    (folder / "test_clean.txt").write_text(lines(lang.sequence() for _ in range(m)))
+    (folder / "test_noisy.txt").write_text(
+        lines(lang.add_noise(lang.sequence(), i % cfg.n_noisy_envs) for i in range(m))
+    )
+    return lang
 
 
 @torch.no_grad()
-def noise_mass(model, tokenizer, test_file: Path, seq_len: int, mask_seed: int = 1234) -> float:
-    """Mean probability the ensemble gives to the markup tokens at masked positions of clean text."""
+def noise_mass(
+    model, tokenizer, test_file: Path, seq_len: int, noise: list[str], mask_seed: int = 1234
+) -> float:
+    """Mean, over the masked positions of `test_file` (fixed masks), of the probability the model's ensemble
+    gives to the noise tokens together."""
     from invariant_lm.data import eval_batches, load_text_file, make_collator, tokenize
 
     ds = tokenize(load_text_file(test_file), tokenizer, seq_len, line_by_line=True)
-    noise_ids = torch.tensor(tokenizer.convert_tokens_to_ids(NOISE))
+    noise_ids = torch.tensor(tokenizer.convert_tokens_to_ids(noise))
     model.eval()
     total, count = 0.0, 0
     for b in eval_batches(ds, make_collator(tokenizer), 64, mask_seed):
@@ -95,134 +136,241 @@ def noise_mass(model, tokenizer, test_file: Path, seq_len: int, mask_seed: int =
     return total / count
 
 
-def _train(cfg: TrainConfig) -> dict:
-    from lmlab.io import is_done
+def _run(cfg: TrainConfig, tokenizer, data: Path, noise: list[str]) -> dict:
+    """Train (or skip a finished run) and return its metrics, also written to `<run>/metrics_reproduce.json`."""
+    from lmlab.io import is_done, write_json
 
     from invariant_lm.commands import run_train
-
-    out = Path(cfg.output_dir)
-    if is_done(out):
-        return json.loads((out / "results.json").read_text())["eval"]
-    return run_train(cfg)["eval"]
-
-
-def _evaluate(run_dir: Path, tokenizer, test_file: Path, seq_len: int) -> dict:
     from invariant_lm.model import InvariantMLM
 
-    model = InvariantMLM.from_pretrained(run_dir)
-    ev = json.loads((run_dir / "results.json").read_text())["eval"]
-    ppl = next(iter(ev.values()))["perplexity"]
-    return {"clean_perplexity": ppl, "noise_mass": noise_mass(model, tokenizer, test_file, seq_len)}
+    out = Path(cfg.output_dir)
+    if (out / RUN_METRICS).is_file() and is_done(out):
+        return json.loads((out / RUN_METRICS).read_text())
+    ev = json.loads((out / "results.json").read_text())["eval"] if is_done(out) else run_train(cfg)["eval"]
+    model = InvariantMLM.from_pretrained(out)
+    seq_len = SEQ_WORDS + 2
+    metrics = {
+        "noise_mass_clean": noise_mass(model, tokenizer, data / "test_clean.txt", seq_len, noise),
+        "noise_mass_noisy": noise_mass(model, tokenizer, data / "test_noisy.txt", seq_len, noise),
+        "clean_perplexity": ev[str(data / "test_clean.txt")]["perplexity"],
+        "noisy_perplexity": ev[str(data / "test_noisy.txt")]["perplexity"],
+    }
+    write_json(out / RUN_METRICS, metrics)
+    return metrics
+
+
+def run_folder(out: Path, arm: str, seed: int) -> Path:
+    return out / f"stage2-{arm}-seed{seed}"
 
 
 def run_reproduce(cfg: ReproduceConfig) -> dict:
     from lmlab.device import set_threads
-    from lmlab.io import write_results
+    from lmlab.errors import LmlabError
+    from lmlab.io import write_json, write_results
+    from transformers import BertConfig
 
     from invariant_lm.model import InvariantMLM, folded_mlm
 
-    set_threads(cfg.threads)
+    start = time.time()
+    threads = set_threads(cfg.threads)
     out = Path(cfg.output_dir)
     data = out / "data"
-    if not (data / "test_clean.txt").exists():
-        write_language(data, noise_rate=cfg.noise_rate)
-    tokenizer = word_tokenizer(data / "tokenizer")
-    seq_len = SEQ_WORDS + 2
-    test = data / "test_clean.txt"
+    out.mkdir(parents=True, exist_ok=True)
+    design = {k: v for k, v in vars(cfg).items() if k not in ("output_dir", "device", "threads")}
+    design_file = out / "design.json"
+    if design_file.is_file() and json.loads(design_file.read_text()) != design:
+        raise LmlabError(
+            f"{out} holds a reproduction with another design ({design_file}); give another --output_dir or "
+            "remove it"
+        )
+    write_json(design_file, design)
+    if not (data / "test_noisy.txt").exists():
+        write_language(data, cfg)
+    noise = noise_tokens(cfg.n_noisy_envs)
+    tokenizer = word_tokenizer(data / "tokenizer", cfg.n_noisy_envs)
+    tests = [str(data / "test_clean.txt"), str(data / "test_noisy.txt")]
     common = dict(
-        tokenizer_name=str(data / "tokenizer"), validation_file=[str(test)], do_train=True, do_eval=True,
-        line_by_line=True, max_seq_length=seq_len, per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=64, log_every_n_steps=50, checkpoint_every_n_steps=500, progress_bar=False, logger="none",
-        device=cfg.device,
+        tokenizer_name=str(data / "tokenizer"), validation_file=tests, do_train=True, do_eval=True,
+        line_by_line=True, max_seq_length=SEQ_WORDS + 2, per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=64, log_every_n_steps=50, checkpoint_every_n_steps=500, progress_bar=False,
+        logger="none", device=cfg.device, max_grad_norm=cfg.max_grad_norm, lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps,
     )  # fmt: skip
-    # stage 1: plain MLM from scratch on clean text, exported as a standard HF checkpoint
-    stage1 = out / "stage1"
-    from transformers import BertConfig
-
+    # stage 1: a plain MLM from scratch on clean text, exported as a standard HF checkpoint
     cfg_dir = data / "bert-config"
-    BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-               intermediate_size=128, max_position_embeddings=64, pad_token_id=0).save_pretrained(cfg_dir)  # fmt: skip
-    _train(TrainConfig(config_name=str(cfg_dir), train_file=str(data / "stage1_envs"), nb_steps=cfg.stage1_steps,
-                       learning_rate=cfg.stage1_lr, output_dir=str(stage1), mode="irm", seed=1000, **common))  # fmt: skip
+    BertConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=2, num_attention_heads=2,
+               intermediate_size=2 * cfg.hidden_size, max_position_embeddings=64,
+               pad_token_id=0).save_pretrained(cfg_dir)  # fmt: skip
+    stage1 = out / "stage1"
+    stage1_metrics = _run(
+        TrainConfig(config_name=str(cfg_dir), train_file=str(data / "stage1"), nb_steps=cfg.stage1_steps,
+                    learning_rate=cfg.stage1_lr, output_dir=str(stage1), mode="irm", seed=1000,
+                    **{**common, "lr_scheduler_type": "linear", "warmup_steps": 0, "max_grad_norm": 1.0}),
+        tokenizer, data, noise,
+    )  # fmt: skip
     stage1_hf = out / "stage1_hf"
     if not (stage1_hf / "config.json").exists():  # one head: exactly a plain masked LM, where stage 2 starts
         folded_mlm(InvariantMLM.from_pretrained(stage1)).save_pretrained(stage1_hf)
-    rows = [
-        {
-            "model": "stage 1 (clean MLM)",
-            "mode": "stage1",
-            "seed": 1000,
-            **_evaluate(stage1, tokenizer, test, seq_len),
-        }
-    ]
-    # stage 2: ERM / IRM / ensembling on {clean, noisy}, same seeds and streams
+    # stage 2: every arm and seed from the stage-1 model, same data streams per seed
+    results: dict[str, dict[int, dict]] = {arm: {} for arm in cfg.arms}
     for seed in cfg.seeds:
-        for mode in MODES:
-            run = out / f"stage2-{mode}-seed{seed}"
-            _train(TrainConfig(model_name_or_path=str(stage1_hf), train_file=str(data / "envs"),
-                               nb_steps=cfg.stage2_steps, learning_rate=cfg.stage2_lr, output_dir=str(run), mode=mode,
-                               seed=seed, **common))  # fmt: skip
-            rows.append(
-                {
-                    "model": f"stage 2 {mode}",
-                    "mode": mode,
-                    "seed": seed,
-                    **_evaluate(run, tokenizer, test, seq_len),
-                }
-            )
-            print(f"[reproduce] {mode} seed {seed}: {rows[-1]}", flush=True)
+        for arm in cfg.arms:
+            run = run_folder(out, arm, seed)
+            results[arm][seed] = _run(
+                TrainConfig(model_name_or_path=str(stage1_hf), train_file=str(data / "envs"),
+                            nb_steps=cfg.stage2_steps, learning_rate=cfg.stage2_lr, output_dir=str(run), mode=arm,
+                            seed=seed, **common),
+                tokenizer, data, noise,
+            )  # fmt: skip
+            print(f"[reproduce] {arm} seed {seed}: {results[arm][seed]}", flush=True)
+    rows = [{"arm": "stage1", "seed": 1000, **stage1_metrics}]
+    rows += [{"arm": arm, "seed": s, **m} for arm in cfg.arms for s, m in results[arm].items()]
     write_results(rows, out, "results")
-    summary = summarise(rows)
-    (out / "results.md").write_text(to_markdown(rows, summary, cfg))
+    claims = build_claims(out, cfg)
+    from lmlab.claims import write_claims
+
+    write_claims(PAPER, claims, out)
+    wall = time.time() - start
+    runs = [stage1] + [run_folder(out, arm, s) for arm in cfg.arms for s in cfg.seeds]
+    train_s = sum(json.loads((r / "results.json").read_text())["train"]["train_seconds"] for r in runs)
+    (out / "report.md").write_text(to_markdown(claims, rows, cfg, wall, threads, train_s))
     plot(rows, out / "noise_mass.png")
-    print((out / "results.md").read_text())
-    print(f"[invariant-lm] reproduction results in {out}/results.md")
-    return {"rows": rows, "summary": summary}
+    print((out / "report.md").read_text())
+    print(f"[invariant-lm] reproduction report in {out}/report.md ({wall / 60:.1f} min)")
+    return {"rows": rows, "claims": [c.to_dict() for c in claims]}
 
 
-def summarise(rows: list[dict]) -> dict:
-    out = {}
-    for mode in ("stage1", *MODES):
-        rs = [r for r in rows if r["mode"] == mode]
-        if rs:
-            out[mode] = {k: statistics.mean(r[k] for r in rs) for k in ("clean_perplexity", "noise_mass")}
-    return out
+def per_seed(out: Path, arm: str, seeds: list[int], metric: str) -> list[float]:
+    """One metric of one arm, every seed, read from the run folders' files."""
+    return [json.loads((run_folder(out, arm, s) / RUN_METRICS).read_text())[metric] for s in seeds]
 
 
-def to_markdown(rows: list[dict], summary: dict, cfg: ReproduceConfig) -> str:
-    lines = [
-        "# invariant_lm: structured-noise reproduction (spec section 8)",
-        "",
-        f"Stage 1: tiny BERT (hidden 64, 2 layers) trained {cfg.stage1_steps} updates (lr {cfg.stage1_lr}) on clean "
-        f"chain text. Stage 2: {cfg.stage2_steps} updates (lr {cfg.stage2_lr}, batch {cfg.batch_size}) on "
-        f"{{clean, noisy}} (markup before {cfg.noise_rate:.0%} of positions), seeds {cfg.seeds}. Metrics on held-out "
-        "clean text with fixed masks. Noise mass = mean probability of the 5 markup tokens at masked positions.",
-        "",
-        "| model | seed | clean perplexity | noise mass |",
-        "|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['model']} | {r['seed']} | {r['clean_perplexity']:.4f} | {r['noise_mass']:.5f} |" for r in rows
-    ]
-    lines += ["", "Means over seeds:", "", "| mode | clean perplexity | noise mass |", "|---|---|---|"]
-    lines += [f"| {m} | {s['clean_perplexity']:.4f} | {s['noise_mass']:.5f} |" for m, s in summary.items()]
-    if "irm" in summary and "erm" in summary:
-        irm, erm = summary["irm"], summary["erm"]
-        seeds = sorted({r["seed"] for r in rows if r["mode"] == "irm"})
-        wins = sum(
-            next(r for r in rows if r["mode"] == "irm" and r["seed"] == s)["noise_mass"]
-            < next(r for r in rows if r["mode"] == "erm" and r["seed"] == s)["noise_mass"]
-            for s in seeds
+def build_claims(out: Path, cfg: ReproduceConfig) -> list:
+    from lmlab.claims import Claim
+
+    def v(arm: str, metric: str) -> list[float]:
+        return per_seed(out, arm, cfg.seeds, metric)
+
+    claims = [
+        Claim("irm_noise_clean", "IRM-games puts less probability on the noise tokens than ERM on held-out clean text",
+              "noise_mass_clean", "lower", "irm", "erm", v("irm", "noise_mass_clean"), v("erm", "noise_mass_clean")),
+        Claim("irm_noise_noisy", "IRM-games puts less probability on the noise tokens than ERM on held-out noisy text",
+              "noise_mass_noisy", "lower", "irm", "erm", v("irm", "noise_mass_noisy"), v("erm", "noise_mass_noisy")),
+        Claim("irm_clean_ppl", "IRM-games' clean perplexity is within 5% of ERM's", "clean_perplexity", "within",
+              "irm", "erm", v("irm", "clean_perplexity"), v("erm", "clean_perplexity"), tolerance=0.05),
+        Claim("erm_learns_noise", "sanity: ERM's noise mass on held-out noisy text is above its clean-text level "
+              "(ERM learned the noise and can tell where it occurs)", "noise_mass", "higher", "erm on noisy text",
+              "erm on clean text", v("erm", "noise_mass_noisy"), v("erm", "noise_mass_clean")),
+    ]  # fmt: skip
+    if "ensemble" in cfg.arms:
+        claims.append(
+            Claim(
+                "ensemble_noise_clean",
+                "ensembling (the heads without the game) puts less noise mass than ERM "
+                "on held-out clean text",
+                "noise_mass_clean",
+                "lower",
+                "ensemble",
+                "erm",
+                v("ensemble", "noise_mass_clean"),
+                v("erm", "noise_mass_clean"),
+            )  # fmt: skip
         )
-        direction = "less" if irm["noise_mass"] < erm["noise_mass"] else "more"
-        lines += [
-            "",
-            f"Observed: iLM (irm) leaks {direction} noise into clean text than eLM (erm) on average "
-            f"({irm['noise_mass']:.5f} vs {erm['noise_mass']:.5f}; irm lower in {wins} of {len(seeds)} seeds), with "
-            f"clean perplexity {irm['clean_perplexity']:.4f} vs {erm['clean_perplexity']:.4f}. The paper's claim (i) is "
-            "that iLM removes structured noise (lower noise leakage than eLM); the paper reports no number we could "
-            "compare to, and this is a small synthetic setting, so read it as a direction only.",
-        ]
+    return claims
+
+
+def _cell(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.4g} ± {sd:.2g} ({', '.join(f'{x:.4g}' for x in values)})"
+
+
+def reading(claims: list) -> str:
+    """The plain-words reading of what was measured, from the claims."""
+    c = {x.id: x for x in claims}
+    if not c["erm_learns_noise"].holds:
+        return (
+            "The sanity arm failed: ERM's noise mass on noisy text is not above its clean-text level, so this set-up "
+            "did not make ERM learn where the noise occurs, and the IRM rows say little about noise removal."
+        )
+    mean = statistics.fmean
+    irm_c, erm_c = mean(c["irm_noise_clean"].method_values), mean(c["irm_noise_clean"].control_values)
+    irm_n, erm_n = mean(c["irm_noise_noisy"].method_values), mean(c["irm_noise_noisy"].control_values)
+    ppl = mean(c["irm_clean_ppl"].method_values) / mean(c["irm_clean_ppl"].control_values) - 1
+    held = [x for x in ("irm_noise_clean", "irm_noise_noisy") if c[x].holds]
+    verdict = (
+        "The paper's claim (i), that IRM-games removes environment-specific noise, shows here"
+        if len(held) == 2
+        else "The paper's claim (i) shows here only in part"
+        if held
+        else "The paper's claim (i) does not show here"
+    )
+    return (
+        f"The sanity arm holds: ERM learned the noise (noise mass {mean(c['erm_learns_noise'].method_values):.4g} on "
+        f"noisy text against {mean(c['erm_learns_noise'].control_values):.4g} on clean text). {verdict}: IRM-games "
+        f"puts {irm_c / erm_c:.2f}x ERM's noise mass on clean text ({irm_c:.4g} vs {erm_c:.4g}) and {irm_n / erm_n:.2f}x "
+        f"on noisy text ({irm_n:.4g} vs {erm_n:.4g}), with clean perplexity {ppl:+.1%} relative to ERM "
+        f"({'within' if c['irm_clean_ppl'].holds else 'outside'} the 5% tolerance)."
+    )
+
+
+def to_markdown(
+    claims: list, rows: list[dict], cfg: ReproduceConfig, wall: float, threads: int, train_s: float
+) -> str:
+    from lmlab.claims import claims_section
+
+    arms = ["stage1", *cfg.arms]
+    lines = [
+        "# invariant_lm: does IRM-games remove environment-specific noise?",
+        "",
+        claims_section(claims, sanity=["erm_learns_noise"]).rstrip(),
+        "",
+        "## Results per arm",
+        "",
+        "Mean ± sample std over seeds, then every seed's value (seeds "
+        + ", ".join(map(str, cfg.seeds))
+        + "; stage 1 "
+        "is one model, seed 1000, where every stage-2 run starts).",
+        "",
+        "| arm | " + " | ".join(METRICS) + " |",
+        "| --- |" + " --- |" * len(METRICS),
+    ]
+    for arm in arms:
+        rs = [r for r in rows if r["arm"] == arm]
+        lines.append(f"| {arm} | " + " | ".join(_cell([r[m] for r in rs]) for m in METRICS) + " |")
+    noisy = ", ".join(f"noisy{k}" for k in range(cfg.n_noisy_envs))
+    lines += [
+        "",
+        "## Design",
+        "",
+        f"- **Language.** A random first-order Markov chain over {N_WORDS} words ({N_SUCC} successors each, data seed "
+        f"{cfg.data_seed}), {SEQ_WORDS}-word sequences, a word-level tokenizer.",
+        f"- **Environments** (stage 2): `clean` and {cfg.n_noisy_envs} noisy ones ({noisy}), {cfg.train_lines} "
+        f"sequences each. In `noisy<k>`, each occurrence of its own {cfg.noise_words} words (disjoint sets) is "
+        f"replaced by its own token `<z<k>>` with probability {cfg.noise_rate}: sparse noise, so many noisy "
+        "sequences show none and the environment is not trivially visible from the context.",
+        f"- **Held out** ({cfg.test_lines} sequences each, fixed evaluation masks): clean chain text, and noisy text "
+        "(line i with the noise of environment i mod the number of noisy environments).",
+        f"- **Stage 1**: a BERT (hidden {cfg.hidden_size}, 2 layers, 2 attention heads) trained from scratch as a "
+        f"plain MLM on clean text, {cfg.stage1_steps} updates at lr {cfg.stage1_lr}, batch {cfg.batch_size}.",
+        f"- **Stage 2** (from stage 1, {cfg.stage2_steps} updates at lr {cfg.stage2_lr}, batch {cfg.batch_size}, "
+        f"scheduler {cfg.lr_scheduler_type} with {cfg.warmup_steps} warm-up updates, gradient clipping "
+        + (f"at {cfg.max_grad_norm}" if cfg.max_grad_norm > 0 else "off")
+        + "; every arm sees the same round-robin stream of the environments for a given seed): "
+        "**erm** (one head, body + head every update), **irm** (IRM-games: one head per environment, logits "
+        "averaged, body + head e updated on environment e's batch)"
+        + (", **ensemble** (the same heads, all stepped every update: the heads without the game)" if "ensemble"
+           in cfg.arms else "") + ".",
+        "- **Metrics**: noise mass = mean over masked positions of the probability the model gives to all noise "
+        "tokens together; perplexity over the masked positions (token-weighted).",
+        f"- **Run**: {wall / 60:.1f} min wall time of the invocation that wrote this report (runs finished before "
+        f"it are skipped); the runs' own training took {train_s / 60:.1f} min in all; "
+        f"{threads} torch thread(s), device {cfg.device}"
+        + (" (--quick: a smoke-sized run, not a result)" if cfg.quick else "") + ".",
+        "",
+        "## Reading",
+        "",
+        reading(claims),
+    ]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -232,15 +380,16 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    modes = [m for m in ("stage1", *MODES) if any(r["mode"] == m for r in rows)]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, key, title in ((axes[0], "noise_mass", "noise mass on clean text"),
-                           (axes[1], "clean_perplexity", "clean-text perplexity")):  # fmt: skip
-        for i, m in enumerate(modes):
-            vals = [r[key] for r in rows if r["mode"] == m]
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    panels = (("noise_mass_clean", "noise mass, clean text"), ("noise_mass_noisy", "noise mass, noisy text"),
+              ("clean_perplexity", "clean perplexity"))  # fmt: skip
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for i, arm in enumerate(arms):
+            vals = [r[key] for r in rows if r["arm"] == arm]
             ax.scatter([i] * len(vals), vals, color="C0")
-            ax.bar(i, statistics.mean(vals), alpha=0.4, color="C0")
-        ax.set_xticks(range(len(modes)), modes)
+            ax.bar(i, statistics.fmean(vals), alpha=0.4, color="C0")
+        ax.set_xticks(range(len(arms)), arms)
         ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
