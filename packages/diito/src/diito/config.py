@@ -355,12 +355,9 @@ class DemoConfig:
 @dataclass
 class ReproduceConfig:
     output_dir: str = h("results folder", "results/diito")
-    teacher_steps: int = h("teacher MLM pre-training steps", 800, ge=1)
-    student_steps: int = h("distillation steps per student", 300, ge=1)
-    glue_tasks: list[str] = h("GLUE sample tasks (mrpc, stsb)", None)
-    seeds: list[int] = h("distillation seeds (default 42 66)", None)
-    corpus: str = h(
-        "wikitext (tokenizer trained here, GLUE possible) | wikipedia-bert-ids (no GLUE)", "wikitext"
-    )
+    quick: bool = h("one seed per arm, a slice of Brown, tiny models and a few steps (the tests' run)", False)
+    teacher_steps: int = h("teacher MLM pre-training steps (0: the recipe's, 2000; 20 with --quick)", 0, ge=0)
+    student_steps: int = h("distillation steps per student (0: the recipe's, 400; 6 with --quick)", 0, ge=0)
+    seeds: list[int] = h("student seeds of every arm (default 0 1 2; 0 with --quick)", None)
     device: str = h("auto | cpu | cuda", "cpu")
     threads: int = h("CPU threads (-1: torch's default; 1 is fastest on a busy shared machine)", 1, ge=-1)

@@ -1,5 +1,10 @@
 """Held-out distillation metrics: student MLM perplexity, causal KL and interchange-intervention accuracy (IIA:
-argmax agreement of the student's and the teacher's intervened predictions over non-pad positions)."""
+argmax agreement of the student's and the teacher's intervened predictions over non-pad positions).
+
+Two probes of the interventions themselves: `ignore_iia` is the IIA of a predictor that ignores the intervention
+(the teacher's own plain prediction against its intervened one), so 1 - ignore_iia is the share of positions whose
+teacher prediction the intervention changes (`changed_fraction`); `changed_iia` is the student's IIA on those
+positions only, where copying the plain output scores 0."""
 
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ def distillation_metrics(
     nll = n_masked = 0.0
     kl_sum = kl_n = 0.0
     agree = total = 0
-    plain_agree = 0
+    plain_agree = ignore_agree = changed_agree = n_changed = 0
     for b, batch in enumerate(loader):
         if max_batches is not None and b >= max_batches:
             break
@@ -49,13 +54,23 @@ def distillation_metrics(
         n = int(mask.sum())
         kl_sum += float(losses.kl_loss(s.int_logits, t.int_logits, mask, temperature)) * n
         kl_n += n
-        agree += int((s.int_logits.argmax(-1) == t.int_logits.argmax(-1))[mask].sum())
-        plain_agree += int((s.logits.argmax(-1) == t.logits.argmax(-1))[mask].sum())
+        t_int, s_int = t.int_logits.argmax(-1), s.int_logits.argmax(-1)
+        t_plain = t.logits.argmax(-1)
+        hit = s_int == t_int
+        agree += int(hit[mask].sum())
+        plain_agree += int((s.logits.argmax(-1) == t_plain)[mask].sum())
+        ignore_agree += int((t_plain == t_int)[mask].sum())
+        changed = mask & (t_plain != t_int)
+        changed_agree += int(hit[changed].sum())
+        n_changed += int(changed.sum())
         total += n
     return {
         "mlm_perplexity": math.exp(nll / max(n_masked, 1)),
         "causal_kl": kl_sum / max(kl_n, 1),
         "iia": agree / max(total, 1),
         "plain_agreement": plain_agree / max(total, 1),
+        "ignore_iia": ignore_agree / max(total, 1),
+        "changed_iia": changed_agree / max(n_changed, 1),
+        "changed_fraction": n_changed / max(total, 1),
         "eval_tokens": total,
     }

@@ -1,12 +1,22 @@
-"""`diito reproduce` / `diito demo`: the scaled-down reproduction (spec section 13), offline on CPU.
+"""`diito reproduce` / `diito demo`: the scaled-down, controlled reproduction (issue 11), offline on CPU.
 
-corpus -> WordPiece tokenizer (trained here) -> binarize / token-counts -> a small BERT teacher pre-trained with
-MLM -> a student extracted from teacher layers -> standard distillation and DIITO with identical seeds and steps
--> held-out MLM perplexity, causal KL, interchange-intervention accuracy (IIA), and GLUE sample tasks (MRPC,
-STS-B) fine-tuned from each student -> table (results.md/json/csv) and plots.
+Brown Corpus (lmlab's shipped copy), split by document into training and held-out text -> a WordPiece tokenizer
+trained on the training text -> one small BERT teacher pre-trained with MLM there (shared by every arm) -> a
+student extracted from teacher layers -> three arms, each distilled with every seed from the same initial student,
+data and step budget:
 
-`--corpus wikipedia-bert-ids` distils on lmlab's shipped bert-base-uncased id sample instead (no vocab file is
-shipped, so there is no tokenizer and the GLUE columns are left out for that corpus).
+- `diito`: the paper's recipe, alpha_ce = alpha_mlm = alpha_cos = alpha_causal_ce = 0.25;
+- `standard`: the reference's standard distillation, alpha_ce = alpha_mlm = alpha_cos = 0.33;
+- `equal_weight`: DIITO's weights with the causal KL weight moved onto the plain distillation KL (alpha_ce 0.5,
+  alpha_mlm 0.25, alpha_cos 0.25): the same total weight and the same total KL weight as DIITO, no interventions.
+
+Every seed's student is then measured on held-out Brown text under interchange interventions drawn from that seed
+(the same draws for every arm of the seed): MLM perplexity, causal KL, IIA, IIA on the positions whose teacher
+prediction the intervention changes. The sanity arm (`teacher_iia`) measures the teacher on the same draws: its
+IIA against itself (1.0: the intervention is deterministic) against a predictor that ignores the intervention
+(the teacher's plain output). Each seed's metrics are written into its run folder (`runs/<arm>-seed<s>/heldout.json`);
+the claims, `claims.json`, `report.md` and `results.{json,csv}` are built from those files. Finished steps (data,
+teacher, each run and its evaluation) are reused on a rerun, and an interrupted run resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -15,12 +25,21 @@ import dataclasses
 import json
 import math
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from lmlab.errors import LmlabError
+
+PAPER = "diito"
+ARMS = {  # arm -> (alpha_ce, alpha_mlm, alpha_cos, alpha_causal_ce)
+    "diito": (0.25, 0.25, 0.25, 0.25),
+    "standard": (0.33, 0.33, 0.33, 0.0),
+    "equal_weight": (0.5, 0.25, 0.25, 0.0),
+}
+SANITY = "teacher"  # the sanity arm's run folders: runs/teacher-seed<s>/heldout.json
+METRICS = ("iia", "changed_iia", "causal_kl", "mlm_perplexity", "plain_agreement")
 
 PAPER_GLUE = """| model (paper, 6 layers, GLUE dev) | tokens | avg | CoLA | MNLI | MRPC | QNLI | QQP | RTE | SST-2 | STS-B |
 |---|---|---|---|---|---|---|---|---|---|---|
@@ -40,16 +59,36 @@ class Recipe:
     teacher_site: int = 3
     student_site: int = 1
     max_len: int = 64
-    batch_size: int = 16
-    teacher_steps: int = 800
-    teacher_lr: float = 1e-3
+    heldout_every: int = 10  # every 10th Brown document (in id order) is held out
+    paragraph_stride: int = 1  # keep every k-th paragraph (the quick run uses a slice of Brown)
+    batch_size: int = 32
+    teacher_steps: int = 1200
+    teacher_lr: float = 2e-3
+    teacher_seed: int = 0
     student_steps: int = 300
     student_lr: float = 5e-4
-    accumulate: int = 1
-    seeds: tuple = (42, 66)
-    glue_tasks: tuple = ("mrpc", "stsb")
-    glue_epochs: float = 10.0
-    eval_batches: int = 20
+    seeds: tuple = (0, 1, 2)
+    eval_batches: int = 16
+    checkpoint_every: int = 100
+
+
+QUICK = Recipe(
+    vocab_size=600,
+    t_layers=4,
+    hidden=32,
+    heads=2,
+    intermediate=64,
+    student_layers=(0, 2),
+    teacher_site=1,
+    student_site=0,
+    max_len=32,
+    paragraph_stride=20,
+    batch_size=8,
+    teacher_steps=20,
+    student_steps=6,
+    seeds=(0,),
+    eval_batches=2,
+)
 
 
 class TeacherMLM(pl.LightningModule):
@@ -92,86 +131,91 @@ class TeacherMLM(pl.LightningModule):
         )
 
 
-def _texts(corpus: str) -> tuple[list[str], list[str]]:
+def brown_split(recipe: Recipe) -> tuple[list[dict], list[dict]]:
+    """(training rows, held-out rows) of lmlab's Brown Corpus ({"doc", "genre", "para", "text"}): every
+    `heldout_every`-th document in id order is held out whole, so no held-out paragraph, nor any paragraph of its
+    document, is seen in training; `paragraph_stride` then keeps every k-th paragraph of the corpus."""
+    import gzip
+
     from lmlab.data import sample_path
 
-    lines = [
-        ln.strip() for ln in sample_path("wikitext/wiki_00.txt").read_text(encoding="utf-8").splitlines()
-    ]
-    lines = [ln for ln in lines if len(ln.split()) >= 8]
-    n_held = max(2, len(lines) // 10)
-    return lines[n_held:], lines[:n_held]
+    with gzip.open(sample_path("brown/brown.jsonl.gz"), "rt", encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh]
+    held_docs = set(sorted({r["doc"] for r in rows})[:: recipe.heldout_every])
+    rows = rows[:: recipe.paragraph_stride]
+    return [r for r in rows if r["doc"] not in held_docs], [r for r in rows if r["doc"] in held_docs]
 
 
-def prepare_data(out: Path, recipe: Recipe, corpus: str) -> dict:
-    """Tokenizer, binarized train/held-out files and token counts under out/data."""
-    from lmlab.data import sample_path
+def prepare_data(out: Path, recipe: Recipe) -> dict:
+    """Tokenizer, binarized train/held-out files and token counts under out/data (made once)."""
+    from lmlab.io import write_json
+    from lmlab.testing import train_wordpiece_tokenizer
 
-    from diito.config import BinarizeConfig, TokenCountsConfig
+    from diito.config import TokenCountsConfig
     from diito.data.binarized import from_sequences, save_binarized
-    from diito.data.commands import bert_specials, run_binarize, run_token_counts
+    from diito.data.commands import binarize_texts, run_token_counts, tokenizer_specials
 
     data = out / "data"
-    data.mkdir(parents=True, exist_ok=True)
     paths = {
         "train": data / "train.npz",
         "heldout": data / "heldout.npz",
         "counts": data / "counts.npy",
-        "tokenizer": data / "tokenizer" if corpus == "wikitext" else None,
+        "tokenizer": data / "tokenizer",
+        "split": data / "split.json",
     }
-    # made once: the WordPiece trainer is not deterministic across processes, and the teacher and the students
-    # must keep the ids they were trained with
-    if all(p.exists() for p in paths.values() if p is not None):
+    if all(p.exists() for p in paths.values()):
         return paths
-    if corpus == "wikipedia-bert-ids":
-        seqs = [
-            json.loads(x) for x in sample_path("wikipedia-bert-ids/sequences.jsonl").read_text().splitlines()
-        ]
-        seqs = [s for s in seqs if len(s) > 11]
-        n_held = max(2, len(seqs) // 10)
+    data.mkdir(parents=True, exist_ok=True)
+    train_rows, held_rows = brown_split(recipe)
+    train, held = [r["text"] for r in train_rows], [r["text"] for r in held_rows]
+    tok = train_wordpiece_tokenizer(train, vocab_size=recipe.vocab_size, model_max_length=recipe.max_len)
+    tok.save_pretrained(paths["tokenizer"])
+    for name, texts in (("train", train), ("heldout", held)):
+        seqs = binarize_texts(texts, tok)
         save_binarized(
-            from_sequences(seqs[n_held:], 30522, bert_specials(), "bert-base-uncased"), paths["train"]
+            from_sequences(seqs, len(tok), tokenizer_specials(tok), "brown-wordpiece"), paths[name]
         )
-        save_binarized(
-            from_sequences(seqs[:n_held], 30522, bert_specials(), "bert-base-uncased"), paths["heldout"]
-        )
-    elif corpus == "wikitext":
-        from lmlab.testing import train_wordpiece_tokenizer
-
-        train, held = _texts(corpus)
-        tok = train_wordpiece_tokenizer(train, vocab_size=recipe.vocab_size, model_max_length=recipe.max_len)
-        tok.save_pretrained(data / "tokenizer")
-        paths["tokenizer"] = data / "tokenizer"
-        for name, texts in (("train", train), ("heldout", held)):
-            (data / f"{name}.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
-            res = run_binarize(
-                BinarizeConfig(
-                    input=str(data / f"{name}.txt"),
-                    tokenizer_name=str(data / "tokenizer"),
-                    dump_file=str(data / name),
-                )
-            )
-            Path(res["path"]).replace(paths[name])
-    else:
-        raise LmlabError(f"--corpus must be wikitext or wikipedia-bert-ids, got {corpus!r}")
     run_token_counts(TokenCountsConfig(data_file=str(paths["train"]), token_counts_dump=str(paths["counts"])))
+    write_json(
+        paths["split"],
+        {
+            "train_paragraphs": len(train),
+            "heldout_paragraphs": len(held),
+            "heldout_docs": sorted({r["doc"] for r in held_rows}),
+        },
+    )
     return paths
 
 
-def _collator(data, recipe: Recipe, counts_path, causal: bool, seed: int, vocab: int, mlm_weights=None):
+def unigram_perplexity(train, heldout) -> float:
+    """Perplexity of the held-out non-special ids under the training ids' unigram distribution (add-0.5
+    smoothing over the vocabulary): what an MLM that ignores context scores at uniformly chosen positions."""
+    import numpy as np
+
+    special = sorted(set(train.special.values()))
+    counts = np.bincount(train.ids, minlength=train.vocab_size).astype(np.float64) + 0.5
+    counts[special] = 0.0
+    probs = counts / counts.sum()
+    ids = heldout.ids[~np.isin(heldout.ids, special)]
+    return float(np.exp(-np.log(probs[ids]).mean()))
+
+
+def _collator(data, counts_path, causal: bool, seed: int):
+    """BERT's MLM corruption with uniform position selection (mlm_smoothing 0: the teacher's pre-training and
+    the held-out metrics; the students train with the reference's frequency-smoothed selection), plus the
+    interchange positions when `causal`."""
     from diito.data.binarized import load_token_counts
     from diito.data.dataset import Collator, CollatorOptions
     from diito.masking import token_weights
 
     sp = data.special
-    counts = load_token_counts(counts_path, vocab)
-    w = token_weights(
-        torch.from_numpy(counts), [sp[k] for k in ("pad", "cls", "sep", "mask", "unk") if k in sp]
-    )
+    counts = load_token_counts(counts_path, data.vocab_size)
+    specials = [sp[k] for k in ("pad", "cls", "sep", "mask", "unk") if k in sp]
+    w = token_weights(torch.from_numpy(counts), specials, smoothing=0.0)
     opts = CollatorOptions(
         mlm=True, causal=causal, interchange_prop=0.3, interchange_consecutive_only=True, seed=seed
     )
-    return Collator(opts, sp.get("pad", 0), sp["mask"], vocab, w)
+    return Collator(opts, sp["pad"], sp["mask"], data.vocab_size, w)
 
 
 def _dataset(path, recipe: Recipe, seed: int):
@@ -181,18 +225,19 @@ def _dataset(path, recipe: Recipe, seed: int):
     data = load_binarized(path)
     sp = data.special
     return data, PairedSeqDataset(
-        data.sequences(), sp["cls"], sp["sep"], sp.get("unk"), recipe.max_len, seed=seed
+        data.sequences(), sp["cls"], sp["sep"], sp["unk"], recipe.max_len, seed=seed
     )
 
 
-def pretrain_teacher(out: Path, paths: dict, recipe: Recipe, device: str, seed: int = 0) -> Path:
+def pretrain_teacher(out: Path, paths: dict, recipe: Recipe, device: str) -> Path:
     from lmlab.seed import seed_everything
     from lmlab.training import TrainerOptions, build_trainer
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
     folder = out / "teacher"
     if (folder / "config.json").is_file():
         return folder
+    seed = recipe.teacher_seed
     seed_everything(seed)
     data, ds = _dataset(paths["train"], recipe, seed)
     cfg = BertConfig(
@@ -202,86 +247,87 @@ def pretrain_teacher(out: Path, paths: dict, recipe: Recipe, device: str, seed: 
         num_attention_heads=recipe.heads,
         intermediate_size=recipe.intermediate,
         max_position_embeddings=max(recipe.max_len, 128),
-        pad_token_id=data.special.get("pad", 0),
+        pad_token_id=data.special["pad"],
     )
     model = BertForMaskedLM(cfg)
-    collator = _collator(data, recipe, paths["counts"], False, seed, data.vocab_size)
     opts = TrainerOptions(
         output_dir=str(out / "teacher_run"),
         device=device,
         max_steps=recipe.teacher_steps,
         logger="none",
         progress_bar=False,
-        checkpoint_every_n_steps=10**6,
+        checkpoint_every_n_steps=recipe.checkpoint_every,
         log_every_n_steps=10,
     )
     trainer = build_trainer(opts, gradient_clip_val=5.0, use_distributed_sampler=False)
-    trainer.fit(
-        TeacherMLM(model, ds, collator, recipe.batch_size, recipe.teacher_lr, recipe.teacher_steps, seed)
+    module = TeacherMLM(
+        model,
+        ds,
+        _collator(data, paths["counts"], False, seed),
+        recipe.batch_size,
+        recipe.teacher_lr,
+        recipe.teacher_steps,
+        seed,
     )
-    model.save_pretrained(folder)
-    if paths["tokenizer"] is not None:
-        from transformers import AutoTokenizer
+    from lmlab.training import resume_checkpoint
 
-        AutoTokenizer.from_pretrained(paths["tokenizer"]).save_pretrained(folder)
+    trainer.fit(module, ckpt_path=resume_checkpoint(opts, opts.output_dir), weights_only=True)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(paths["tokenizer"]).save_pretrained(folder)
     return folder
 
 
 def distil(
-    out: Path,
-    name: str,
-    teacher: Path,
-    student_init: Path,
-    paths: dict,
-    mapping: Path,
-    causal: bool,
-    recipe: Recipe,
-    seed: int,
-    device: str,
-) -> Path:
+    out: Path, arm: str, teacher: Path, student_init: Path, paths: dict, mapping: Path, recipe, seed, device
+):
+    from lmlab.io import is_done
+
     from diito.config import TrainConfig
     from diito.trainer import run_train
 
-    run = out / "runs" / f"{name}-seed{seed}"
-    if (run / "DONE").exists():
+    run = out / "runs" / f"{arm}-seed{seed}"
+    if is_done(run):
         return run
-    alpha = 0.25 if causal else 0.33
-    cfg = TrainConfig(
-        output_dir=str(run),
-        device=device,
-        teacher_name=str(teacher),
-        student_pretrained_weights=str(student_init),
-        data_file=str(paths["train"]),
-        token_counts=str(paths["counts"]),
-        neuron_mapping=str(mapping) if causal else "",
-        mlm=True,
-        alpha_ce=alpha,
-        alpha_mlm=alpha,
-        alpha_cos=alpha,
-        alpha_clm=0.0,
-        alpha_causal_ce=0.25 if causal else 0.0,
-        interchange_prop=0.3,
-        interchange_consecutive_only=True,
-        freeze_pos_embs=True,
-        batch_size=recipe.batch_size,
-        accumulate_grad_batches=recipe.accumulate,
-        max_steps=recipe.student_steps,
-        learning_rate=recipe.student_lr,
-        max_model_input_size=recipe.max_len,
-        seed=seed,
-        logger="none",
-        progress_bar=False,
-        log_every_n_steps=5,
-        checkpoint_every_n_steps=10**6,
-        save_each_epoch=False,  # the report uses the final student only
+    ce, mlm, cos, causal = ARMS[arm]
+    run_train(
+        TrainConfig(
+            output_dir=str(run),
+            device=device,
+            teacher_name=str(teacher),
+            student_pretrained_weights=str(student_init),
+            data_file=str(paths["train"]),
+            token_counts=str(paths["counts"]),
+            neuron_mapping=str(mapping) if causal else "",
+            mlm=True,
+            alpha_ce=ce,
+            alpha_mlm=mlm,
+            alpha_cos=cos,
+            alpha_clm=0.0,
+            alpha_causal_ce=causal,
+            interchange_prop=0.3,
+            interchange_consecutive_only=True,
+            freeze_pos_embs=True,
+            batch_size=recipe.batch_size,
+            accumulate_grad_batches=1,
+            max_steps=recipe.student_steps,
+            learning_rate=recipe.student_lr,
+            max_model_input_size=recipe.max_len,
+            seed=seed,
+            logger="none",
+            progress_bar=False,
+            log_every_n_steps=5,
+            checkpoint_every_n_steps=recipe.checkpoint_every,
+            save_each_epoch=False,  # the report uses the final student only
+        )
     )
-    run_train(cfg)
     return run
 
 
 def heldout_metrics(
-    teacher_dir: Path, student_dir: Path, paths: dict, mapping: Path, recipe: Recipe, device: str
-) -> dict:
+    teacher_dir: Path, model_dir: Path, paths: dict, mapping: Path, recipe: Recipe, seed: int, device
+):
+    """`distillation_metrics` of `model_dir` against the teacher on the first `eval_batches` held-out batches,
+    their MLM masks and interventions drawn from `seed` (the same for every arm of that seed)."""
     from lmlab.device import torch_device
     from torch.utils.data import DataLoader
     from transformers import AutoModelForMaskedLM
@@ -291,145 +337,295 @@ def heldout_metrics(
 
     dev = torch_device(device)
     teacher = AutoModelForMaskedLM.from_pretrained(teacher_dir).to(dev)
-    student = AutoModelForMaskedLM.from_pretrained(student_dir).to(dev)
-    data, ds = _dataset(paths["heldout"], recipe, seed=1234)
-    collator = _collator(data, recipe, paths["counts"], True, 1234, data.vocab_size)
+    model = AutoModelForMaskedLM.from_pretrained(model_dir).to(dev)
+    data, ds = _dataset(paths["heldout"], recipe, seed=seed)
+    bs = recipe.batch_size
     batches = [
-        [(b, 0, i) for i in range(s, min(s + recipe.batch_size, len(ds)))]
-        for b, s in enumerate(range(0, len(ds), recipe.batch_size))
+        [(b, 0, i) for i in range(s, min(s + bs, len(ds)))] for b, s in enumerate(range(0, len(ds), bs))
     ]
-    loader = DataLoader(ds, batch_sampler=batches, collate_fn=collator)
+    loader = DataLoader(ds, batch_sampler=batches, collate_fn=_collator(data, paths["counts"], True, seed))
     return distillation_metrics(
-        teacher, student, loader, load_mapping(mapping), max_batches=recipe.eval_batches
+        teacher, model, loader, load_mapping(mapping), max_batches=recipe.eval_batches
     )
 
 
-def glue_scores(student_dir: Path, task: str, recipe: Recipe, device: str, seed: int, out: Path) -> dict:
-    from lmlab.data import sample_path
+def evaluate(run: Path, teacher: Path, model: Path, paths: dict, mapping: Path, recipe, seed, device) -> dict:
+    """The seed's held-out metrics, written once to `run/heldout.json` (read back on a rerun)."""
+    from lmlab.io import write_json
 
-    from diito.config import EvalGlueConfig
-    from diito.eval.glue import run_eval_glue
-
-    folder = {"mrpc": "mrpc", "stsb": "sts-b"}[task]
-    cfg = EvalGlueConfig(
-        model_name_or_path=str(student_dir),
-        task_name=task,
-        train_file=str(sample_path(f"glue/{folder}/train.tsv")),
-        validation_file=str(sample_path(f"glue/{folder}/dev.tsv")),
-        output_dir=str(out),
-        learning_rate=1e-4,
-        num_train_epochs=recipe.glue_epochs,
-        per_device_train_batch_size=8,
-        device=device,
-        seed=seed,
-        progress_bar=False,
-    )
-    return run_eval_glue(cfg)
+    path = run / "heldout.json"
+    if not path.is_file():
+        run.mkdir(parents=True, exist_ok=True)
+        write_json(
+            path, {"seed": seed, **heldout_metrics(teacher, model, paths, mapping, recipe, seed, device)}
+        )
+    return json.loads(path.read_text())
 
 
-def write_mapping(out: Path, recipe: Recipe) -> Path:
-    path = out / "single_middle.nm"
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_mapping(path: Path, teacher_site: int, student_site: int, recipe: Recipe) -> Path:
     hd = recipe.hidden // recipe.heads
     spec = {
         "interchange_variable_mappings": [
             {
-                "teacher_variable_names": [f"$L:{recipe.teacher_site}$H:[0:{recipe.heads}]$[0:{hd}]"],
-                "student_variable_names": [f"$L:{recipe.student_site}$H:[0:{recipe.heads}]$[0:{hd}]"],
+                "teacher_variable_names": [f"$L:{teacher_site}$H:[0:{recipe.heads}]$[0:{hd}]"],
+                "student_variable_names": [f"$L:{student_site}$H:[0:{recipe.heads}]$[0:{hd}]"],
             }
         ]
     }
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(spec, indent=2))
     return path
 
 
-def run_pipeline(out: Path, recipe: Recipe, device: str, corpus: str = "wikitext") -> dict:
+def read_seed_results(out: Path, recipe: Recipe) -> dict[str, list[dict]]:
+    """Every arm's (and the sanity arm's) per-seed held-out metrics, read from the run folders' files."""
+    return {
+        arm: [
+            json.loads((out / "runs" / f"{arm}-seed{s}" / "heldout.json").read_text()) for s in recipe.seeds
+        ]
+        for arm in (*ARMS, SANITY)
+    }
+
+
+def build_claims(results: dict[str, list[dict]]):
+    from lmlab.claims import Claim
+
+    def vals(arm, metric):
+        return [r[metric] for r in results[arm]]
+
+    claims = []
+    for control, label in (
+        ("standard", "standard distillation"),
+        ("equal_weight", "equal-KL-weight distillation"),
+    ):
+        for suffix, metric, better, text in (
+            ("", "iia", "higher", "higher held-out interchange-intervention accuracy than"),
+            ("_kl", "causal_kl", "lower", "lower held-out causal KL than"),
+            ("_changed_iia", "changed_iia", "higher", "higher IIA on intervention-changed positions than"),
+        ):
+            claims.append(
+                Claim(
+                    id=f"diito_vs_{control}{suffix}",
+                    statement=f"DIITO gives {text} {label}",
+                    metric=metric,
+                    better=better,
+                    method="diito",
+                    control=control,
+                    method_values=vals("diito", metric),
+                    control_values=vals(control, metric),
+                )
+            )
+    claims.append(
+        Claim(
+            id="diito_vs_standard_ppl",
+            statement="DIITO keeps held-out MLM perplexity within 5% of standard distillation",
+            metric="mlm_perplexity",
+            better="within",
+            tolerance=0.05,
+            method="diito",
+            control="standard",
+            method_values=vals("diito", "mlm_perplexity"),
+            control_values=vals("standard", "mlm_perplexity"),
+        )
+    )
+    claims.append(
+        Claim(
+            id="teacher_iia",
+            statement="the interventions change the teacher's predictions: the teacher matches its own intervened "
+            "outputs (IIA 1.0) far better than a predictor that ignores the intervention",
+            metric="iia",
+            better="higher",
+            method="teacher",
+            control="ignores intervention (teacher's plain output)",
+            method_values=vals(SANITY, "iia"),
+            control_values=vals(SANITY, "ignore_iia"),
+        )
+    )
+    return claims
+
+
+def _cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4g}"
+    return f"{statistics.fmean(values):.4g} ± {statistics.stdev(values):.2g}"
+
+
+def _report(claims, results: dict, recipe: Recipe, split: dict, wall: float, quick: bool) -> str:
+    from lmlab.claims import claims_section
+
+    by_id = {c.id: c for c in claims}
+    lines = [
+        f"# DIITO scaled-down reproduction on the Brown Corpus{' (--quick)' if quick else ''}",
+        "",
+        claims_section(claims, sanity=["teacher_iia"]),
+        "## Held-out metrics per arm (mean ± std over seeds)",
+        "",
+        "| arm | " + " | ".join(METRICS) + " |",
+        "|---|" + "---|" * len(METRICS),
+    ]
+    for arm in ARMS:
+        lines.append(
+            f"| {arm} (n={len(results[arm])}) | "
+            + " | ".join(_cell([r[m] for r in results[arm]]) for m in METRICS)
+            + " |"
+        )
+    t = results[SANITY]
+    lines += [
+        f"| teacher (n={len(t)}) | {_cell([r['iia'] for r in t])} | - | - | "
+        f"{_cell([r['mlm_perplexity'] for r in t])} | - |",
+        "",
+        "Per seed (seeds " + ", ".join(str(s) for s in recipe.seeds) + "):",
+        "",
+        "| arm | seed | " + " | ".join(METRICS) + " | eval tokens |",
+        "|---|---|" + "---|" * (len(METRICS) + 1),
+    ]
+    for arm in ARMS:
+        for r in results[arm]:
+            lines.append(
+                f"| {arm} | {r['seed']} | "
+                + " | ".join(f"{r[m]:.4g}" for m in METRICS)
+                + f" | {r['eval_tokens']} |"
+            )
+    for r in t:
+        lines.append(
+            f"| teacher | {r['seed']} | iia {r['iia']:.4g}, ignore-intervention iia {r['ignore_iia']:.4g}, "
+            f"changed fraction {r['changed_fraction']:.4g} | | | mlm ppl {r['mlm_perplexity']:.4g} | | "
+            f"{r['eval_tokens']} |"
+        )
+    n_student = len(recipe.student_layers)
+    lines += [
+        "",
+        "## Design",
+        "",
+        f"- Data: lmlab's Brown Corpus, split by document: every {recipe.heldout_every}th document (id order) is "
+        f"held out ({len(split['heldout_docs'])} documents, {split['heldout_paragraphs']} paragraphs); the other "
+        f"{split['train_paragraphs']} paragraphs train the WordPiece tokenizer (vocab {recipe.vocab_size}), the "
+        f"teacher and the students (sequences up to {recipe.max_len} ids)"
+        + (f", keeping every {recipe.paragraph_stride}th paragraph" if recipe.paragraph_stride > 1 else "")
+        + ".",
+        f"- Teacher: one BERT {recipe.t_layers} x {recipe.hidden} ({recipe.heads} heads, FFN {recipe.intermediate}), "
+        f"pre-trained with MLM for {recipe.teacher_steps} steps of {recipe.batch_size} sequences (seed "
+        f"{recipe.teacher_seed}), shared by every arm and seed; its held-out MLM perplexity is "
+        f"{statistics.fmean(r['mlm_perplexity'] for r in results[SANITY]):.4g}, against "
+        f"{split['unigram_perplexity']:.4g} for the training unigram distribution (a model that ignores context).",
+        f"- Students: DistilBERT, {n_student} layers copied from teacher layers {list(recipe.student_layers)}; "
+        f"{recipe.student_steps} distillation steps of {recipe.batch_size} sequences, lr {recipe.student_lr}, "
+        f"seeds {list(recipe.seeds)} (each seed: the same data order, masks and interventions in every arm). "
+        f"Interchange site: teacher block {recipe.teacher_site} <-> student block {recipe.student_site} (whole "
+        "vector), one consecutive span of 30% of the positions, T = 2.",
+        "- Arms (alpha_ce, alpha_mlm, alpha_cos, alpha_causal_ce): "
+        + "; ".join(f"`{a}` {w}" for a, w in ARMS.items())
+        + ". `equal_weight` has DIITO's total weight and DIITO's total KL weight (0.5), all on the plain "
+        "distillation KL: it separates the intervention from the extra KL weight.",
+        f"- Held-out evaluation: the first {recipe.eval_batches} batches of held-out sequences, MLM masks and "
+        "interventions drawn from the seed (the same for each arm of a seed). `iia`: argmax agreement of the "
+        "student's and the teacher's intervened predictions over all non-pad positions; `changed_iia`: the same on "
+        "the positions where the intervention changes the teacher's prediction; `causal_kl`: KL(teacher || student) "
+        "of the intervened distributions at T = 2; `mlm_perplexity`: the student's plain MLM perplexity on the "
+        "masked positions; `plain_agreement`: argmax agreement without intervention.",
+        "- Sanity arm `teacher_iia`: the teacher evaluated against itself on each seed's draws (IIA 1.0 when the "
+        "intervention is deterministic) against a predictor that ignores the intervention (the teacher's plain "
+        "output; its IIA is 1 - the share of positions the intervention changes).",
+        "- Claims: the ids of issue 11 are on IIA (`diito_vs_standard`, `diito_vs_equal_weight`); the same "
+        "comparisons on causal KL end in `_kl`, on changed positions in `_changed_iia`; `diito_vs_standard_ppl` "
+        "checks that DIITO keeps MLM perplexity within 5% of standard distillation.",
+        f"- Wall time of this run: {wall / 60:.1f} minutes (steps already finished in an earlier run not counted).",
+        "",
+        "## Reading",
+        "",
+        _reading(by_id),
+        "",
+        "For scale, the paper's GLUE table (6-layer students, 0.1B tokens; not reproduced here):",
+        "",
+        PAPER_GLUE,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _reading(by_id: dict) -> str:
+    def verdict(cid):
+        c = by_id[cid]
+        m, k = statistics.fmean(c.method_values), statistics.fmean(c.control_values)
+        return f"{c.metric} {m:.4g} vs {k:.4g} ({'holds' if c.holds else 'does not hold'})"
+
+    sanity = by_id["teacher_iia"]
+    parts = [
+        "Sanity: the interventions change the teacher's prediction at "
+        f"{1 - statistics.fmean(sanity.control_values):.1%} of the held-out positions"
+        + (
+            ", so the set-up can show the effect."
+            if sanity.holds
+            else "; the sanity arm fails, so the set-up "
+            "cannot show the effect and the other claims say little."
+        ),
+        f"DIITO vs standard: {verdict('diito_vs_standard')}; {verdict('diito_vs_standard_kl')}; "
+        f"{verdict('diito_vs_standard_changed_iia')}.",
+        f"DIITO vs equal weight: {verdict('diito_vs_equal_weight')}; {verdict('diito_vs_equal_weight_kl')}; "
+        f"{verdict('diito_vs_equal_weight_changed_iia')}.",
+        f"MLM perplexity: {verdict('diito_vs_standard_ppl')}.",
+    ]
+    return " ".join(parts)
+
+
+def run_pipeline(out: Path, recipe: Recipe, device: str, quick: bool = False) -> dict:
+    from lmlab.claims import write_claims
     from lmlab.io import write_json, write_results
     from lmlab.logging import read_jsonl
     from lmlab.plots import plot_curves
 
     from diito.extract import extract
 
+    start = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    paths = prepare_data(out, recipe, corpus)
+    paths = prepare_data(out, recipe)
     teacher = pretrain_teacher(out, paths, recipe, device)
     student_init = out / "student_init"
     if not (student_init / "config.json").is_file():
         extract(str(teacher), student_init, layers=list(recipe.student_layers))
-    mapping = write_mapping(out, recipe)
-    rows = []
-    curves: dict[str, list] = {}
-    steps_axis: list = []
-    glue = corpus == "wikitext" and recipe.glue_tasks
-    for method, causal in (("standard", False), ("diito", True)):
+    mapping = write_mapping(out / "mapping.nm", recipe.teacher_site, recipe.student_site, recipe)
+    # the teacher against itself: its own site on both sides
+    self_mapping = write_mapping(out / "teacher_self.nm", recipe.teacher_site, recipe.teacher_site, recipe)
+    for seed in recipe.seeds:
+        evaluate(
+            out / "runs" / f"{SANITY}-seed{seed}", teacher, teacher, paths, self_mapping, recipe, seed, device
+        )
+        for arm in ARMS:
+            run = distil(out, arm, teacher, student_init, paths, mapping, recipe, seed, device)
+            evaluate(run, teacher, run / "model", paths, mapping, recipe, seed, device)
+    results = read_seed_results(out, recipe)
+    claims = build_claims(results)
+    write_claims(PAPER, claims, out)
+    write_results([{"arm": arm, **r} for arm, rows in results.items() for r in rows], out, name="results")
+    curves = {}
+    for arm in ARMS:
         for seed in recipe.seeds:
-            run = distil(out, method, teacher, student_init, paths, mapping, causal, recipe, seed, device)
-            row = {
-                "method": method,
-                "seed": seed,
-                **heldout_metrics(teacher, run / "model", paths, mapping, recipe, device),
-            }
-            if glue:
-                for task in recipe.glue_tasks:
-                    res = glue_scores(run / "model", task, recipe, device, seed, run / f"glue-{task}")
-                    row[f"{task}"] = 100 * res["score"]
-            rows.append(row)
-            log = [r for r in read_jsonl(run / "metrics.jsonl") if "train/loss_ce" in r]
-            curves[f"{method} seed {seed} (KL term)"] = [r["train/loss_ce"] for r in log]
-            steps_axis = [r["step"] for r in log]
-    # the teacher row carries only its own MLM perplexity: its causal KL / IIA "against itself" would put the
-    # student's site on the teacher, which is not the same intervention
-    teacher_ppl = heldout_metrics(teacher, teacher, paths, mapping, recipe, device)["mlm_perplexity"]
-    rows.append({"method": "teacher", "seed": 0, "mlm_perplexity": teacher_ppl})
-    write_results(rows, out, name="results")
-    n = min(len(v) for v in curves.values())
+            log = [
+                r
+                for r in read_jsonl(out / "runs" / f"{arm}-seed{seed}" / "metrics.jsonl")
+                if "train/loss_ce" in r
+            ]
+            curves[f"{arm} seed {seed}"] = ([r["step"] for r in log], [r["train/loss_ce"] for r in log])
     plot_curves(
-        steps_axis[:n],
-        {k: v[:n] for k, v in curves.items()},
+        {k: x for k, (x, _) in curves.items()},
+        {k: y for k, (_, y) in curves.items()},
         out / "train_kl.png",
         xlabel="optimizer step",
-        ylabel="distillation KL (train)",
-        title="standard vs DIITO",
+        ylabel="plain distillation KL (train)",
+        title="DIITO vs standard vs equal-weight",
     )
-    summary = _summary(rows, recipe, corpus, glue)
-    (out / "report.md").write_text(summary)
-    write_json(out / "summary.json", {"recipe": dataclasses.asdict(recipe), "corpus": corpus, "rows": rows})
-    print(summary)
+    from diito.data.binarized import load_binarized
+
+    split = json.loads(paths["split"].read_text())
+    split["unigram_perplexity"] = unigram_perplexity(
+        load_binarized(paths["train"]), load_binarized(paths["heldout"])
+    )
+    report = _report(claims, results, recipe, split, time.time() - start, quick)
+    (out / "report.md").write_text(report, encoding="utf-8")
+    write_json(out / "summary.json", {"recipe": dataclasses.asdict(recipe), "quick": quick, "device": device})
+    print(report)
     print(f"[diito] results in {out}")
-    return {"rows": rows}
-
-
-def _summary(rows: list[dict], recipe: Recipe, corpus: str, glue) -> str:
-    cols = ["mlm_perplexity", "causal_kl", "iia", "plain_agreement"] + ([*recipe.glue_tasks] if glue else [])
-    lines = [
-        f"# DIITO scaled-down reproduction ({corpus})",
-        "",
-        f"teacher: BERT {recipe.t_layers}x{recipe.hidden}, {recipe.teacher_steps} MLM steps; student: DistilBERT "
-        f"{len(recipe.student_layers)} layers from teacher layers {list(recipe.student_layers)}; {recipe.student_steps} "
-        f"distillation steps x batch {recipe.batch_size * recipe.accumulate}; mapping teacher site {recipe.teacher_site} -> "
-        f"student site {recipe.student_site}; seeds {list(recipe.seeds)}. Held-out metrics on {recipe.eval_batches} batches; "
-        "IIA = argmax agreement of student and teacher under the same interventions; GLUE columns = sample tasks "
-        "(a handful of dev examples: noise-level, shown for the pipeline, not as evidence).",
-        "",
-        "| method | " + " | ".join(cols) + " |",
-        "|---|" + "---|" * len(cols),
-    ]
-    for method in ("standard", "diito", "teacher"):
-        sel = [r for r in rows if r["method"] == method]
-        if not sel:
-            continue
-        cells = []
-        for c in cols:
-            vals = [r[c] for r in sel if c in r]
-            if not vals:
-                cells.append("-")
-            elif len(vals) > 1:
-                cells.append(f"{statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}")
-            else:
-                cells.append(f"{vals[0]:.4g}")
-        lines.append(f"| {method} (n={len(sel)}) | " + " | ".join(cells) + " |")
-    lines += ["", "Paper (Table: GLUE dev, reference README):", "", PAPER_GLUE, ""]
-    return "\n".join(lines)
+    return {"claims": [c.to_dict() for c in claims]}
 
 
 def run_reproduce(cfg) -> dict:
@@ -437,35 +633,21 @@ def run_reproduce(cfg) -> dict:
 
     if cfg.threads > 0:
         set_threads(cfg.threads)
-    recipe = Recipe(teacher_steps=cfg.teacher_steps, student_steps=cfg.student_steps)
+    recipe = dataclasses.replace(QUICK if cfg.quick else Recipe())
+    if cfg.teacher_steps:
+        recipe.teacher_steps = cfg.teacher_steps
+    if cfg.student_steps:
+        recipe.student_steps = cfg.student_steps
     if cfg.seeds:
         recipe.seeds = tuple(cfg.seeds)
-    recipe.glue_tasks = tuple(cfg.glue_tasks) if cfg.glue_tasks else recipe.glue_tasks
-    if cfg.corpus == "wikipedia-bert-ids":
-        recipe.vocab_size = 30522
-    return run_pipeline(Path(cfg.output_dir), recipe, cfg.device, cfg.corpus)
+    return run_pipeline(Path(cfg.output_dir), recipe, cfg.device, quick=cfg.quick)
 
 
 def run_demo(cfg) -> dict:
     from lmlab.device import set_threads
 
     set_threads(cfg.threads)
-    recipe = Recipe(
-        vocab_size=1200,
-        t_layers=4,
-        hidden=64,
-        heads=4,
-        intermediate=128,
-        student_layers=(0, 2),
-        teacher_site=2,
-        student_site=1,
-        max_len=64,
-        batch_size=16,
-        teacher_steps=max(cfg.steps * 2, 1),
-        student_steps=cfg.steps,
-        seeds=(cfg.seed,),
-        glue_tasks=("mrpc",),
-        glue_epochs=2.0,
-        eval_batches=3,
+    recipe = dataclasses.replace(
+        QUICK, teacher_steps=2 * cfg.steps, student_steps=cfg.steps, seeds=(cfg.seed,)
     )
-    return run_pipeline(Path(cfg.output_dir), recipe, "cpu")
+    return run_pipeline(Path(cfg.output_dir), recipe, "cpu", quick=True)
