@@ -35,7 +35,7 @@ SOURCES = {
     ),
     "ft_data_halves_connected": (("ft_halves", "perf_barrier"), ("ft_twin", "perf_barrier")),
     "adapter_data_halves": (("adapter_halves", "perf_barrier"), ("adapter_seeds", "perf_barrier")),
-    "glue_task_boundary": (("glue_between_tasks", "mean"), ("glue_within_task", "mean")),
+    "glue_task_boundary": (("glue_between_tasks", "perf_barrier"), ("glue_within_task", "perf_barrier")),
     "permuted_twin_barrier": (("ft_twin", "min"), ("ft_twin", "ends")),
 }
 
@@ -50,7 +50,6 @@ def _from_files(out, arm, measure):
                 "perf_barrier": s["perf_barrier"],
                 "min": min(s["metric"]),
                 "ends": (s["metric"][0] + s["metric"][-1]) / 2,
-                "mean": sum(s["metric"]) / len(s["metric"]),
             }[measure]
         )
     return vals
