@@ -259,9 +259,9 @@ def build_claims(arms: dict[str, list[Path]]):
         Claim("adapter_data_halves", "adapter minima from one init on disjoint data halves have a lower line "
               "barrier than adapter minima from different inits", bar, "lower", "adapter data halves",
               "adapter seeds", v("adapter_halves"), v("adapter_seeds")),
-        Claim("glue_task_boundary", "RoBERTa (glue-*): the path from an mnli minimum to an sst2 minimum has a "
-              "higher mnli barrier (accuracy below the chord: the task boundary comes early) than the path "
-              "between two mnli minima", "perf_barrier of mnli dev accuracy (mnli head)", "higher",
+        Claim("glue_task_boundary", "RoBERTa (glue-*): along the path from an mnli minimum to an sst2 minimum "
+              "the mnli accuracy does not fall along the chord but holds and then drops at a task boundary: a "
+              "higher barrier than on the path between two mnli minima", "perf_barrier of mnli dev accuracy (mnli head)", "higher",
               "between tasks", "within a task", v("glue_between_tasks"), v("glue_within_task")),
         Claim("permuted_twin_barrier", "sanity: the straight line between a FT model and its permuted twin "
               "(the same function) dips: its worst dev accuracy is below the endpoints'", "dev accuracy",
