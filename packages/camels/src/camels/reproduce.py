@@ -5,11 +5,11 @@ hometown of Kavor Delin is Velmora."), each asked by its cloze prompt (`camels.f
 pre-trained on the pre-training split's documents *and* QA pairs (`qa-pretrain --documents true`), so that a
 gradient step on a new document can change its answers. Entities are disjoint across the pre-training,
 meta-training/validation and test splits. Every arm adapts the same base model on a test stream with one SGD step
-per document, at its own lr chosen on a stream of the validation split; the metric is the answer NLL after
-adaptation (lower is better), with F1 and EM of greedy answers beside it and a no-adaptation row. Arms: uniform,
-SSM, TF-IDF, the oracle (weight only on the answer tokens: the sanity arm) and CaMeLS, meta-trained per seed on the
-meta-train split with `normalize` (mean weight 1, so it starts exactly at uniform) and the inner lr at which
-uniform did best on the validation stream.
+per document (gradient norm clipped at ADAPT_CLIP), at its own lr chosen on a stream of the validation split; the
+metric is the answer NLL after adaptation (lower is better), with F1 and EM of greedy answers beside it and a
+no-adaptation row. Arms: uniform, SSM, TF-IDF, the oracle (weight only on the answer tokens: the sanity arm) and
+CaMeLS, meta-trained per seed on the meta-train split with the inner lr at which uniform did best on the
+validation stream.
 
 Every step goes through the console script's subcommands into its own run folder, and a finished folder is
 skipped, so an interrupted reproduction resumes. Seeds (fixed here, chosen before any result) vary the
@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from lmlab.claims import Claim, claims_section, write_claims
 from lmlab.errors import LmlabError
 from lmlab.io import is_done, write_json, write_results
@@ -42,11 +43,11 @@ FULL: dict[str, Any] = {
     "qa_steps": 600,
     "qa_val_steps": 200,
     "qa_lr": 3e-3,
-    "meta_steps": 120,
-    "meta_val_steps": 30,
-    "outer_lr": 1e-3,
-    "stream_docs": 16,
-    "lrs": [0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
+    "meta_steps": 100,
+    "meta_val_steps": 10,
+    "outer_lr": 3e-4,
+    "stream_docs": 24,
+    "lrs": [0.125, 0.25, 0.5, 1.0, 2.0, 4.0],
 }
 QUICK: dict[str, Any] = {
     "seeds": [0],
@@ -64,6 +65,9 @@ QUICK: dict[str, Any] = {
     "lrs": [0.5, 1.0],
 }
 MAX_TEXT_LEN = 128
+THREADS = 1
+# gradient-norm clip of every arm's adaptation step: above a typical uniform step (0.7-1.1 in the pilot)
+ADAPT_CLIP = 2.0
 
 
 def _cli(args: list[str]) -> None:
@@ -171,8 +175,8 @@ class Reproduction:
                     str(self.data / "owt_val.csv"),
                     "--output_dir",
                     str(meta_dir),
-                    "--normalize",
-                    "true",
+                    "--grad_clip_thresh",
+                    "1.0",
                     "--max_steps",
                     str(s["meta_steps"]),
                     "--accumulate_grad_batches",
@@ -223,6 +227,8 @@ class Reproduction:
                     "0.05",
                     "--optimizer",
                     "sgd",
+                    "--grad_clip_thresh",
+                    str(ADAPT_CLIP),
                     "--lr",
                     str(lr),
                     "--max_text_len",
@@ -361,7 +367,7 @@ def write_report(
     lines = ["# CaMeLS: a controlled reproduction on synthetic facts among Brown Corpus text", ""]
     lines.append(claims_section(claims, sanity=["oracle_vs_uniform"]))
     lines += [
-        f"Wall time {seconds / 60:.1f} min; seeds {', '.join(map(str, seeds))}; "
+        f"Wall time {seconds / 60:.1f} min ({THREADS} torch thread); seeds {', '.join(map(str, seeds))}; "
         f"SSM used spaCy pipeline `{ssm}`"
         + (
             " (no English spaCy model is installed: the package's rule-based entity ruler)"
@@ -411,7 +417,8 @@ def write_report(
         f"CaMeLS (weighting model = the QA-tuned base as encoder + head, meta-trained per seed for "
         f"{sizes['meta_steps']} updates on the meta-train split: 6 documents per meta-step, sequential inner SGD "
         "at the lr where uniform did best on the validation stream, adjoint meta-gradients, outer Adam lr "
-        f"{sizes['outer_lr']:g}, `normalize` so the weights have mean 1 per document and start exactly at uniform).",
+        f"{sizes['outer_lr']:g} with its gradient norm clipped at 1, validation every {sizes['meta_val_steps']} "
+        "updates on 8 meta-validation batches, the weighting model of the lowest validation loss kept).",
         "- Seeds vary the meta-training and the sampled validation and test streams; data and base model are "
         "built once, as the paper evaluates on one QA-tuned base model.",
         "",
@@ -461,6 +468,7 @@ def run_reproduce(cfg: Any) -> dict[str, Any]:
 
     from camels.pipeline import _weights_picture
 
+    torch.set_num_threads(THREADS)  # results repeat for a given thread count; this one is fixed
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     sizes = dict(QUICK if cfg.quick else FULL)
