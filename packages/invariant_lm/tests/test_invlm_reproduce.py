@@ -10,6 +10,7 @@ from invariant_lm.config import ReproduceConfig
 from invariant_lm.reproduce import (
     SEQ_WORDS,
     Language,
+    head_noise_mass,
     noise_mass,
     noise_tokens,
     word_tokenizer,
@@ -62,7 +63,7 @@ def test_written_environments_carry_only_their_own_noise(tmp_path):
     assert sum(set(line) & noise != set() for line in test_noisy) > 0
 
 
-def test_noise_mass_sums_the_noise_tokens_probability(tmp_path):
+def test_noise_mass_sums_the_noise_tokens_probability_of_the_average_and_of_each_head(tmp_path):
     from invariant_lm.model import InvariantMLM
     from transformers import BertConfig, BertForMaskedLM
 
@@ -84,6 +85,12 @@ def test_noise_mass_sums_the_noise_tokens_probability(tmp_path):
         model.heads["a"].bias[tok.convert_tokens_to_ids("<z1>")] = 200.0
     assert noise_mass(model, tok, test, SEQ_WORDS + 2, noise) == pytest.approx(1.0, abs=1e-6)
     assert noise_mass(model, tok, test, SEQ_WORDS + 2, noise[:1]) < 1e-6
+    per_head = head_noise_mass(
+        model, tok, test, SEQ_WORDS + 2, noise
+    )  # each head alone: a holds <z1>, b none
+    assert list(per_head) == ["a", "b"]
+    assert per_head["a"][1] == pytest.approx(1.0, abs=1e-6) and max(per_head["a"][0], per_head["a"][2]) < 1e-6
+    assert per_head["b"] == pytest.approx([1 / len(tok)] * 3, rel=1e-5)
 
 
 @pytest.mark.slow
@@ -106,6 +113,10 @@ def test_reproduce_quick_writes_claims_from_the_run_folders(tmp_path):
         ev = json.loads((run / "results.json").read_text())["eval"]
         assert metrics["clean_perplexity"] == ev[str(out / "data" / "test_clean.txt")]["perplexity"]
         assert metrics["noisy_perplexity"] == ev[str(out / "data" / "test_noisy.txt")]["perplexity"]
+        heads = run / "heads_reproduce.json"
+        assert arm == "ensemble" or list(json.loads(heads.read_text())) == (
+            ["erm"] if arm == "erm" else ["clean", "noisy0", "noisy1", "noisy2"]
+        )
         return metrics
 
     erm, irm, ens = files("erm"), files("irm"), files("ensemble")

@@ -34,6 +34,7 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 ARMS = ("erm", "irm", "ensemble")
 METRICS = ("noise_mass_clean", "noise_mass_noisy", "clean_perplexity", "noisy_perplexity")
 RUN_METRICS = "metrics_reproduce.json"
+HEADS = "heads_reproduce.json"
 PAPER = "invariant_lm"
 
 
@@ -116,47 +117,75 @@ def write_language(folder: Path, cfg: ReproduceConfig) -> Language:
     return lang
 
 
+def _masked_batches(tokenizer, test_file: Path, seq_len: int, mask_seed: int):
+    from invariant_lm.data import eval_batches, load_text_file, make_collator, tokenize
+
+    ds = tokenize(load_text_file(test_file), tokenizer, seq_len, line_by_line=True)
+    return eval_batches(ds, make_collator(tokenizer), 64, mask_seed)
+
+
 @torch.no_grad()
 def noise_mass(
     model, tokenizer, test_file: Path, seq_len: int, noise: list[str], mask_seed: int = 1234
 ) -> float:
     """Mean, over the masked positions of `test_file` (fixed masks), of the probability the model's ensemble
     gives to the noise tokens together."""
-    from invariant_lm.data import eval_batches, load_text_file, make_collator, tokenize
-
-    ds = tokenize(load_text_file(test_file), tokenizer, seq_len, line_by_line=True)
     noise_ids = torch.tensor(tokenizer.convert_tokens_to_ids(noise))
     model.eval()
     total, count = 0.0, 0
-    for b in eval_batches(ds, make_collator(tokenizer), 64, mask_seed):
-        out = model(**b, sparse=True)
-        p = out.logits.float().softmax(-1)[:, noise_ids].sum(-1)
+    for b in _masked_batches(tokenizer, test_file, seq_len, mask_seed):
+        p = model(**b, sparse=True).logits.float().softmax(-1)[:, noise_ids].sum(-1)
         total += p.sum().item()
         count += p.numel()
     return total / count
 
 
+@torch.no_grad()
+def head_noise_mass(
+    model, tokenizer, test_file: Path, seq_len: int, noise: list[str], mask_seed: int = 1234
+) -> dict[str, list[float]]:
+    """{head: [mean probability of each noise token under that head's own softmax]}, over the masked positions of
+    `test_file`: where the heads of an IRM-games model hold the noise that their average no longer shows."""
+    noise_ids = torch.tensor(tokenizer.convert_tokens_to_ids(noise))
+    model.eval()
+    total, count = torch.zeros(model.n_heads, len(noise), dtype=torch.float64), 0
+    for b in _masked_batches(tokenizer, test_file, seq_len, mask_seed):
+        z = model(**b, sparse=True, return_head_logits=True).head_logits.float()  # [heads, masked, vocab]
+        total += z.softmax(-1)[:, :, noise_ids].sum(1).double()
+        count += z.shape[1]
+    return {e: (total[i] / count).tolist() for i, e in enumerate(model.env_names)}
+
+
 def _run(cfg: TrainConfig, tokenizer, data: Path, noise: list[str]) -> dict:
-    """Train (or skip a finished run) and return its metrics, also written to `<run>/metrics_reproduce.json`."""
+    """Train (a finished run is skipped) and return the run's metrics, kept in `<run>/metrics_reproduce.json`; an
+    ERM or IRM-games run also gets `<run>/heads_reproduce.json` (`head_noise_mass` on held-out noisy text)."""
     from lmlab.io import is_done, write_json
 
     from invariant_lm.commands import run_train
     from invariant_lm.model import InvariantMLM
 
     out = Path(cfg.output_dir)
-    if (out / RUN_METRICS).is_file() and is_done(out):
-        return json.loads((out / RUN_METRICS).read_text())
-    ev = json.loads((out / "results.json").read_text())["eval"] if is_done(out) else run_train(cfg)["eval"]
-    model = InvariantMLM.from_pretrained(out)
-    seq_len = SEQ_WORDS + 2
-    metrics = {
-        "noise_mass_clean": noise_mass(model, tokenizer, data / "test_clean.txt", seq_len, noise),
-        "noise_mass_noisy": noise_mass(model, tokenizer, data / "test_noisy.txt", seq_len, noise),
-        "clean_perplexity": ev[str(data / "test_clean.txt")]["perplexity"],
-        "noisy_perplexity": ev[str(data / "test_noisy.txt")]["perplexity"],
-    }
-    write_json(out / RUN_METRICS, metrics)
-    return metrics
+    if not is_done(out):
+        run_train(cfg)
+    todo = [
+        f
+        for f in (RUN_METRICS, HEADS)
+        if not (out / f).is_file() and (f == RUN_METRICS or cfg.mode != "ensemble")
+    ]
+    if todo:
+        model = InvariantMLM.from_pretrained(out)
+        seq_len = SEQ_WORDS + 2
+    if RUN_METRICS in todo:
+        ev = json.loads((out / "results.json").read_text())["eval"]
+        write_json(out / RUN_METRICS, {
+            "noise_mass_clean": noise_mass(model, tokenizer, data / "test_clean.txt", seq_len, noise),
+            "noise_mass_noisy": noise_mass(model, tokenizer, data / "test_noisy.txt", seq_len, noise),
+            "clean_perplexity": ev[str(data / "test_clean.txt")]["perplexity"],
+            "noisy_perplexity": ev[str(data / "test_noisy.txt")]["perplexity"],
+        })  # fmt: skip
+    if HEADS in todo:
+        write_json(out / HEADS, head_noise_mass(model, tokenizer, data / "test_noisy.txt", seq_len, noise))
+    return json.loads((out / RUN_METRICS).read_text())
 
 
 def run_folder(out: Path, arm: str, seed: int) -> Path:
@@ -233,7 +262,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     wall = time.time() - start
     runs = [stage1] + [run_folder(out, arm, s) for arm in cfg.arms for s in cfg.seeds]
     train_s = sum(json.loads((r / "results.json").read_text())["train"]["train_seconds"] for r in runs)
-    (out / "report.md").write_text(to_markdown(claims, rows, cfg, wall, threads, train_s))
+    (out / "report.md").write_text(to_markdown(claims, rows, cfg, wall, threads, train_s, out))
     plot(rows, out / "noise_mass.png")
     print((out / "report.md").read_text())
     print(f"[invariant-lm] reproduction report in {out}/report.md ({wall / 60:.1f} min)")
@@ -284,15 +313,21 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4g} ± {sd:.2g} ({', '.join(f'{x:.4g}' for x in values)})"
 
 
-def reading(claims: list) -> str:
-    """The plain-words reading of what was measured, from the claims."""
+def reading(claims: list, rows: list[dict]) -> str:
+    """The plain-words reading of what was measured, from the claims (and the stage-1 and ensembling rows)."""
     c = {x.id: x for x in claims}
+    mean = statistics.fmean
+    start = next(r for r in rows if r["arm"] == "stage1")
+    learned = (
+        f"ERM's noise mass on noisy text is {mean(c['erm_learns_noise'].method_values):.4g} against "
+        f"{mean(c['erm_learns_noise'].control_values):.4g} on clean text (the stage-1 model it starts from: "
+        f"{start['noise_mass_noisy']:.3g} on noisy text)"
+    )
     if not c["erm_learns_noise"].holds:
         return (
-            "The sanity arm failed: ERM's noise mass on noisy text is not above its clean-text level, so this set-up "
-            "did not make ERM learn where the noise occurs, and the IRM rows say little about noise removal."
+            f"The sanity arm failed: {learned}, so in this set-up ERM did not learn to tell where the noise occurs, "
+            "and the IRM rows say little about noise removal."
         )
-    mean = statistics.fmean
     irm_c, erm_c = mean(c["irm_noise_clean"].method_values), mean(c["irm_noise_clean"].control_values)
     irm_n, erm_n = mean(c["irm_noise_noisy"].method_values), mean(c["irm_noise_noisy"].control_values)
     ppl = mean(c["irm_clean_ppl"].method_values) / mean(c["irm_clean_ppl"].control_values) - 1
@@ -304,17 +339,43 @@ def reading(claims: list) -> str:
         if held
         else "The paper's claim (i) does not show here"
     )
-    return (
-        f"The sanity arm holds: ERM learned the noise (noise mass {mean(c['erm_learns_noise'].method_values):.4g} on "
-        f"noisy text against {mean(c['erm_learns_noise'].control_values):.4g} on clean text). {verdict}: IRM-games "
-        f"puts {irm_c / erm_c:.2f}x ERM's noise mass on clean text ({irm_c:.4g} vs {erm_c:.4g}) and {irm_n / erm_n:.2f}x "
-        f"on noisy text ({irm_n:.4g} vs {erm_n:.4g}), with clean perplexity {ppl:+.1%} relative to ERM "
+    text = (
+        f"The sanity arm holds: {learned}. {verdict}: IRM-games puts {irm_c / erm_c:.2f}x ERM's noise mass on "
+        f"clean text ({irm_c:.4g} vs {erm_c:.4g}) and {irm_n / erm_n:.2f}x on noisy text ({irm_n:.4g} vs "
+        f"{erm_n:.4g}), with clean perplexity {ppl:+.1%} relative to ERM "
         f"({'within' if c['irm_clean_ppl'].holds else 'outside'} the 5% tolerance)."
     )
+    ens = [r["noise_mass_clean"] for r in rows if r["arm"] == "ensemble"]
+    if ens:
+        text += (
+            f" Ensembling (the same heads, without the game) puts {mean(ens):.4g} on clean text, "
+            f"{mean(ens) / erm_c:.2f}x ERM's: what differs is the round-robin game, not the number of heads."
+        )
+    return text
+
+
+def heads_table(out: Path, cfg: ReproduceConfig) -> list[str]:
+    """Where the noise is held: each head alone (its own softmax) on held-out noisy text, per noise token, mean over
+    seeds; ERM's one head beside IRM-games' heads."""
+    noise = noise_tokens(cfg.n_noisy_envs)
+    lines = [
+        "Each head alone (its own softmax) on held-out noisy text: mean probability of each noise token, mean over "
+        "seeds. The model predicts with the average of its heads' logits, so a head can hold noise that the "
+        "average does not show.",
+        "",
+        "| arm: head | " + " | ".join(f"`{z}`" for z in noise) + " |",
+        "| --- |" + " --- |" * len(noise),
+    ]
+    for arm in ("erm", "irm"):
+        heads = [json.loads((run_folder(out, arm, s) / HEADS).read_text()) for s in cfg.seeds]
+        for head in heads[0]:
+            cells = [statistics.fmean(h[head][i] for h in heads) for i in range(len(noise))]
+            lines.append(f"| {arm}: {head} | " + " | ".join(f"{x:.3g}" for x in cells) + " |")
+    return lines
 
 
 def to_markdown(
-    claims: list, rows: list[dict], cfg: ReproduceConfig, wall: float, threads: int, train_s: float
+    claims: list, rows: list[dict], cfg: ReproduceConfig, wall: float, threads: int, train_s: float, out: Path
 ) -> str:
     from lmlab.claims import claims_section
 
@@ -337,6 +398,7 @@ def to_markdown(
     for arm in arms:
         rs = [r for r in rows if r["arm"] == arm]
         lines.append(f"| {arm} | " + " | ".join(_cell([r[m] for r in rs]) for m in METRICS) + " |")
+    lines += ["", *heads_table(out, cfg)]
     noisy = ", ".join(f"noisy{k}" for k in range(cfg.n_noisy_envs))
     lines += [
         "",
@@ -369,7 +431,7 @@ def to_markdown(
         "",
         "## Reading",
         "",
-        reading(claims),
+        reading(claims, rows),
     ]  # fmt: skip
     return "\n".join(lines) + "\n"
 
