@@ -4,7 +4,8 @@ argmax agreement of the student's and the teacher's intervened predictions over 
 Two probes of the interventions themselves: `ignore_iia` is the IIA of a predictor that ignores the intervention
 (the teacher's own plain prediction against its intervened one), so 1 - ignore_iia is the share of positions whose
 teacher prediction the intervention changes (`changed_fraction`); `changed_iia` is the student's IIA on those
-positions only, where copying the plain output scores 0."""
+positions only, where copying the plain output scores 0. `plain_kl` is the KL of the plain (un-intervened) outputs,
+so causal_kl / plain_kl says how much harder the interventions are for the student than ordinary inputs."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def distillation_metrics(
     student.eval()
     dev = next(student.parameters()).device
     nll = n_masked = 0.0
-    kl_sum = kl_n = 0.0
+    kl_sum = plain_kl_sum = kl_n = 0.0
     agree = total = 0
     plain_agree = ignore_agree = changed_agree = n_changed = 0
     for b, batch in enumerate(loader):
@@ -53,6 +54,7 @@ def distillation_metrics(
         mask = batch["base_mask"].bool()
         n = int(mask.sum())
         kl_sum += float(losses.kl_loss(s.int_logits, t.int_logits, mask, temperature)) * n
+        plain_kl_sum += float(losses.kl_loss(s.logits, t.logits, mask, temperature)) * n
         kl_n += n
         t_int, s_int = t.int_logits.argmax(-1), s.int_logits.argmax(-1)
         t_plain = t.logits.argmax(-1)
@@ -67,6 +69,7 @@ def distillation_metrics(
     return {
         "mlm_perplexity": math.exp(nll / max(n_masked, 1)),
         "causal_kl": kl_sum / max(kl_n, 1),
+        "plain_kl": plain_kl_sum / max(kl_n, 1),
         "iia": agree / max(total, 1),
         "plain_agreement": plain_agree / max(total, 1),
         "ignore_iia": ignore_agree / max(total, 1),

@@ -39,7 +39,7 @@ ARMS = {  # arm -> (alpha_ce, alpha_mlm, alpha_cos, alpha_causal_ce)
     "equal_weight": (0.5, 0.25, 0.25, 0.0),
 }
 SANITY = "teacher"  # the sanity arm's run folders: runs/teacher-seed<s>/heldout.json
-METRICS = ("iia", "changed_iia", "causal_kl", "mlm_perplexity", "plain_agreement")
+METRICS = ("iia", "changed_iia", "causal_kl", "plain_kl", "mlm_perplexity", "plain_agreement")
 
 PAPER_GLUE = """| model (paper, 6 layers, GLUE dev) | tokens | avg | CoLA | MNLI | MRPC | QNLI | QQP | RTE | SST-2 | STS-B |
 |---|---|---|---|---|---|---|---|---|---|---|
@@ -450,7 +450,9 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4g} ± {statistics.stdev(values):.2g}"
 
 
-def _report(claims, results: dict, recipe: Recipe, split: dict, wall: float, quick: bool) -> str:
+def _report(
+    claims, results: dict, recipe: Recipe, split: dict, wall: float, quick: bool, train_ratio: list[float]
+) -> str:
     from lmlab.claims import claims_section
 
     by_id = {c.id: c for c in claims}
@@ -470,9 +472,12 @@ def _report(claims, results: dict, recipe: Recipe, split: dict, wall: float, qui
             + " |"
         )
     t = results[SANITY]
+    teacher_cells = {
+        "iia": _cell([r["iia"] for r in t]),
+        "mlm_perplexity": _cell([r["mlm_perplexity"] for r in t]),
+    }
     lines += [
-        f"| teacher (n={len(t)}) | {_cell([r['iia'] for r in t])} | - | - | "
-        f"{_cell([r['mlm_perplexity'] for r in t])} | - |",
+        f"| teacher (n={len(t)}) | " + " | ".join(teacher_cells.get(m, "-") for m in METRICS) + " |",
         "",
         "Per seed (seeds " + ", ".join(str(s) for s in recipe.seeds) + "):",
         "",
@@ -488,9 +493,9 @@ def _report(claims, results: dict, recipe: Recipe, split: dict, wall: float, qui
             )
     for r in t:
         lines.append(
-            f"| teacher | {r['seed']} | iia {r['iia']:.4g}, ignore-intervention iia {r['ignore_iia']:.4g}, "
-            f"changed fraction {r['changed_fraction']:.4g} | | | mlm ppl {r['mlm_perplexity']:.4g} | | "
-            f"{r['eval_tokens']} |"
+            f"| teacher | {r['seed']} | "
+            + " | ".join(f"{r[m]:.4g}" if m in teacher_cells else "-" for m in METRICS)
+            + f" | {r['eval_tokens']} |"
         )
     n_student = len(recipe.student_layers)
     lines += [
@@ -521,8 +526,14 @@ def _report(claims, results: dict, recipe: Recipe, split: dict, wall: float, qui
         "interventions drawn from the seed (the same for each arm of a seed). `iia`: argmax agreement of the "
         "student's and the teacher's intervened predictions over all non-pad positions; `changed_iia`: the same on "
         "the positions where the intervention changes the teacher's prediction; `causal_kl`: KL(teacher || student) "
-        "of the intervened distributions at T = 2; `mlm_perplexity`: the student's plain MLM perplexity on the "
+        "of the intervened distributions at T = 2, `plain_kl` the same without intervention; `mlm_perplexity`: the student's plain MLM perplexity on the "
         "masked positions; `plain_agreement`: argmax agreement without intervention.",
+        "- The teacher's rows: its IIA against itself and its own MLM perplexity; per seed, the predictor that "
+        "ignores the intervention scores IIA "
+        + ", ".join(f"{r['ignore_iia']:.4g}" for r in t)
+        + " (the intervention changes the teacher's prediction at "
+        + ", ".join(f"{r['changed_fraction']:.1%}" for r in t)
+        + " of the positions).",
         "- Sanity arm `teacher_iia`: the teacher evaluated against itself on each seed's draws (IIA 1.0 when the "
         "intervention is deterministic) against a predictor that ignores the intervention (the teacher's plain "
         "output; its IIA is 1 - the share of positions the intervention changes).",
@@ -533,7 +544,7 @@ def _report(claims, results: dict, recipe: Recipe, split: dict, wall: float, qui
         "",
         "## Reading",
         "",
-        _reading(by_id),
+        _reading(by_id, results, train_ratio),
         "",
         "For scale, the paper's GLUE table (6-layer students, 0.1B tokens; not reproduced here):",
         "",
@@ -543,7 +554,7 @@ def _report(claims, results: dict, recipe: Recipe, split: dict, wall: float, qui
     return "\n".join(lines)
 
 
-def _reading(by_id: dict) -> str:
+def _reading(by_id: dict, results: dict, train_ratio: list[float]) -> str:
     def verdict(cid):
         c = by_id[cid]
         m, k = statistics.fmean(c.method_values), statistics.fmean(c.control_values)
@@ -564,6 +575,16 @@ def _reading(by_id: dict) -> str:
         f"DIITO vs equal weight: {verdict('diito_vs_equal_weight')}; {verdict('diito_vs_equal_weight_kl')}; "
         f"{verdict('diito_vs_equal_weight_changed_iia')}.",
         f"MLM perplexity: {verdict('diito_vs_standard_ppl')}.",
+        "How much harder the interventions are for each student than plain inputs, held-out causal KL / plain KL: "
+        + ", ".join(
+            f"{arm} {statistics.fmean(r['causal_kl'] / r['plain_kl'] for r in results[arm]):.3g}"
+            for arm in ARMS
+        )
+        + "; in DIITO training the causal KL term was "
+        + ", ".join(f"{x:.3g}" for x in train_ratio)
+        + " x the plain KL term (per seed, mean over the second half of the steps). A ratio near 1 means the "
+        "student already follows the teacher under intervention as well as on ordinary text, so the causal term "
+        "adds little beyond a second copy of the plain KL term, which is what the equal-weight control measures.",
     ]
     return " ".join(parts)
 
@@ -597,6 +618,18 @@ def run_pipeline(out: Path, recipe: Recipe, device: str, quick: bool = False) ->
     claims = build_claims(results)
     write_claims(PAPER, claims, out)
     write_results([{"arm": arm, **r} for arm, rows in results.items() for r in rows], out, name="results")
+    train_ratio = []
+    for seed in recipe.seeds:
+        log = [
+            r
+            for r in read_jsonl(out / "runs" / f"diito-seed{seed}" / "metrics.jsonl")
+            if "train/loss_causal_ce" in r
+        ]
+        late = log[len(log) // 2 :]
+        train_ratio.append(
+            statistics.fmean(r["train/loss_causal_ce"] for r in late)
+            / statistics.fmean(r["train/loss_ce"] for r in late)
+        )
     curves = {}
     for arm in ARMS:
         for seed in recipe.seeds:
@@ -620,7 +653,7 @@ def run_pipeline(out: Path, recipe: Recipe, device: str, quick: bool = False) ->
     split["unigram_perplexity"] = unigram_perplexity(
         load_binarized(paths["train"]), load_binarized(paths["heldout"])
     )
-    report = _report(claims, results, recipe, split, time.time() - start, quick)
+    report = _report(claims, results, recipe, split, time.time() - start, quick, train_ratio)
     (out / "report.md").write_text(report, encoding="utf-8")
     write_json(out / "summary.json", {"recipe": dataclasses.asdict(recipe), "quick": quick, "device": device})
     print(report)
