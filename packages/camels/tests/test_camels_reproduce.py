@@ -9,8 +9,8 @@ import torch
 from camels.cli import main
 from camels.data import collate_lm, encode_doc, encode_qa
 from camels.facts import SPLITS, entity_names, fact, make_facts
-from camels.reproduce import ARMS, QUICK
-from camels.weighting import OracleWeights
+from camels.reproduce import ARMS, QUICK, answer_share
+from camels.weighting import OracleWeights, UniformWeights
 from lmlab.claims import holds
 from lmlab.errors import LmlabError
 from lmlab.testing import tiny_tokenizer
@@ -74,6 +74,20 @@ def test_oracle_weights_exactly_the_answer_tokens():
         OracleWeights(tok, {doc: ["Quenby"]})
     with pytest.raises(LmlabError, match="not in the stream"):
         oracle(torch.tensor([ids[:-1]]), torch.ones(1, len(ids) - 1, dtype=torch.long))
+
+
+def test_answer_share_is_the_fraction_of_weight_on_answer_tokens():
+    tok = tiny_tokenizer("gpt2")
+    docs = [
+        "one two The trade of Kavor Delin is baker. three",
+        "The hometown of Sela Brun is Velmora. four five",
+    ]
+    oracle = OracleWeights(tok, {docs[0]: ["baker"], docs[1]: ["Velmora"]})
+    n = [len(tok(d, add_special_tokens=False)["input_ids"]) for d in docs]
+    k = [len(tok(" " + a, add_special_tokens=False)["input_ids"]) for a in ("baker", "Velmora")]
+    assert answer_share(oracle, oracle, tok, docs, 1024) == 1.0
+    assert answer_share(UniformWeights(), oracle, tok, docs, 1024) == pytest.approx(sum(k) / sum(n))
+    assert answer_share(UniformWeights(0.0), oracle, tok, docs, 1024) == 0.0
 
 
 def test_documents_in_qa_pretraining_are_labelled_on_every_token_and_pairs_on_the_answer_only():
