@@ -1,9 +1,10 @@
 """`demo`: a tiny end-to-end run (< 2 minutes on 2 CPU cores) on the shipped Wikipedia sample.
 
-Both run the same pipeline through the real subcommands: train a BPE tokenizer on the shipped Wikipedia sample,
-`preprocess`, pre-train vanilla and headless decoders (and encoders) for the same number of steps, `export`,
-`ft-gpt` the headless decoder, score held-out last-word prediction / next-token accuracy, fine-tune a GLUE
-sample task, and write a table, plots and the paper's anchor numbers beside ours.
+It runs through the real subcommands: train a BPE tokenizer on the sample, `preprocess`, pre-train vanilla and
+headless decoders (and, with --mlm, encoders) for the same number of steps, `export`, `ft-gpt` the headless decoder,
+score held-out last-word prediction / next-token accuracy, fine-tune a GLUE sample task, and write a table, plots
+and the paper's anchor numbers beside ours. The reproduction (issue 11's controlled experiment) is `reproduce.py`;
+it uses this module's tokenizer trainer, command runner and next-token scorer.
 """
 
 from __future__ import annotations
