@@ -97,6 +97,9 @@ def test_reproduce_quick_claims_match_the_run_files(tmp_path):
     assert main(["reproduce", "--quick", "true", "--output_dir", str(out)]) == 0
     assert json.loads((out / "claims.json").read_text()) == data
     assert (folder / "gpt_vanilla" / "results.json").stat().st_mtime == mtime
+    # other options into the same folder would mix runs: refused before anything is written
+    assert main(["reproduce", "--quick", "true", "--cost_ratio", "3", "--output_dir", str(out)]) == 1
+    assert json.loads((out / "claims.json").read_text()) == data
 
 
 def test_split_keeps_documents_whole_and_every_genre_on_both_sides():

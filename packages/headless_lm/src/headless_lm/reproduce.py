@@ -535,6 +535,25 @@ def reading(claims) -> str:
     return " ".join(parts)
 
 
+def _check_same_options(cfg: ReproduceConfig, out: Path) -> None:
+    """A rerun resumes the runs in `out`, so it must use the options they were made with (`options.json`)."""
+    from lmlab.io import write_json
+
+    options = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("output_dir", "quick")}
+    saved = out / "options.json"
+    if saved.is_file():
+        before = json.loads(saved.read_text())
+        changed = sorted(k for k in options.keys() | before.keys() if before.get(k) != options.get(k))
+        if changed:
+            raise LmlabError(
+                f"{out} holds a reproduction made with other options ({', '.join(changed)}); "
+                "give another --output_dir or the same options"
+            )
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(saved, options)
+
+
 def run_reproduce(cfg: ReproduceConfig) -> dict:
     import torch
     from lmlab.claims import write_claims
@@ -547,7 +566,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_same_options(cfg, out)
     info = prepare_data(cfg, out)
     packed = PackedRows(load_packed(str(out / "heldout.hf"))[0], "packed")
     rows = [packed[i] for i in range(min(cfg.eval_rows, len(packed)))]

@@ -449,7 +449,7 @@ def run_glue(cfg: GlueConfig) -> dict:
                 cfg.data_dir, task, split, cfg.max_train_samples if split == "train" else None
             )
             data[task][split] = list(zip(encode_pairs(tokenizer, a, b, cfg.max_seq_len), y, strict=True))
-    prepare_run_dir(root, cfg.overwrite)
+    prepare_run_dir(root, cfg.overwrite, also=[root / t for t in ALL_TASKS])  # --overwrite: every task afresh
     save_config(cfg, root / "config.yaml")
     protocol = {
         "loss": cfg.loss,
