@@ -9,8 +9,9 @@ integer); `--accumulate_grad_batches`, when also given, must equal it (a conflic
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from lmlab.config import option
 from lmlab.training import TrainerOptions
 
 ATTENTION = {
@@ -33,93 +34,53 @@ PRETRAIN_ALIASES = {
 }
 
 
-def _h(text: str, **bounds: float) -> dict:
-    """Field metadata: the help text and the declared range (gt, ge, lt, le), checked by lmlab.cli."""
-    return {"help": text, **bounds}
-
-
 @dataclass
 class _PretrainBase(TrainerOptions):
     # --- data and model
-    dataset: str | None = field(
-        default=None, metadata=_h("preprocessed dataset folder (save_to_disk) or text file(s)")
+    dataset: str | None = option("preprocessed dataset folder (save_to_disk) or text file(s)", None)
+    hf_tokenizer: str | None = option("tokenizer name or local folder", None)
+    hf_path: str = option("architecture: shipped name, config.json or model folder", "pythia-70m")
+    model_max_seq_len: int = option("model positions (max_position_embeddings)", 2048, ge=1)
+    init_from: str | None = option(
+        "start from these pretrained weights (model folder or hub name) instead of a fresh --hf_path", None
     )
-    hf_tokenizer: str | None = field(default=None, metadata=_h("tokenizer name or local folder"))
-    hf_path: str = field(
-        default="pythia-70m", metadata=_h("architecture: shipped name, config.json or model folder")
+    attn_implementation: str = option(
+        "sdpa | eager | flash_attention_2 (GPU) | xformers (GPU); reference names hf, flash_attention", "sdpa"
     )
-    model_max_seq_len: int = field(
-        default=2048, metadata=_h("model positions (max_position_embeddings)", ge=1)
+    accumulate_grad_batches: int | None = option(
+        "micro-batches per optimizer step (default: set by --global_bs; must agree with it)", None, ge=1
     )
-    init_from: str | None = field(
-        default=None,
-        metadata=_h(
-            "start from these pretrained weights (model folder or hub name) instead of a fresh --hf_path"
-        ),
-    )
-    attn_implementation: str = field(
-        default="sdpa",
-        metadata=_h(
-            "sdpa | eager | flash_attention_2 (GPU) | xformers (GPU); reference names hf, flash_attention"
-        ),
-    )
-    accumulate_grad_batches: int | None = field(
-        default=None,
-        metadata=_h(
-            "micro-batches per optimizer step (default: set by --global_bs; must agree with it)", ge=1
-        ),
-    )
-    run_name: str | None = field(
-        default=None, metadata=_h("run name (checkpoint sub-folder; default: output_dir name)")
-    )
-    saved_ckpt_path: str | None = field(
-        default=None, metadata=_h("if set, output_dir = saved_ckpt_path/run_name")
-    )
-    ckpt_every: int = field(
-        default=10000, metadata=_h("keep a checkpoint forever every N steps (periodic/)", ge=1)
-    )
-    num_workers: int = field(default=0, metadata=_h("data-loader workers", ge=0))
-    global_bs: int | None = field(
-        default=None, metadata=_h("global batch in sequences (sets accumulation)", ge=1)
-    )
-    gpu_bs: int = field(
-        default=8, metadata=_h("micro-batch per device in sequences: the in-batch negatives", ge=1)
-    )
+    run_name: str | None = option("run name (checkpoint sub-folder; default: output_dir name)", None)
+    saved_ckpt_path: str | None = option("if set, output_dir = saved_ckpt_path/run_name", None)
+    ckpt_every: int = option("keep a checkpoint forever every N steps (periodic/)", 10000, ge=1)
+    num_workers: int = option("data-loader workers", 0, ge=0)
+    global_bs: int | None = option("global batch in sequences (sets accumulation)", None, ge=1)
+    gpu_bs: int = option("micro-batch per device in sequences: the in-batch negatives", 8, ge=1)
     # --- reference task-config keys
-    text_key: str = field(
-        default="packed", metadata=_h("column with the token ids (or text if not tokenized)")
+    text_key: str = option("column with the token ids (or text if not tokenized)", "packed")
+    tokenized: bool = option("the dataset column holds token ids", True)
+    emb_loss_weight: float = option("weight of the CWT loss (0: vanilla)", 1.0, ge=0)
+    loss_name: str = option("contrastive loss (only cwt)", "cwt")
+    learning_rate: float = option("peak learning rate", 1e-3, gt=0)
+    schedule_type: str = option("cosine | constant | triangular (linear decay)", "cosine")
+    contrastive_temperature: float = option("CWT temperature tau", 1.0, gt=0)
+    warmup_steps: int = option("linear warm-up steps from 0", 1430, ge=0)
+    min_lr_ratio: float = option("final LR / peak LR (reference 0; Pythia 0.1)", 0.0, ge=0, le=1)
+    weight_decay: float = option("AdamW weight decay (never on biases and norms)", 0.1, ge=0)
+    adam_betas: list[float] = option("AdamW betas", [0.9, 0.95])
+    adam_eps: float = option("AdamW epsilon", 1e-8, gt=0)
+    gradient_clip: float = option("gradient norm clipping", 1.0, ge=0)
+    negatives: str = option("all (paper: duplicates kept) | unique (ablation)", "all")
+    gather_negatives: bool = option(
+        "DDP: negatives = all ranks' micro-batches (all-gather of K x d per step); off = paper", False
     )
-    tokenized: bool = field(default=True, metadata=_h("the dataset column holds token ids"))
-    emb_loss_weight: float = field(default=1.0, metadata=_h("weight of the CWT loss (0: vanilla)", ge=0))
-    loss_name: str = field(default="cwt", metadata=_h("contrastive loss (only cwt)"))
-    learning_rate: float = field(default=1e-3, metadata=_h("peak learning rate", gt=0))
-    schedule_type: str = field(default="cosine", metadata=_h("cosine | constant | triangular (linear decay)"))
-    contrastive_temperature: float = field(default=1.0, metadata=_h("CWT temperature tau", gt=0))
-    warmup_steps: int = field(default=1430, metadata=_h("linear warm-up steps from 0", ge=0))
-    min_lr_ratio: float = field(
-        default=0.0, metadata=_h("final LR / peak LR (reference 0; Pythia 0.1)", ge=0, le=1)
+    predictor: str = option("emb_predictor: identity | linear (D x D, ablation)", "identity")
+    val_every: int | None = option(
+        "validate every N optimizer steps (reference key; default 10% of the run)", None, ge=1
     )
-    weight_decay: float = field(
-        default=0.1, metadata=_h("AdamW weight decay (never on biases and norms)", ge=0)
-    )
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95], metadata=_h("AdamW betas"))
-    adam_eps: float = field(default=1e-8, metadata=_h("AdamW epsilon", gt=0))
-    gradient_clip: float = field(default=1.0, metadata=_h("gradient norm clipping", ge=0))
-    negatives: str = field(default="all", metadata=_h("all (paper: duplicates kept) | unique (ablation)"))
-    gather_negatives: bool = field(
-        default=False,
-        metadata=_h("DDP: negatives = all ranks' micro-batches (all-gather of K x d per step); off = paper"),
-    )
-    predictor: str = field(
-        default="identity", metadata=_h("emb_predictor: identity | linear (D x D, ablation)")
-    )
-    val_every: int | None = field(
-        default=None,
-        metadata=_h("validate every N optimizer steps (reference key; default 10% of the run)", ge=1),
-    )
-    val_batches: int = field(default=10, metadata=_h("validation batches per validation", ge=1))
-    valid_fraction: float = field(
-        default=0.0001, metadata=_h("validation share when the dataset has no validation split", ge=0, lt=1)
+    val_batches: int = option("validation batches per validation", 10, ge=1)
+    valid_fraction: float = option(
+        "validation share when the dataset has no validation split", 0.0001, ge=0, lt=1
     )
 
     def __post_init__(self) -> None:
@@ -197,19 +158,11 @@ def world_size(devices: int | str, num_nodes: int, device: str) -> int:
 class GptConfig(_PretrainBase):
     """Causal (decoder) pre-training; defaults = the reference task defaults (Pythia-70m, 143k steps)."""
 
-    max_steps: int = field(
-        default=143000, metadata=_h("total optimizer steps (reference key total_nb_steps)", ge=1)
-    )
-    checkpoint_every_n_steps: int = field(
-        default=1000, metadata=_h("rolling last.ckpt every N steps (--last_every)", ge=1)
-    )
-    global_bs: int | None = field(
-        default=1024, metadata=_h("global batch in sequences (sets accumulation)", ge=1)
-    )
-    logger: str = field(default="tensorboard", metadata=_h("tensorboard | csv | wandb | none"))
-    lm_loss_weight: float = field(
-        default=1.0, metadata=_h("weight of the next-token CE (0: headless, head removed)", ge=0)
-    )
+    max_steps: int = option("total optimizer steps (reference key total_nb_steps)", 143000, ge=1)
+    checkpoint_every_n_steps: int = option("rolling last.ckpt every N steps (--last_every)", 1000, ge=1)
+    global_bs: int | None = option("global batch in sequences (sets accumulation)", 1024, ge=1)
+    logger: str = option("tensorboard | csv | wandb | none", "tensorboard")
+    lm_loss_weight: float = option("weight of the next-token CE (0: headless, head removed)", 1.0, ge=0)
 
     @property
     def ce_weight(self) -> float:
@@ -220,53 +173,27 @@ class GptConfig(_PretrainBase):
 class MlmConfig(_PretrainBase):
     """Masked (encoder) pre-training; defaults = the reference MLM task (BERT-base, triangular, 1M steps)."""
 
-    hf_path: str = field(
-        default="bert-base", metadata=_h("architecture: shipped name, config.json or model folder")
-    )
-    model_max_seq_len: int = field(
-        default=128, metadata=_h("model positions (max_position_embeddings)", ge=1)
-    )
-    max_seq_len: int = field(
-        default=128, metadata=_h("MLM sequence length; longer packed rows are split", ge=1)
-    )
-    max_steps: int = field(
-        default=1_000_000, metadata=_h("total optimizer steps (reference key total_nb_steps)", ge=1)
-    )
-    checkpoint_every_n_steps: int = field(
-        default=1000, metadata=_h("rolling last.ckpt every N steps (--last_every)", ge=1)
-    )
-    global_bs: int | None = field(default=256, metadata=_h("global batch in sequences of max_seq_len", ge=1))
-    gpu_bs: int = field(default=32, metadata=_h("micro-batch per device in sequences of max_seq_len", ge=1))
-    logger: str = field(default="tensorboard", metadata=_h("tensorboard | csv | wandb | none"))
-    learning_rate: float = field(default=1e-4, metadata=_h("peak learning rate", gt=0))
-    schedule_type: str = field(
-        default="triangular", metadata=_h("cosine | constant | triangular (linear decay)")
-    )
-    warmup_steps: int = field(default=10000, metadata=_h("linear warm-up steps from 0", ge=0))
-    weight_decay: float = field(
-        default=0.01, metadata=_h("AdamW weight decay (never on biases and norms)", ge=0)
-    )
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata=_h("AdamW betas"))
-    mlm_loss_weight: float = field(
-        default=1.0, metadata=_h("weight of the MLM CE (0: headless, head removed)", ge=0)
-    )
-    mask_prob: float = field(
-        default=0.15, metadata=_h("share of maskable positions selected per row", ge=0, le=1)
-    )
-    replace_prob: float = field(
-        default=0.8, metadata=_h("selected positions replaced by the mask token", ge=0, le=1)
-    )
-    random_token_prob: float = field(
-        default=0.1, metadata=_h("selected positions replaced by a random token", ge=0, le=1)
-    )
-    mask_scheme: str = field(default="bert", metadata=_h("bert (fixed) | reference (context noise, §1.4)"))
-    reference_label_bug: bool = field(
-        default=False, metadata=_h("reference scheme: labels from randomised input")
-    )
-    mask_token_id: int | None = field(
-        default=None, metadata=_h("mask id when the tokenizer has none (reference: 1)", ge=0)
-    )
-    mlm_vanilla_head: str = field(default="full", metadata=_h("full (HF: logits at all positions) | sparse"))
+    hf_path: str = option("architecture: shipped name, config.json or model folder", "bert-base")
+    model_max_seq_len: int = option("model positions (max_position_embeddings)", 128, ge=1)
+    max_seq_len: int = option("MLM sequence length; longer packed rows are split", 128, ge=1)
+    max_steps: int = option("total optimizer steps (reference key total_nb_steps)", 1_000_000, ge=1)
+    checkpoint_every_n_steps: int = option("rolling last.ckpt every N steps (--last_every)", 1000, ge=1)
+    global_bs: int | None = option("global batch in sequences of max_seq_len", 256, ge=1)
+    gpu_bs: int = option("micro-batch per device in sequences of max_seq_len", 32, ge=1)
+    logger: str = option("tensorboard | csv | wandb | none", "tensorboard")
+    learning_rate: float = option("peak learning rate", 1e-4, gt=0)
+    schedule_type: str = option("cosine | constant | triangular (linear decay)", "triangular")
+    warmup_steps: int = option("linear warm-up steps from 0", 10000, ge=0)
+    weight_decay: float = option("AdamW weight decay (never on biases and norms)", 0.01, ge=0)
+    adam_betas: list[float] = option("AdamW betas", [0.9, 0.999])
+    mlm_loss_weight: float = option("weight of the MLM CE (0: headless, head removed)", 1.0, ge=0)
+    mask_prob: float = option("share of maskable positions selected per row", 0.15, ge=0, le=1)
+    replace_prob: float = option("selected positions replaced by the mask token", 0.8, ge=0, le=1)
+    random_token_prob: float = option("selected positions replaced by a random token", 0.1, ge=0, le=1)
+    mask_scheme: str = option("bert (fixed) | reference (context noise, §1.4)", "bert")
+    reference_label_bug: bool = option("reference scheme: labels from randomised input", False)
+    mask_token_id: int | None = option("mask id when the tokenizer has none (reference: 1)", None, ge=0)
+    mlm_vanilla_head: str = option("full (HF: logits at all positions) | sparse", "full")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -288,15 +215,13 @@ class MlmConfig(_PretrainBase):
 class FtGptConfig(GptConfig):
     """Fine-tuning of a headless decoder with a head copied from its input embeddings (CE only)."""
 
-    ckpt_path: str | None = field(default=None, metadata=_h("headless checkpoint to start from (required)"))
-    mode: str = field(default="ft", metadata=_h("ft (train everything) | probe (train the head only)"))
-    emb_loss_weight: float = field(default=0.0, metadata=_h("must stay 0: fine-tuning is CE only", ge=0))
-    max_steps: int = field(
-        default=10000, metadata=_h("total optimizer steps (reference key total_nb_steps)", ge=1)
-    )
-    learning_rate: float = field(default=1e-4, metadata=_h("peak learning rate", gt=0))
-    ckpt_every: int = field(default=2500, metadata=_h("keep a checkpoint forever every N steps", ge=1))
-    global_bs: int | None = field(default=1024, metadata=_h("global batch in sequences", ge=1))
+    ckpt_path: str | None = option("headless checkpoint to start from (required)", None)
+    mode: str = option("ft (train everything) | probe (train the head only)", "ft")
+    emb_loss_weight: float = option("must stay 0: fine-tuning is CE only", 0.0, ge=0)
+    max_steps: int = option("total optimizer steps (reference key total_nb_steps)", 10000, ge=1)
+    learning_rate: float = option("peak learning rate", 1e-4, gt=0)
+    ckpt_every: int = option("keep a checkpoint forever every N steps", 2500, ge=1)
+    global_bs: int | None = option("global batch in sequences", 1024, ge=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -321,31 +246,23 @@ FT_ALIASES = {
 class PreprocessConfig:
     """Tokenise a corpus, pack it into rows of exactly max_seq_len tokens, save it with save_to_disk."""
 
-    dataset_name: str | None = field(default=None, metadata=_h("hub data set name (online only)"))
-    dataset_config: str | None = field(default=None, metadata=_h("hub data set config"))
-    text_files: list[str] = field(
-        default_factory=list, metadata=_h("local txt/jsonl/json/csv/parquet files or folders")
+    dataset_name: str | None = option("hub data set name (online only)", None)
+    dataset_config: str | None = option("hub data set config", None)
+    text_files: list[str] = option("local txt/jsonl/json/csv/parquet files or folders", [])
+    text_column: str = option("text column of the input", "text")
+    hf_tokenizer: str = option("tokenizer name or local folder", "EleutherAI/pythia-70m-deduped")
+    output: str = option("output folder (save_to_disk)", "./dataset_storage/owt2_pythia.hf")
+    max_seq_len: int = option("row length", 2048, ge=2)
+    append_eos: bool = option(
+        "EOS (SEP where the tokenizer has no EOS) after each document; false = reference", True
     )
-    text_column: str = field(default="text", metadata=_h("text column of the input"))
-    hf_tokenizer: str = field(
-        default="EleutherAI/pythia-70m-deduped", metadata=_h("tokenizer name or local folder")
+    seed: int = option("shuffle seed", 0)
+    val_fraction: float = option("share of rows in a validation split", 0.0, ge=0, lt=1)
+    documents: str = option(
+        "txt files: paragraph (blank-line separated documents) | line (one document per line)", "paragraph"
     )
-    output: str = field(
-        default="./dataset_storage/owt2_pythia.hf", metadata=_h("output folder (save_to_disk)")
-    )
-    max_seq_len: int = field(default=2048, metadata=_h("row length", ge=2))
-    append_eos: bool = field(
-        default=True,
-        metadata=_h("EOS (SEP where the tokenizer has no EOS) after each document; false = reference"),
-    )
-    seed: int = field(default=0, metadata=_h("shuffle seed"))
-    val_fraction: float = field(default=0.0, metadata=_h("share of rows in a validation split", ge=0, lt=1))
-    documents: str = field(
-        default="paragraph",
-        metadata=_h("txt files: paragraph (blank-line separated documents) | line (one document per line)"),
-    )
-    batch_docs: int = field(default=100_000, metadata=_h("documents tokenised per batch", ge=1))
-    num_proc: int | None = field(default=None, metadata=_h("processes for save_to_disk", ge=1))
+    batch_docs: int = option("documents tokenised per batch", 100_000, ge=1)
+    num_proc: int | None = option("processes for save_to_disk", None, ge=1)
 
     def __post_init__(self) -> None:
         if self.documents not in ("line", "paragraph"):
@@ -354,11 +271,11 @@ class PreprocessConfig:
 
 @dataclass
 class ExportConfig:
-    model_ckpt: str = field(default="", metadata=_h("Lightning checkpoint of a gpt / mlm / ft-gpt run"))
-    mode: str = field(default="lm", metadata=_h("mlm | add_head | lm"))
-    output_dir: str = field(default="exported", metadata=_h("save_pretrained folder"))
-    hf_name: str | None = field(default=None, metadata=_h("hub repo name for --push"))
-    push: bool = field(default=False, metadata=_h("push to the hub (needs network and a token)"))
+    model_ckpt: str = option("Lightning checkpoint of a gpt / mlm / ft-gpt run", "")
+    mode: str = option("mlm | add_head | lm", "lm")
+    output_dir: str = option("save_pretrained folder", "exported")
+    hf_name: str | None = option("hub repo name for --push", None)
+    push: bool = option("push to the hub (needs network and a token)", False)
 
     def __post_init__(self) -> None:
         if self.mode not in ("mlm", "add_head", "lm"):
@@ -371,58 +288,29 @@ class ExportConfig:
 
 @dataclass
 class BenchConfig:
-    task: str = field(default="all", metadata={"help": "clm | mlm | loss | sweep | all"})
-    preset: str = field(
-        default="auto",
-        metadata={
-            "help": "sizes: toy (seconds, for tests) | cpu | gpu (issue 13 sizes) | auto (gpu on CUDA, else cpu)"
-        },
+    task: str = option("clm | mlm | loss | sweep | all", "all")
+    preset: str = option(
+        "sizes: toy (seconds, for tests) | cpu | gpu (issue 13 sizes) | auto (gpu on CUDA, else cpu)", "auto"
     )
-    clm_arch: str | None = field(
-        default=None, metadata={"help": "decoder architecture (default from the preset)"}
+    clm_arch: str | None = option("decoder architecture (default from the preset)", None)
+    mlm_arch: str | None = option("encoder architecture (default from the preset)", None)
+    vocab_size: int | None = option("vocabulary of the models (default from the preset)", None, ge=1)
+    batch_size: int | None = option("micro-batch (default from the preset)", None, ge=1)
+    seq_len: int | None = option("sequence length (default from the preset)", None, ge=2)
+    mlm_vanilla: str = option("full | sparse | both (vanilla MLM baselines)", "both")
+    loss_k: int | None = option("loss-only: predicted positions K", None, ge=1)
+    loss_v: int | None = option("loss-only: vocabulary V", None, ge=1)
+    loss_d: int | None = option("loss-only: hidden size D", None, ge=1)
+    warmup_steps: int | None = option("untimed calls of every arm (default from the preset)", None, ge=0)
+    rounds: int | None = option(
+        "timed rounds, each arm once per round in rotating order (default from the preset)", None, ge=1
     )
-    mlm_arch: str | None = field(
-        default=None, metadata={"help": "encoder architecture (default from the preset)"}
-    )
-    vocab_size: int | None = field(
-        default=None, metadata={"help": "vocabulary of the models (default from the preset)", "ge": 1}
-    )
-    batch_size: int | None = field(
-        default=None, metadata={"help": "micro-batch (default from the preset)", "ge": 1}
-    )
-    seq_len: int | None = field(
-        default=None, metadata={"help": "sequence length (default from the preset)", "ge": 2}
-    )
-    mlm_vanilla: str = field(
-        default="both", metadata={"help": "full | sparse | both (vanilla MLM baselines)"}
-    )
-    loss_k: int | None = field(default=None, metadata={"help": "loss-only: predicted positions K", "ge": 1})
-    loss_v: int | None = field(default=None, metadata={"help": "loss-only: vocabulary V", "ge": 1})
-    loss_d: int | None = field(default=None, metadata={"help": "loss-only: hidden size D", "ge": 1})
-    warmup_steps: int | None = field(
-        default=None, metadata={"help": "untimed calls of every arm (default from the preset)", "ge": 0}
-    )
-    rounds: int | None = field(
-        default=None,
-        metadata={
-            "help": "timed rounds, each arm once per round in rotating order (default from the preset)",
-            "ge": 1,
-        },
-    )
-    compile: bool = field(
-        default=False, metadata={"help": "torch.compile the models of every arm (compiled vs compiled)"}
-    )
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    precision: str = field(
-        default="auto", metadata={"help": "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16"}
-    )
-    attn: str = field(
-        default="sdpa", metadata={"help": "attention backend: sdpa | hf | flash_attention | xformers"}
-    )
-    output_dir: str = field(
-        default="results/headless_lm", metadata={"help": "writes bench.json and bench.md"}
-    )
-    seed: int = field(default=0, metadata={"help": "seed"})
+    compile: bool = option("torch.compile the models of every arm (compiled vs compiled)", False)
+    device: str = option("auto | cpu | cuda", "auto")
+    precision: str = option("auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16", "auto")
+    attn: str = option("attention backend: sdpa | hf | flash_attention | xformers", "sdpa")
+    output_dir: str = option("writes bench.json and bench.md", "results/headless_lm")
+    seed: int = option("seed", 0)
 
     def __post_init__(self) -> None:
         if self.task not in ("clm", "mlm", "loss", "sweep", "all"):
@@ -437,19 +325,17 @@ class BenchConfig:
 
 @dataclass
 class DemoConfig:
-    output_dir: str = field(default="results/demo/headless_lm", metadata={"help": "where the demo writes"})
-    steps: int = field(default=40, metadata={"help": "pre-training steps per model", "ge": 1})
-    ft_steps: int = field(default=10, metadata={"help": "fine-tuning steps of the headless decoder", "ge": 1})
-    vocab_size: int = field(default=1000, metadata={"help": "BPE vocabulary trained on the sample", "ge": 1})
-    seq_len: int = field(default=64, metadata={"help": "packed row length", "ge": 1})
-    batch_size: int = field(default=8, metadata={"help": "micro-batch (= in-batch negatives)", "ge": 1})
-    hidden: int = field(default=64, metadata={"help": "model width", "ge": 1})
-    layers: int = field(default=2, metadata={"help": "model depth", "ge": 1})
-    mlm: bool = field(
-        default=False, metadata={"help": "also pre-train vanilla and headless encoders + GLUE sample"}
-    )
-    bench: bool = field(default=False, metadata={"help": "also run the CPU benchmark"})
-    seed: int = field(default=0, metadata={"help": "seed"})
+    output_dir: str = option("where the demo writes", "results/demo/headless_lm")
+    steps: int = option("pre-training steps per model", 40, ge=1)
+    ft_steps: int = option("fine-tuning steps of the headless decoder", 10, ge=1)
+    vocab_size: int = option("BPE vocabulary trained on the sample", 1000, ge=1)
+    seq_len: int = option("packed row length", 64, ge=1)
+    batch_size: int = option("micro-batch (= in-batch negatives)", 8, ge=1)
+    hidden: int = option("model width", 64, ge=1)
+    layers: int = option("model depth", 2, ge=1)
+    mlm: bool = option("also pre-train vanilla and headless encoders + GLUE sample", False)
+    bench: bool = option("also run the CPU benchmark", False)
+    seed: int = option("seed", 0)
 
 
 @dataclass
@@ -457,57 +343,32 @@ class ReproduceConfig:
     """Headless vs vanilla on the Brown Corpus (see `headless_lm.reproduce`); `--quick` replaces the sizes by a
     one-seed, few-step run of the same code path (seconds)."""
 
-    output_dir: str = field(default="results/headless_lm", metadata={"help": "where the reproduction writes"})
-    quick: bool = field(default=False, metadata={"help": "one seed, tiny sizes, few steps (the test's run)"})
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "seeds of every arm"})
-    threads: int = field(
-        default=1, metadata={"help": "torch threads (results repeat for a given count)", "ge": 1}
+    output_dir: str = option("where the reproduction writes", "results/headless_lm")
+    quick: bool = option("one seed, tiny sizes, few steps (the test's run)", False)
+    seeds: list[int] = option("seeds of every arm", [0, 1, 2])
+    threads: int = option("torch threads (results repeat for a given count)", 1, ge=1)
+    docs_per_genre: int | None = option(
+        "use only the first N documents of each genre (default: all)", None, ge=2
     )
-    docs_per_genre: int | None = field(
-        default=None,
-        metadata={"help": "use only the first N documents of each genre (default: all)", "ge": 2},
+    holdout_every: int = option("hold out every N-th document of each genre", 5, ge=2)
+    vocab_size: int = option("BPE vocabulary trained on the training paragraphs", 4096, ge=300)
+    seq_len: int = option("packed row length (also the classifier's max length)", 64, ge=8)
+    batch_size: int = option("pre-training micro-batch (= in-batch negatives)", 16, ge=1)
+    hidden: int = option("model width", 128, ge=32)
+    layers: int = option("model depth", 2, ge=1)
+    learning_rate: float = option("pre-training and fine-tuning peak lr", 1e-3, gt=0)
+    lm_steps: int = option("vanilla decoder steps (the compute budget)", 400, ge=2)
+    ft_steps: int = option("headless decoder CE fine-tuning steps, inside the budget", 60, ge=1)
+    cost_ratio: float = option(
+        "measured vanilla step time / headless step time at these shapes (bench --task clm)", 2.08, gt=0
     )
-    holdout_every: int = field(
-        default=5, metadata={"help": "hold out every N-th document of each genre", "ge": 2}
-    )
-    vocab_size: int = field(
-        default=4096, metadata={"help": "BPE vocabulary trained on the training paragraphs", "ge": 300}
-    )
-    seq_len: int = field(
-        default=64, metadata={"help": "packed row length (also the classifier's max length)", "ge": 8}
-    )
-    batch_size: int = field(
-        default=16, metadata={"help": "pre-training micro-batch (= in-batch negatives)", "ge": 1}
-    )
-    hidden: int = field(default=128, metadata={"help": "model width", "ge": 32})
-    layers: int = field(default=2, metadata={"help": "model depth", "ge": 1})
-    learning_rate: float = field(
-        default=1e-3, metadata={"help": "pre-training and fine-tuning peak lr", "gt": 0}
-    )
-    lm_steps: int = field(
-        default=400, metadata={"help": "vanilla decoder steps (the compute budget)", "ge": 2}
-    )
-    ft_steps: int = field(
-        default=60, metadata={"help": "headless decoder CE fine-tuning steps, inside the budget", "ge": 1}
-    )
-    cost_ratio: float = field(
-        default=2.08,
-        metadata={
-            "help": "measured vanilla step time / headless step time at these shapes (bench --task clm)",
-            "gt": 0,
-        },
-    )
-    eval_rows: int = field(
-        default=500, metadata={"help": "held-out packed rows scored for next-token accuracy", "ge": 1}
-    )
-    mlm_steps: int = field(default=300, metadata={"help": "encoder pre-training steps per arm", "ge": 1})
-    cls_train_rows: int = field(default=2000, metadata={"help": "classifier training paragraphs", "ge": 2})
-    cls_epochs: int = field(default=2, metadata={"help": "classifier epochs (best dev epoch kept)", "ge": 1})
-    cls_batch_size: int = field(default=32, metadata={"help": "classifier batch", "ge": 1})
-    cls_learning_rate: float = field(default=3e-4, metadata={"help": "classifier fine-tuning lr", "gt": 0})
-    bench_rounds: int = field(
-        default=10, metadata={"help": "interleaved rounds of this run's own bench", "ge": 1}
-    )
+    eval_rows: int = option("held-out packed rows scored for next-token accuracy", 500, ge=1)
+    mlm_steps: int = option("encoder pre-training steps per arm", 300, ge=1)
+    cls_train_rows: int = option("classifier training paragraphs", 2000, ge=2)
+    cls_epochs: int = option("classifier epochs (best dev epoch kept)", 2, ge=1)
+    cls_batch_size: int = option("classifier batch", 32, ge=1)
+    cls_learning_rate: float = option("classifier fine-tuning lr", 3e-4, gt=0)
+    bench_rounds: int = option("interleaved rounds of this run's own bench", 10, ge=1)
 
     def __post_init__(self) -> None:
         if self.ft_steps >= self.lm_steps:
@@ -521,60 +382,36 @@ class GlueConfig(TrainerOptions):
     """The GLUE protocol; the common flags apply to every (task, seed) run. `--max_steps` (when given) replaces
     `--epochs`; `--batch_size` is the micro-batch, so a step sees batch_size x accumulate_grad_batches rows."""
 
-    model: str = field(
-        default="", metadata={"help": "exported encoder/decoder folder (export --mode mlm|lm) or hub name"}
+    model: str = option("exported encoder/decoder folder (export --mode mlm|lm) or hub name", "")
+    tasks: list[str] = option("GLUE tasks", list(ALL_TASKS))
+    seeds: list[int] = option(
+        "fine-tuning seeds: run k uses --seed + seeds[k] (paper: 0 1 2 with --seed 0)", [0, 1, 2]
     )
-    tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS), metadata={"help": "GLUE tasks"})
-    seeds: list[int] = field(
-        default_factory=lambda: [0, 1, 2],
-        metadata={"help": "fine-tuning seeds: run k uses --seed + seeds[k] (paper: 0 1 2 with --seed 0)"},
+    seed: int = option("base seed, added to each of --seeds", 0)
+    devices: int | str = option(
+        "1: each (task, seed) fine-tunes on one device (run tasks as separate commands)", 1
     )
-    seed: int = field(default=0, metadata={"help": "base seed, added to each of --seeds"})
-    devices: int | str = field(
-        default=1,
-        metadata={"help": "1: each (task, seed) fine-tunes on one device (run tasks as separate commands)"},
+    learning_rate: float = option("AdamW learning rate (regular-CE protocol: 5e-6)", 1e-5, gt=0)
+    batch_size: int = option("micro-batch size", 32, ge=1)
+    epochs: int = option("epochs; the best dev epoch is kept", 10, ge=1)
+    max_steps: int | None = option(
+        "optimizer steps per run (default: --epochs of the train split)", None, ge=1
     )
-    learning_rate: float = field(
-        default=1e-5, metadata={"help": "AdamW learning rate (regular-CE protocol: 5e-6)", "gt": 0}
+    val_check_interval: int | None = option(
+        "score the dev set every N micro-batches (default: at the end of every epoch)", None, ge=1
     )
-    batch_size: int = field(default=32, metadata={"help": "micro-batch size", "ge": 1})
-    epochs: int = field(default=10, metadata={"help": "epochs; the best dev epoch is kept", "ge": 1})
-    max_steps: int | None = field(
-        default=None,
-        metadata={"help": "optimizer steps per run (default: --epochs of the train split)", "ge": 1},
+    warmup_ratio: float = option("linear warm-up share, then constant", 0.1, ge=0, le=1)
+    weight_decay: float = option("AdamW weight decay (paper text/code: 0.01)", 0.0, ge=0)
+    loss: str = option("balanced | ce", "balanced")
+    max_seq_len: int = option("max tokens per example", 128, ge=1)
+    data_dir: str = option("folder with <TASK>/train.tsv, dev.tsv", "glue_data")
+    max_train_samples: int | None = option("cap on training rows (smoke tests)", None, ge=1)
+    output_dir: str = option(
+        "results.json, report.md, model/ and one folder per task and seed, resumed by a rerun", "runs/glue"
     )
-    val_check_interval: int | None = field(
-        default=None,
-        metadata={
-            "help": "score the dev set every N micro-batches (default: at the end of every epoch)",
-            "ge": 1,
-        },
-    )
-    warmup_ratio: float = field(
-        default=0.1, metadata={"help": "linear warm-up share, then constant", "ge": 0, "le": 1}
-    )
-    weight_decay: float = field(
-        default=0.0, metadata={"help": "AdamW weight decay (paper text/code: 0.01)", "ge": 0}
-    )
-    loss: str = field(default="balanced", metadata={"help": "balanced | ce"})
-    max_seq_len: int = field(default=128, metadata={"help": "max tokens per example", "ge": 1})
-    data_dir: str = field(default="glue_data", metadata={"help": "folder with <TASK>/train.tsv, dev.tsv"})
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "cap on training rows (smoke tests)", "ge": 1}
-    )
-    output_dir: str = field(
-        default="runs/glue",
-        metadata={
-            "help": "results.json, report.md, model/ and one folder per task and seed, resumed by a rerun"
-        },
-    )
-    logger: str = field(
-        default="none",
-        metadata={"help": "csv | tensorboard | wandb | none (metrics.jsonl is always written)"},
-    )
-    keep_checkpoints: bool = field(
-        default=False,
-        metadata={"help": "keep each finished run's last.ckpt in its folder (else only the latest run's)"},
+    logger: str = option("csv | tensorboard | wandb | none (metrics.jsonl is always written)", "none")
+    keep_checkpoints: bool = option(
+        "keep each finished run's last.ckpt in its folder (else only the latest run's)", False
     )
 
     def __post_init__(self) -> None:
@@ -589,15 +426,11 @@ class GlueConfig(TrainerOptions):
 
 @dataclass
 class LambadaConfig:
-    model: str = field(
-        default="", metadata={"help": "exported causal model folder (export --mode add_head|lm)"}
-    )
-    data_file: str = field(
-        default="", metadata={"help": "jsonl with a text field, or a txt file (one passage a line)"}
-    )
-    batch_size: int = field(default=8, metadata={"help": "passages per forward pass", "ge": 1})
-    output: str | None = field(default=None, metadata={"help": "results JSON path"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    model: str = option("exported causal model folder (export --mode add_head|lm)", "")
+    data_file: str = option("jsonl with a text field, or a txt file (one passage a line)", "")
+    batch_size: int = option("passages per forward pass", 8, ge=1)
+    output: str | None = option("results JSON path", None)
+    device: str = option("auto | cpu | cuda", "auto")
 
     def __post_init__(self) -> None:
         if not self.model or not self.data_file:
