@@ -349,7 +349,12 @@ def reading(claims: list, rows: list[dict]) -> str:
     if ens:
         text += (
             f" Ensembling (the same heads, without the game) puts {mean(ens):.4g} on clean text, "
-            f"{mean(ens) / erm_c:.2f}x ERM's: what differs is the round-robin game, not the number of heads."
+            f"{mean(ens) / erm_c:.2f}x ERM's"
+            + (
+                ": the heads alone already lower it."
+                if c["ensemble_noise_clean"].holds
+                else ": what lowers the noise is the round-robin game, not the number of heads."
+            )
         )
     return text
 
