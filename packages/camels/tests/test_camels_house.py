@@ -43,15 +43,18 @@ def test_qa_pretrain_validates_every_val_check_interval_batches(setup, tmp_path)
     assert [h["step"] for h in history] == [0, 2, 4]
 
 
-def test_rerun_resumes_a_finished_run_and_overwrite_starts_afresh(setup, tmp_path):
+def test_rerun_into_a_finished_run_is_refused_and_overwrite_starts_afresh(setup, tmp_path, capsys):
     _, data, base = setup
     args = ["qa-pretrain", "--dataset", "synthetic", "--model", str(base), "--train_path", str(data / "qa_train.csv"),
             "--val_path", str(data / "qa_val.csv"), "--lt_batch_size", "4", "--val_max_pairs", "2",
             "--val_steps", "1", "--accumulate_grad_batches", "1", "--logger", "none", "--progress_bar", "false",
             "--output_dir", str(tmp_path)]  # fmt: skip
     assert main([*args, "--max_steps", "2"]) == 0 and (tmp_path / "DONE").is_file()
-    assert main([*args, "--max_steps", "3"]) == 0  # continues the finished run from its last.ckpt
-    assert [h["step"] for h in json.loads((tmp_path / "val_history.json").read_text())] == [0, 1, 2, 3]
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main([*args, "--max_steps", "3"]) == 1  # a finished run is not continued without --overwrite
+    assert "--overwrite" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == before
     assert main([*args, "--max_steps", "1", "--overwrite", "true"]) == 0
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
     assert [h["step"] for h in json.loads((tmp_path / "val_history.json").read_text())] == [0, 1]

@@ -19,7 +19,7 @@ from lmlab.callbacks import NonFiniteLossError, check_finite
 from lmlab.config import save_config
 from lmlab.device import resolve_accelerator, resolve_attn_implementation
 from lmlab.errors import LmlabError
-from lmlab.io import finish_run, results_report, write_json
+from lmlab.io import finish_run, refuse_finished, results_report, write_json
 from lmlab.seed import seed_everything
 from lmlab.training import StepSampler, build_trainer, compile_module
 from torch.utils.data import DataLoader
@@ -274,6 +274,7 @@ def plateau_scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_schedu
 
 def run_meta_train(cfg: MetaTrainConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
+    refuse_finished(cfg.output_dir, cfg.overwrite)  # before any work: a finished run needs --overwrite
     tok = load_tokenizer(cfg.tokenizer_name or cfg.base_model)
     rows = load_rows(cfg.dataset, cfg.train_path, cfg.full_passage)
     val_rows = load_rows(cfg.dataset, cfg.val_path, cfg.full_passage)

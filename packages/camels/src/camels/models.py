@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 from lmlab.errors import LmlabError
-from lmlab.io import DONE_MARKER
 
 
 def load_tokenizer(name: str) -> Any:
@@ -136,8 +135,8 @@ def check_vocab(tokenizer: Any, model: Any, what: str) -> None:
 
 
 def open_run_folder(cfg: Any, output_dir: str | os.PathLike) -> Path:
-    """Start writing a training command's run folder, once every input is checked. The folder is unfinished until
-    the command writes DONE again (a rerun resumes from last.ckpt, e.g. with a larger --max_steps);
+    """Start writing a training command's run folder, once every input is checked (a finished folder was refused
+    at the start without --overwrite: `lmlab.io.refuse_finished`; an unfinished one resumes from last.ckpt).
     --overwrite removes the outputs of the earlier run first (lmlab's layout plus camels' validation history and
     samples), so the run starts afresh."""
     from lmlab.io import clear_run
@@ -146,6 +145,4 @@ def open_run_folder(cfg: Any, output_dir: str | os.PathLike) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.overwrite:
         clear_run(out, also=[out / "val_history.json", out / "samples"])
-    else:
-        (out / DONE_MARKER).unlink(missing_ok=True)
     return out

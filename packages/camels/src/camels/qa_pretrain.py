@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from lmlab.callbacks import check_finite
 from lmlab.config import save_config
-from lmlab.io import finish_run, results_report, write_json
+from lmlab.io import finish_run, refuse_finished, results_report, write_json
 from lmlab.seed import seed_everything
 from lmlab.training import StepSampler, build_trainer, compile_module
 from torch.utils.data import DataLoader
@@ -134,6 +134,7 @@ def save_model(model: Any, tokenizer: Any, folder: Path) -> None:
 
 def run_qa_pretrain(cfg: QaPretrainConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
+    refuse_finished(cfg.output_dir, cfg.overwrite)  # before any work: a finished run needs --overwrite
     tok = load_tokenizer(cfg.tokenizer_name or cfg.model)
     rows = load_rows(cfg.dataset, cfg.train_path)
     train: list[tuple[str | None, str]] = [(q, a) for _, q, a in rows]
