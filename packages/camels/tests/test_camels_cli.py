@@ -164,8 +164,10 @@ def test_p19_end_to_end_and_resume(setup, capsys):
         "--loc_val_path",
         str(data / "owt_val.csv"),
     ]
-    # an interrupted run (2 updates) resumed to 4 equals an uninterrupted 4-update run, bit for bit
+    # an interrupted run (2 updates) resumed to 4 equals an uninterrupted 4-update run, bit for bit; without its
+    # DONE the 2-update folder is what a run killed after its last checkpoint leaves (a finished one is refused)
     assert _run(["meta-train", *META, *paths, "--output_dir", str(root / "mt"), "--max_steps", "2"]) == 0
+    (root / "mt" / "DONE").unlink()
     assert _run(["meta-train", *META, *paths, "--output_dir", str(root / "mt"), "--max_steps", "4"]) == 0
     assert (
         _run(
