@@ -4,18 +4,12 @@ reference's so `key=value` recipes translate."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import field
 
-from lmlab.config import check_bounds
+from lmlab.config import check_bounds, option
 from lmlab.training import TrainerOptions
 
 DATASETS = ("streamingqa", "squad", "archivalqa", "synthetic")
 WEIGHTINGS = ("CaMeLS", "uniform", "ssm", "TFIDF", "oracle")
-
-
-def _help(default, text, **bounds):
-    """A field with its help text and its range (gt, ge, lt, le), checked by lmlab's check_bounds."""
-    return field(default=default, metadata={"help": text, **bounds})
 
 
 def _check_choice(name, value, choices):
@@ -46,36 +40,36 @@ def _check_full_passage(cfg) -> None:
 class QaPretrainConfig(TrainerOptions):
     """Fine-tune a causal LM on QA pairs in the reference prompt format (spec §6)."""
 
-    dataset: str = _help(
-        "streamingqa", "streamingqa | squad | archivalqa | synthetic (column layout of the files)"
+    dataset: str = option(
+        "streamingqa | squad | archivalqa | synthetic (column layout of the files)", "streamingqa"
     )
-    train_path: str = _help(
-        "data/qa_train.csv", "QA pre-training table (CSV/JSON/parquet with the dataset's columns)"
+    train_path: str = option(
+        "QA pre-training table (CSV/JSON/parquet with the dataset's columns)", "data/qa_train.csv"
     )
-    val_path: str = _help("data/qa_val.csv", "QA validation table")
-    model: str = _help("distilgpt2", "causal LM: a hub name (online) or a local save_pretrained folder")
-    tokenizer_name: str | None = _help(None, "tokenizer (default: the model's)")
-    lr: float = _help(2.5e-5, "Adam learning rate", gt=0)
-    lt_batch_size: int = _help(32, "QA pairs per micro-batch", ge=1)
-    accumulate_grad_batches: int = _help(2, "micro-batches per update (reference: grad_acc_steps)", ge=1)
-    grad_clip_thresh: float = _help(100.0, "gradient-norm clip", gt=0)
-    val_steps: int = _help(
-        512,
+    val_path: str = option("QA validation table", "data/qa_val.csv")
+    model: str = option("causal LM: a hub name (online) or a local save_pretrained folder", "distilgpt2")
+    tokenizer_name: str | None = option("tokenizer (default: the model's)", None)
+    lr: float = option("Adam learning rate", 2.5e-5, gt=0)
+    lt_batch_size: int = option("QA pairs per micro-batch", 32, ge=1)
+    accumulate_grad_batches: int = option("micro-batches per update (reference: grad_acc_steps)", 2, ge=1)
+    grad_clip_thresh: float = option("gradient-norm clip", 100.0, gt=0)
+    val_steps: int = option(
         "validate every N updates (the reference's spelling; --val_check_interval, if set, decides)",
+        512,
         ge=1,
     )
-    val_max_pairs: int = _help(2048, "at most this many validation pairs (greedy F1/EM and NLL)", ge=1)
-    qa_eos: bool = _help(True, "append EOS to the answer")
-    max_question_len: int = _help(128, "QA sequence length cap (question cut from the left)", ge=2)
-    documents: bool = _help(
-        False,
+    val_max_pairs: int = option("at most this many validation pairs (greedy F1/EM and NLL)", 2048, ge=1)
+    qa_eos: bool = option("append EOS to the answer", True)
+    max_question_len: int = option("QA sequence length cap (question cut from the left)", 128, ge=2)
+    documents: bool = option(
         "also train on the train file's distinct documents as plain LM examples, mixed with the QA pairs, so "
         "the model learns the facts of documents and the questions about them in one format",
+        False,
     )
-    max_text_len: int = _help(1024, "document token cap (with --documents true)", ge=2)
-    early_stop: bool = _help(False, "stop when validation NLL has not improved for stop_k validations")
-    stop_k: int = _help(10, "early-stopping patience (validations)", ge=1)
-    max_steps: int = _help(10000, "optimizer updates", ge=1)
+    max_text_len: int = option("document token cap (with --documents true)", 1024, ge=2)
+    early_stop: bool = option("stop when validation NLL has not improved for stop_k validations", False)
+    stop_k: int = option("early-stopping patience (validations)", 10, ge=1)
+    max_steps: int = option("optimizer updates", 10000, ge=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -86,92 +80,92 @@ class QaPretrainConfig(TrainerOptions):
 class MetaTrainConfig(TrainerOptions):
     """Meta-train the CaMeLS weighting model (spec §3, §4)."""
 
-    dataset: str = _help("streamingqa", "streamingqa | squad | archivalqa | synthetic")
-    train_path: str = _help("data/train.csv", "meta-train rows (document, question, answer)")
-    val_path: str = _help("data/val.csv", "meta-validation rows")
-    full_passage: bool = _help(False, FULL_PASSAGE_HELP)
-    loc_train_path: str | None = _help(
-        "data/owt_train.csv", "locality texts for training (CSV column raw_text); null: no KL"
+    dataset: str = option("streamingqa | squad | archivalqa | synthetic", "streamingqa")
+    train_path: str = option("meta-train rows (document, question, answer)", "data/train.csv")
+    val_path: str = option("meta-validation rows", "data/val.csv")
+    full_passage: bool = option(FULL_PASSAGE_HELP, False)
+    loc_train_path: str | None = option(
+        "locality texts for training (CSV column raw_text); null: no KL", "data/owt_train.csv"
     )
-    loc_val_path: str | None = _help("data/owt_val.csv", "locality texts for validation")
-    base_model: str = _help("distilgpt2", "the QA-tuned proxy base model (local folder or hub name)")
-    base_model_state_dict: str | None = _help(
-        None, "optional state dict (.pt/.safetensors) loaded strictly into base_model"
+    loc_val_path: str | None = option("locality texts for validation", "data/owt_val.csv")
+    base_model: str = option("the QA-tuned proxy base model (local folder or hub name)", "distilgpt2")
+    base_model_state_dict: str | None = option(
+        "optional state dict (.pt/.safetensors) loaded strictly into base_model", None
     )
-    tokenizer_name: str | None = _help(None, "tokenizer (default: base_model's)")
-    pretrained_model: str | None = _help(
-        "distilgpt2",
+    tokenizer_name: str | None = option("tokenizer (default: base_model's)", None)
+    pretrained_model: str | None = option(
         "weighting-model encoder (folder or hub name); null: base_model's architecture, random init",
+        "distilgpt2",
     )
-    hidden: int = _help(128, "weighting-model head width", ge=1)
-    non_linearity: str = _help("softplus", "softplus (beta 3) | sigmoid | exp | gelu | none")
-    normalize: bool = _help(False, "rescale weights to mean 1 per document")
-    freeze_base: bool = _help(False, "train only the weighting model's head")
-    update_batch_size: int = _help(6, "documents per meta-step", ge=1)
-    sequential_update: bool = _help(True, "one inner SGD step per document (else one step on the batch)")
-    num_inner_steps: int = _help(1, "passes of the inner loop with the same weights", ge=1)
-    inner_lr: float = _help(5e-4, "inner SGD learning rate", gt=0)
-    outer_lr: float = _help(1e-5, "Adam learning rate of the weighting model", gt=0)
-    accumulate_grad_batches: int = _help(
-        4, "meta-steps (batches) per weighting-model update (reference: grad_acc_steps)", ge=1
+    hidden: int = option("weighting-model head width", 128, ge=1)
+    non_linearity: str = option("softplus (beta 3) | sigmoid | exp | gelu | none", "softplus")
+    normalize: bool = option("rescale weights to mean 1 per document", False)
+    freeze_base: bool = option("train only the weighting model's head", False)
+    update_batch_size: int = option("documents per meta-step", 6, ge=1)
+    sequential_update: bool = option("one inner SGD step per document (else one step on the batch)", True)
+    num_inner_steps: int = option("passes of the inner loop with the same weights", 1, ge=1)
+    inner_lr: float = option("inner SGD learning rate", 5e-4, gt=0)
+    outer_lr: float = option("Adam learning rate of the weighting model", 1e-5, gt=0)
+    accumulate_grad_batches: int = option(
+        "meta-steps (batches) per weighting-model update (reference: grad_acc_steps)", 4, ge=1
     )
-    reset_base_freq: int = _help(
-        24,
+    reset_base_freq: int = option(
         "documents after which the base is reset to its start (multiple of update_batch_size; <= 1: every batch)",
+        24,
         ge=0,
     )
-    c_kl: float = _help(0.1, "weight of the locality KL", ge=0)
-    web_text_loc: bool = _help(True, "use the locality KL on loc texts")
-    qa_loc: bool = _help(
-        False, "meta-train QA pairs as a second locality set (KL at answer-predicting positions only)"
+    c_kl: float = option("weight of the locality KL", 0.1, ge=0)
+    web_text_loc: bool = option("use the locality KL on loc texts", True)
+    qa_loc: bool = option(
+        "meta-train QA pairs as a second locality set (KL at answer-predicting positions only)", False
     )
-    loc_batch_size: int = _help(1, "locality documents per meta-step", ge=1)
-    c_norm: float = _help(0.0, "weight of the (w-1) norm penalty", ge=0)
-    grad_clip_thresh: float = _help(1e9, "weighting-model gradient clip", gt=0)
-    reduce_lr_on_plateau: bool = _help(
-        False, "ReduceLROnPlateau (factor 0.7071, patience 5) on the validation total loss"
+    loc_batch_size: int = option("locality documents per meta-step", 1, ge=1)
+    c_norm: float = option("weight of the (w-1) norm penalty", 0.0, ge=0)
+    grad_clip_thresh: float = option("weighting-model gradient clip", 1e9, gt=0)
+    reduce_lr_on_plateau: bool = option(
+        "ReduceLROnPlateau (factor 0.7071, patience 5) on the validation total loss", False
     )
-    max_text_len: int = _help(
-        1024, "document token cap; also the loss denominator's length (loss_norm padded)", ge=2
+    max_text_len: int = option(
+        "document token cap; also the loss denominator's length (loss_norm padded)", 1024, ge=2
     )
-    max_question_len: int = _help(128, "QA sequence cap", ge=2)
-    meta_grad_mode: str = _help(
-        "unroll", "unroll (full tape, reference) | adjoint (exact, one step's graph at a time)"
+    max_question_len: int = option("QA sequence cap", 128, ge=2)
+    meta_grad_mode: str = option(
+        "unroll (full tape, reference) | adjoint (exact, one step's graph at a time)", "unroll"
     )
-    adjoint_keep_last: int = _help(
-        1, "adjoint: the last n inner steps keep their graph from the forward pass (not recomputed)", ge=0
+    adjoint_keep_last: int = option(
+        "adjoint: the last n inner steps keep their graph from the forward pass (not recomputed)", 1, ge=0
     )
-    loss_norm: str = _help("padded", "padded (reference: B*(max_text_len-1)) | tokens | weights")
-    inner_dropout: bool = _help(True, "base-model dropout on during the inner steps (reference)")
-    log_metrics: str = _help("cheap", "cheap | full (extra forwards for text/qa gains)")
-    val_steps: int = _help(
-        100,
+    loss_norm: str = option("padded (reference: B*(max_text_len-1)) | tokens | weights", "padded")
+    inner_dropout: bool = option("base-model dropout on during the inner steps (reference)", True)
+    log_metrics: str = option("cheap | full (extra forwards for text/qa gains)", "cheap")
+    val_steps: int = option(
         "validate every N weighting-model updates, also before the first (the reference's spelling; "
         "--val_check_interval, if set, decides)",
+        100,
         ge=1,
     )
-    val_max_batches: int = _help(64, "at most this many validation batches", ge=1)
-    sample_steps: int | None = _help(
-        None, "write sample-weight pictures every N*grad_acc_steps batches (default val_steps)", ge=1
+    val_max_batches: int = option("at most this many validation batches", 64, ge=1)
+    sample_steps: int | None = option(
+        "write sample-weight pictures every N*grad_acc_steps batches (default val_steps)", None, ge=1
     )
-    bm_learned_layers: int = _help(
-        -1, "-1: all base parameters learn in the inner loop; n: the last n blocks + head", ge=-1
+    bm_learned_layers: int = option(
+        "-1: all base parameters learn in the inner loop; n: the last n blocks + head", -1, ge=-1
     )
-    max_steps: int = _help(
-        1000,
+    max_steps: int = option(
         "weighting-model updates (the reference's 50 epochs were never reached: it crashed after epoch 0)",
+        1000,
         ge=1,
     )
-    precision: str = _help("32-true", "the tape runs in float32 (second-order terms in bf16 are noisy)")
-    compile: bool = _help(
-        False,
+    precision: str = option("the tape runs in float32 (second-order terms in bf16 are noisy)", "32-true")
+    compile: bool = option(
         "torch.compile the weighting model (in place; checkpoints keep their keys). The base model stays eager: "
         "its inner-loop tape needs double backward, which torch.compile lacks",
+        False,
     )
-    attn_implementation: str = _help(
-        "eager",
+    attn_implementation: str = option(
         "attention of the base and weighting models; eager by default: the inner-loop tape needs double "
         "backward, which fused SDPA and flash-attention kernels lack",
+        "eager",
     )
 
     def __post_init__(self) -> None:
@@ -197,82 +191,84 @@ class MetaTrainConfig(TrainerOptions):
 class EvalConfig:
     """Online adaptation on a document stream, then closed-book QA (spec §7)."""
 
-    output_dir: str = _help("runs/eval", "where the CSV/JSON results and config.yaml go")
-    dataset: str = _help("streamingqa", "streamingqa | squad | archivalqa | synthetic")
-    test_path: str = _help("data/test.csv", "the table the stream is built from (a val table for lr sweeps)")
-    full_passage: bool = _help(False, FULL_PASSAGE_HELP)
-    downsample_to: int = _help(-1, "documents in the stream (-1: all)", ge=-1)
-    seed: int = _help(42, "seed of the stream and of the run")
-    base_model: str = _help("distilgpt2", "QA-tuned base model (folder or hub name)")
-    base_model_state_dict: str | None = _help(None, "optional state dict loaded strictly into base_model")
-    tokenizer_name: str | None = _help(None, "tokenizer (default: base_model's)")
-    weight_model: str = _help(
-        "CaMeLS",
+    output_dir: str = option("where the CSV/JSON results and config.yaml go", "runs/eval")
+    dataset: str = option("streamingqa | squad | archivalqa | synthetic", "streamingqa")
+    test_path: str = option("the table the stream is built from (a val table for lr sweeps)", "data/test.csv")
+    full_passage: bool = option(FULL_PASSAGE_HELP, False)
+    downsample_to: int = option("documents in the stream (-1: all)", -1, ge=-1)
+    seed: int = option("seed of the stream and of the run", 42)
+    base_model: str = option("QA-tuned base model (folder or hub name)", "distilgpt2")
+    base_model_state_dict: str | None = option("optional state dict loaded strictly into base_model", None)
+    tokenizer_name: str | None = option("tokenizer (default: base_model's)", None)
+    weight_model: str = option(
         "CaMeLS | uniform | ssm | TFIDF | oracle (weight 1 on the gold answers' tokens in their documents: a "
         "sanity reference that knows the questions)",
+        "CaMeLS",
     )
-    weight_model_path: str | None = _help(
-        None, "CaMeLS checkpoint (.pt from meta-train; required for CaMeLS)"
+    weight_model_path: str | None = option(
+        "CaMeLS checkpoint (.pt from meta-train; required for CaMeLS)", None
     )
-    init_scalar: float = _help(1.0, "uniform weight value", ge=0)
-    ssm_spacy_model: str = _help(
-        "en_core_web_sm", "spaCy pipeline for ssm (rule_based: offline entity-ruler pipeline)"
+    init_scalar: float = option("uniform weight value", 1.0, ge=0)
+    ssm_spacy_model: str = option(
+        "spaCy pipeline for ssm (rule_based: offline entity-ruler pipeline)", "en_core_web_sm"
     )
-    tfidf_path: str | None = _help(
-        None, "documents to fit TF-IDF on (default: all.csv beside test_path, else the stream)"
+    tfidf_path: str | None = option(
+        "documents to fit TF-IDF on (default: all.csv beside test_path, else the stream)", None
     )
-    min_threshold: float = _help(
-        0.0, "TF-IDF quantile cut-off (the README's thresholded recipe: 0.05)", ge=0, le=1
+    min_threshold: float = option(
+        "TF-IDF quantile cut-off (the README's thresholded recipe: 0.05)", 0.0, ge=0, le=1
     )
-    lr: float = _help(1e-4, "adaptation learning rate", ge=0)
-    optimizer: str = _help("adam", "adam | sgd | adafactor")
-    grad_clip_thresh: float = _help(750.0, "gradient-norm clip", gt=0)
-    n_epochs: int = _help(1, "passes over the stream", ge=1)
-    grad_acc_steps: int = _help(1, "documents per optimizer step", ge=1)
-    max_text_len: int = _help(1024, "document token cap and loss length", ge=2)
-    loss_norm: str = _help("padded", "padded | tokens | weights")
-    eval: str = _help("em", "em | emK (K returned sequences, e.g. em4) | ppl")
-    generation_strategy: str = _help("group_beam", "group_beam (reference) | beam | greedy")
-    num_beams: int = _help(12, "beams", ge=1)
-    num_beam_groups: int = _help(4, "beam groups", ge=1)
-    diversity_penalty: float = _help(10.0, "Hamming diversity penalty", ge=0)
-    length_penalty: float = _help(1.0, "length penalty exponent")
-    max_new_tokens: int = _help(16, "answer length cap", ge=1)
-    generation_batch_size: int = _help(1, "questions per generation batch (left padded)", ge=1)
-    eval_init: bool = _help(False, "also evaluate before adaptation")
-    eval_every_k: int = _help(
-        -1, "-1: off; k: snapshot the base model every k documents, evaluate each after the stream", ge=-1
+    lr: float = option("adaptation learning rate", 1e-4, ge=0)
+    optimizer: str = option("adam | sgd | adafactor", "adam")
+    grad_clip_thresh: float = option("gradient-norm clip", 750.0, gt=0)
+    n_epochs: int = option("passes over the stream", 1, ge=1)
+    grad_acc_steps: int = option("documents per optimizer step", 1, ge=1)
+    max_text_len: int = option("document token cap and loss length", 1024, ge=2)
+    loss_norm: str = option("padded | tokens | weights", "padded")
+    eval: str = option("em | emK (K returned sequences, e.g. em4) | ppl", "em")
+    generation_strategy: str = option("group_beam (reference) | beam | greedy", "group_beam")
+    num_beams: int = option("beams", 12, ge=1)
+    num_beam_groups: int = option("beam groups", 4, ge=1)
+    diversity_penalty: float = option("Hamming diversity penalty", 10.0, ge=0)
+    length_penalty: float = option("length penalty exponent", 1.0)
+    max_new_tokens: int = option("answer length cap", 16, ge=1)
+    generation_batch_size: int = option("questions per generation batch (left padded)", 1, ge=1)
+    eval_init: bool = option("also evaluate before adaptation", False)
+    eval_every_k: int = option(
+        "-1: off; k: snapshot the base model every k documents, evaluate each after the stream", -1, ge=-1
     )
-    unrelated_qa_eval: bool = _help(
-        False, "also evaluate the qa_val_path pairs before and after adaptation (forgetting)"
+    unrelated_qa_eval: bool = option(
+        "also evaluate the qa_val_path pairs before and after adaptation (forgetting)", False
     )
-    qa_lt_final: bool = _help(False, "QA light-tune after adaptation (the uniform + QA-tune baseline)")
-    qa_train_path: str | None = _help(None, "QA pairs for light-tuning")
-    qa_val_path: str | None = _help(
-        None, "QA validation pairs (QA pre-training val split) for light-tuning and unrelated_qa_eval"
+    qa_lt_final: bool = option("QA light-tune after adaptation (the uniform + QA-tune baseline)", False)
+    qa_train_path: str | None = option("QA pairs for light-tuning", None)
+    qa_val_path: str | None = option(
+        "QA validation pairs (QA pre-training val split) for light-tuning and unrelated_qa_eval", None
     )
-    lt_lr: float = _help(2.5e-5, "light-tune lr", gt=0)
-    lt_batch_size: int = _help(16, "light-tune batch", ge=1)
-    lt_grad_acc_steps: int = _help(1, "light-tune accumulation", ge=1)
-    lt_val_steps: int = _help(16, "light-tune validation interval (steps)", ge=1)
-    lt_steps: int = _help(1000000, "light-tune step cap", ge=0)
-    lt_stopping_metric: str = _help("max_f1", "max_f1 | avg_f1 | exact_match | nll")
-    lt_patience: int = _help(3, "light-tune patience (validations)", ge=1)
-    lt_early_stop: bool = _help(True, "early-stop light-tuning")
-    device: str = _help("auto", "auto | cpu | cuda")
-    precision: str = _help("32-true", "32-true | bf16-mixed (autocast for the first-order adaptation on GPU)")
-    attn_implementation: str = _help("sdpa", "sdpa | eager | flash_attention_2")
-    overwrite: bool = _help(False, "overwrite a finished run in output_dir")
-    checkpoint_every_n_docs: int = _help(
-        500,
+    lt_lr: float = option("light-tune lr", 2.5e-5, gt=0)
+    lt_batch_size: int = option("light-tune batch", 16, ge=1)
+    lt_grad_acc_steps: int = option("light-tune accumulation", 1, ge=1)
+    lt_val_steps: int = option("light-tune validation interval (steps)", 16, ge=1)
+    lt_steps: int = option("light-tune step cap", 1000000, ge=0)
+    lt_stopping_metric: str = option("max_f1 | avg_f1 | exact_match | nll", "max_f1")
+    lt_patience: int = option("light-tune patience (validations)", 3, ge=1)
+    lt_early_stop: bool = option("early-stop light-tuning", True)
+    device: str = option("auto | cpu | cuda", "auto")
+    precision: str = option(
+        "32-true | bf16-mixed (autocast for the first-order adaptation on GPU)", "32-true"
+    )
+    attn_implementation: str = option("sdpa | eager | flash_attention_2", "sdpa")
+    overwrite: bool = option("overwrite a finished run in output_dir", False)
+    checkpoint_every_n_docs: int = option(
         "save the adaptation state (model, optimizer, stream position) every N documents and after the "
         "stream, so an interrupted run resumes exactly (a multiple of grad_acc_steps; 0: never)",
+        500,
         ge=0,
     )
-    resume: str = _help(
-        "auto", "auto (from <output_dir>/checkpoints/last.ckpt if there) | never | PATH of an eval checkpoint"
+    resume: str = option(
+        "auto (from <output_dir>/checkpoints/last.ckpt if there) | never | PATH of an eval checkpoint", "auto"
     )
-    progress_bar: bool = _help(True, "show progress bars")
+    progress_bar: bool = option("show progress bars", True)
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, DATASETS)
@@ -308,41 +304,41 @@ class BenchConfig:
     """Meta-step time and peak memory (unroll padded, unroll, adjoint) in interleaved rounds; adaptation and
     generation speed. Every option left at 0 / auto / -1 takes the preset's value."""
 
-    output_dir: str = _help("results/camels", "writes bench.json and bench.md here")
-    preset: str = _help(
-        "auto",
+    output_dir: str = option("writes bench.json and bench.md here", "results/camels")
+    preset: str = option(
         "auto (gpu on CUDA, cpu otherwise) | toy (seconds, for tests) | cpu (CPU sizes, ~2 min on 2 cores) | "
         "gpu (issue 13's sizes: DistilGPT-2 shape, 6 x 1024 tokens; GPT-2 XL adaptation in bf16)",
+        "auto",
     )
-    device: str = _help("auto", "auto (the preset's: cuda for gpu, cpu otherwise) | cpu | cuda")
-    size: str = _help("auto", "auto (the preset's) | distilgpt2 | cpu | tiny | toy: the meta-step's models")
-    doc_len: int = _help(0, "document length (0: the preset's)", ge=0)
-    max_text_len: int = _help(0, "padded length of the reference mode (0: the preset's)", ge=0)
-    n_docs: int = _help(0, "inner documents, sequential steps (0: the preset's, 6 on cpu and gpu)", ge=0)
-    qa_len: int = _help(0, "QA sequence length (0: the preset's)", ge=0)
-    loc_len: int = _help(0, "locality document length (0: the preset's)", ge=0)
-    rounds: int = _help(
-        0, "timed rounds; each runs every mode once, in rotating order (0: the preset's)", ge=0
+    device: str = option("auto (the preset's: cuda for gpu, cpu otherwise) | cpu | cuda", "auto")
+    size: str = option("auto (the preset's) | distilgpt2 | cpu | tiny | toy: the meta-step's models", "auto")
+    doc_len: int = option("document length (0: the preset's)", 0, ge=0)
+    max_text_len: int = option("padded length of the reference mode (0: the preset's)", 0, ge=0)
+    n_docs: int = option("inner documents, sequential steps (0: the preset's, 6 on cpu and gpu)", 0, ge=0)
+    qa_len: int = option("QA sequence length (0: the preset's)", 0, ge=0)
+    loc_len: int = option("locality document length (0: the preset's)", 0, ge=0)
+    rounds: int = option(
+        "timed rounds; each runs every mode once, in rotating order (0: the preset's)", 0, ge=0
     )
-    warmup: int = _help(-1, "untimed meta-steps of every mode before the rounds (-1: the preset's)", ge=-1)
-    eval_size: str = _help(
-        "auto", "auto (the preset's: gpt2-xl on gpu) | gpt2-xl | gpt2-large | distilgpt2 | tiny | toy"
+    warmup: int = option("untimed meta-steps of every mode before the rounds (-1: the preset's)", -1, ge=-1)
+    eval_size: str = option(
+        "auto (the preset's: gpt2-xl on gpu) | gpt2-xl | gpt2-large | distilgpt2 | tiny | toy", "auto"
     )
-    eval_docs: int = _help(0, "documents for the adaptation timing (0: the preset's)", ge=0)
-    eval_questions: int = _help(0, "questions for the generation timing (0: the preset's)", ge=0)
-    dtype: str = _help(
-        "auto", "auto (the preset's) | float32 | bfloat16: adaptation/generation only; the tape stays float32"
+    eval_docs: int = option("documents for the adaptation timing (0: the preset's)", 0, ge=0)
+    eval_questions: int = option("questions for the generation timing (0: the preset's)", 0, ge=0)
+    dtype: str = option(
+        "auto (the preset's) | float32 | bfloat16: adaptation/generation only; the tape stays float32", "auto"
     )
-    modes: str = _help("unroll_padded,unroll,adjoint", "comma-separated meta-step modes")
-    adjoint_keep_last: int = _help(
-        1, "adjoint mode: inner steps whose graph is kept from the forward pass", ge=0
+    modes: str = option("comma-separated meta-step modes", "unroll_padded,unroll,adjoint")
+    adjoint_keep_last: int = option(
+        "adjoint mode: inner steps whose graph is kept from the forward pass", 1, ge=0
     )
-    compile: bool = _help(
-        False,
+    compile: bool = option(
         "torch.compile the weighting model in every mode and the adaptation model (the base model's tape "
         "needs double backward, which torch.compile lacks)",
+        False,
     )
-    seed: int = _help(0, "seed")
+    seed: int = option("seed", 0)
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -358,11 +354,11 @@ class BenchConfig:
 class SyntheticConfig:
     """Write the synthetic dataset (StreamingQA layout) used by tests, demo and reproduction."""
 
-    output_dir: str = _help("data/synthetic", "folder for the CSVs")
-    seed: int = _help(0, "seed")
-    n_qa: int = _help(400, "QA pre-training documents (2 questions each)", ge=1)
-    n_meta: int = _help(160, "meta-train documents", ge=1)
-    n_test: int = _help(40, "test-stream documents", ge=1)
+    output_dir: str = option("folder for the CSVs", "data/synthetic")
+    seed: int = option("seed", 0)
+    n_qa: int = option("QA pre-training documents (2 questions each)", 400, ge=1)
+    n_meta: int = option("meta-train documents", 160, ge=1)
+    n_test: int = option("test-stream documents", 40, ge=1)
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -372,8 +368,8 @@ class SyntheticConfig:
 class DemoConfig:
     """Tiny end-to-end run on synthetic data (< 2 min on 2 CPU cores)."""
 
-    output_dir: str = _help("results/demo/camels", "where everything goes")
-    seed: int = _help(0, "seed")
+    output_dir: str = option("where everything goes", "results/demo/camels")
+    seed: int = option("seed", 0)
 
 
 @dataclasses.dataclass
@@ -382,5 +378,5 @@ class ReproduceConfig:
     documents and QA pairs, CaMeLS vs uniform / SSM / TF-IDF and the oracle, seeds 0, 1, 2; claims.json and
     report.md. A rerun skips finished run folders."""
 
-    output_dir: str = _help("results/camels", "where the claims, report, table and run folders go")
-    quick: bool = _help(False, "one seed, tiny sizes, seconds (the test suite's run of the same code path)")
+    output_dir: str = option("where the claims, report, table and run folders go", "results/camels")
+    quick: bool = option("one seed, tiny sizes, seconds (the test suite's run of the same code path)", False)
