@@ -581,7 +581,7 @@ def _reading(by_id: dict, results: dict, train_ratio: list[float]) -> str:
             for arm in ARMS
         )
         + "; in DIITO training the causal KL term was "
-        + ", ".join(f"{x:.3g}" for x in train_ratio)
+        + ", ".join(f"{x:.3f}" for x in train_ratio)
         + " x the plain KL term (per seed, mean over the second half of the steps). A ratio near 1 means the "
         "student already follows the teacher under intervention as well as on ordinary text, so the causal term "
         "adds little beyond a second copy of the plain KL term, which is what the equal-weight control measures.",
