@@ -72,8 +72,10 @@ def test_two_process_ddp_matches_one_process_with_accumulation(tmp_path):
     losses = [r["train/loss"] for r in read_jsonl(d / "two" / "metrics.jsonl") if "train/loss" in r]
     assert len(losses) == 8 and losses[-1] < losses[0]
     assert (d / "two" / "model" / "config.json").is_file() and (d / "two" / "results.json").is_file()
-    # the two-process run resumes from its last.ckpt at exactly the next batch of each rank
-    t3 = run("two", 10, "--devices", "2", "--strategy", "ddp", "--gradient_accumulation_steps", "1", "--force",
+    # an interrupted two-process run (its folder without DONE) resumes from its last.ckpt at exactly the next batch
+    # of each rank (a finished one given --force starts afresh: lmlab.training.resume_checkpoint)
+    (d / "two" / "DONE").unlink()
+    t3 = run("two", 10, "--devices", "2", "--strategy", "ddp", "--gradient_accumulation_steps", "1",
              trace_name="resumed")  # fmt: skip
     assert {n for n, *_ in t3["rank0"][0]} == {16} and {n for n, *_ in t3["rank1"][0]} == {17}
     s3 = torch.load(d / "two" / "checkpoints" / "last.ckpt", weights_only=True)
