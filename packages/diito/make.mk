@@ -2,7 +2,7 @@
 DIITO_RESULTS := results/diito
 
 .PHONY: reproduce-diito bench-diito
-reproduce-diito: $(DIITO_RESULTS)/report.md ## DIITO vs standard and equal-KL-weight distillation on Brown, 3 seeds: claims.json, report.md (CPU, ~15 min)
+reproduce-diito: $(DIITO_RESULTS)/report.md ## DIITO vs standard and equal-KL-weight distillation on Brown, 3 seeds: claims.json, report.md (CPU, one thread: ~16 min of CPU, 19 min wall on the shared machine)
 
 $(DIITO_RESULTS)/report.md: $(INSTALL_STAMP)
 	$(VENV_BIN)/diito reproduce --output_dir $(DIITO_RESULTS)
