@@ -9,9 +9,8 @@ so causal_kl / plain_kl says how much harder the interventions are for the stude
 
 from __future__ import annotations
 
-import math
-
 import torch
+from lmlab.metrics import perplexity
 
 from diito import losses
 from diito.sites import interchange_forward
@@ -67,7 +66,7 @@ def distillation_metrics(
         n_changed += int(changed.sum())
         total += n
     return {
-        "mlm_perplexity": math.exp(nll / max(n_masked, 1)),
+        "mlm_perplexity": perplexity(nll, n_masked),
         "causal_kl": kl_sum / max(kl_n, 1),
         "plain_kl": plain_kl_sum / max(kl_n, 1),
         "iia": agree / max(total, 1),
