@@ -1,5 +1,6 @@
 """Issue 11: the reproduction's data (facts among Brown text, entities disjoint across splits), the oracle arm,
-documents in QA pre-training, and `camels reproduce --quick` end to end (claims.json against the run folders)."""
+documents in QA pre-training, `camels reproduce --quick` end to end (claims.json against the run folders), and
+`camels demo`, which is that quick reproduction."""
 
 import json
 
@@ -135,3 +136,24 @@ def test_reproduce_quick_writes_claims_equal_to_the_run_folders(tmp_path):
     before = (out / "claims.json").read_text()
     assert main(["reproduce", "--quick", "true", "--output_dir", str(out)]) == 0  # resumes: nothing re-run
     assert (out / "claims.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_demo_is_the_quick_reproduction(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--output_dir", str(out)]) == 0
+    assert json.loads((out / "reproduce.json").read_text())["sizes"] == QUICK
+    claims = json.loads((out / "claims.json").read_text())
+    assert claims["paper"] == "camels" and {c["id"] for c in claims["claims"]} == REQUIRED
+    for c in claims["claims"]:
+        files = [out / f"seed{s}" / c["method"] / "test_ppl" / "results.json" for s in QUICK["seeds"]]
+        assert c["method_values"] == [json.loads(f.read_text())["final_nll"] for f in files]
+    lines = (out / "report.md").read_text().splitlines()
+    assert lines[0].startswith("# CaMeLS") and lines[2] == "## Claims"
+    assert (out / "token_weights.png").stat().st_size > 0
+    before = (out / "claims.json").read_text()
+    # the same run folders as `reproduce --quick`: it finds every one finished and rewrites the same claims
+    assert main(["reproduce", "--quick", "true", "--output_dir", str(out)]) == 0
+    assert (out / "claims.json").read_text() == before
+    # the old demo's --seed is gone: the quick reproduction's seeds are fixed
+    assert main(["demo", "--seed", "1", "--output_dir", str(out)]) == 2

@@ -60,7 +60,10 @@ COMMANDS = [
     ),
     Command("make-synthetic", SyntheticConfig, _make_synthetic, "write the synthetic dataset"),
     Command(
-        "demo", DemoConfig, "camels.pipeline:run_demo", "tiny end-to-end run (synthetic data, < 2 min on CPU)"
+        "demo",
+        DemoConfig,
+        "camels.reproduce:run_demo",
+        "tiny end-to-end run: `reproduce --quick` (one seed, tiny sizes, ~30 s on CPU)",
     ),
     Command(
         "reproduce",

@@ -352,7 +352,7 @@ class BenchConfig:
 
 @dataclasses.dataclass
 class SyntheticConfig:
-    """Write the synthetic dataset (StreamingQA layout) used by tests, demo and reproduction."""
+    """Write the synthetic dataset (StreamingQA layout) used by the tests."""
 
     output_dir: str = option("folder for the CSVs", "data/synthetic")
     seed: int = option("seed", 0)
@@ -366,10 +366,10 @@ class SyntheticConfig:
 
 @dataclasses.dataclass
 class DemoConfig:
-    """Tiny end-to-end run on synthetic data (< 2 min on 2 CPU cores)."""
+    """Tiny end-to-end run: `camels reproduce --quick true` into output_dir (one seed, tiny sizes; claims.json,
+    report.md). A rerun skips finished run folders."""
 
-    output_dir: str = option("where everything goes", "results/demo/camels")
-    seed: int = option("seed", 0)
+    output_dir: str = option("where the claims, report, table and run folders go", "results/demo/camels")
 
 
 @dataclasses.dataclass

@@ -14,7 +14,8 @@ validation stream.
 Every step goes through the console script's subcommands into its own run folder, and a finished folder is
 skipped, so an interrupted reproduction resumes. Seeds (fixed here, chosen before any result) vary the
 weighting model's meta-training and the sampled validation and test streams; the data and the base model are
-built once (seed 0), as the paper meta-trains and evaluates on one QA-tuned base model.
+built once (seed 0), as the paper meta-trains and evaluates on one QA-tuned base model. `camels demo` runs
+`reproduce --quick` (`run_demo`).
 """
 
 from __future__ import annotations
@@ -82,6 +83,51 @@ def _read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def build_tiny_base(out: Path, texts: list[str], seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
+    """A random tiny GPT-2 and a byte-level BPE tokenizer trained on `texts`, as a save_pretrained folder."""
+    from lmlab.testing import train_bpe_tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if (out / "config.json").is_file():
+        return out
+    tok = train_bpe_tokenizer(texts, vocab_size=1200, style="gpt2", model_max_length=512)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=4,
+        n_positions=256,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(cfg)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def weights_picture(out: Path, weights: Path, tok_dir: Path, test_path: Path) -> None:
+    """The CaMeLS weights on the first 3 documents of the test stream: token_weights.tsv/.html/.png."""
+    from camels.data import build_stream, collate_docs, read_table
+    from camels.models import load_tokenizer
+    from camels.viz import token_weight_pairs, write_weight_views
+    from camels.weighting import CaMeLSWeightModel
+
+    tok = load_tokenizer(str(tok_dir))
+    model = CaMeLSWeightModel.from_checkpoint(weights).eval()
+    docs = build_stream("synthetic", read_table(test_path), 3, 0).docs
+    batch = collate_docs(tok, docs, MAX_TEXT_LEN)
+    with torch.no_grad():
+        w = model(batch["input_ids"], batch["attention_mask"])
+    write_weight_views(
+        token_weight_pairs(tok, batch["input_ids"], batch["attention_mask"], w),
+        out / "token_weights",
+        "CaMeLS weights on synthetic test documents",
+    )
+
+
 def ssm_pipeline() -> str:
     """spaCy's English NER when a model is installed (en_core_web_sm), else the package's rule-based pipeline."""
     import spacy
@@ -101,7 +147,6 @@ class Reproduction:
     def build_base(self) -> Path:
         from camels.data import read_table
         from camels.facts import make_facts
-        from camels.pipeline import build_tiny_base
 
         s = self.sizes
         if not (self.data / "test.csv").is_file():
@@ -569,8 +614,6 @@ def reading(claims: list[Claim], rows: list[dict[str, Any]], n_questions: int) -
 def run_reproduce(cfg: Any) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
-    from camels.pipeline import _weights_picture
-
     torch.set_num_threads(THREADS)  # results repeat for a given thread count; this one is fixed
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
@@ -585,7 +628,7 @@ def run_reproduce(cfg: Any) -> dict[str, Any]:
     write_claims("camels", claims, out)
     write_results(rows, out, name="results")
     first = sizes["seeds"][0]
-    _weights_picture(out, out / f"seed{first}" / "meta_train" / "model", run.qa_model, run.data / "test.csv")
+    weights_picture(out, out / f"seed{first}" / "meta_train" / "model", run.qa_model, run.data / "test.csv")
     seconds = time.time() - t0
     write_report(out, rows, claims, sizes, run.ssm, seconds)
     write_json(out / "reproduce.json", {"seconds": seconds, "sizes": sizes, "ssm_spacy_model": run.ssm})
@@ -593,4 +636,11 @@ def run_reproduce(cfg: Any) -> dict[str, Any]:
     return {"seconds": seconds}
 
 
-__all__ = ["ARMS", "FULL", "QUICK", "build_claims", "per_seed", "run_reproduce", "ssm_pipeline"]
+def run_demo(cfg: Any) -> dict[str, Any]:
+    """`camels demo --output_dir X`: exactly `camels reproduce --quick true --output_dir X`."""
+    from camels.config import ReproduceConfig
+
+    return run_reproduce(ReproduceConfig(output_dir=cfg.output_dir, quick=True))
+
+
+__all__ = ["ARMS", "FULL", "QUICK", "build_claims", "per_seed", "run_demo", "run_reproduce", "ssm_pipeline"]

@@ -269,7 +269,7 @@ def ssm_token_weights(
 def rule_based_nlp() -> Any:
     """A spaCy pipeline without a statistical model: `spacy.blank("en")` + an entity ruler tagging dates
     (month names, years), numbers (CARDINAL) and runs of capitalised non-stop-words (PERSON). For tests and the
-    offline demo; the paper used `en_core_web_sm`."""
+    offline reproduction; the paper used `en_core_web_sm`."""
     import spacy
 
     nlp = spacy.blank("en")
