@@ -1,5 +1,6 @@
 """`headless-lm reproduce`: the --quick run through the console entry point (claims.json against the run folders'
-own files), and the experiment's arithmetic (document split, labels, majority rate, equal-compute steps)."""
+own files), `headless-lm demo` (the same quick run), and the experiment's arithmetic (document split, labels,
+majority rate, equal-compute steps)."""
 
 import json
 from pathlib import Path
@@ -9,6 +10,7 @@ import torch
 from headless_lm.cli import main
 from headless_lm.reproduce import (
     IMAGINATIVE,
+    QUICK,
     genre_label,
     headless_steps,
     load_brown,
@@ -100,6 +102,26 @@ def test_reproduce_quick_claims_match_the_run_files(tmp_path):
     # other options into the same folder would mix runs: refused before anything is written
     assert main(["reproduce", "--quick", "true", "--cost_ratio", "3", "--output_dir", str(out)]) == 1
     assert json.loads((out / "claims.json").read_text()) == data
+
+
+def test_demo_is_the_quick_reproduction(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--output_dir", str(out)]) == 0
+    data = json.loads((out / "claims.json").read_text())
+    assert data["paper"] == "headless_lm" and {c["id"] for c in data["claims"]} == REQUIRED
+    report = (out / "report.md").read_text()
+    assert report.startswith("# ") and "## Claims" in report and all(f"`{c}`" in report for c in REQUIRED)
+    options = json.loads((out / "options.json").read_text())
+    assert {k: options[k] for k in QUICK} == QUICK and options["threads"] == 1
+    seed = json.loads((out / "seed0" / "results.json").read_text())
+    claims = {c["id"]: c for c in data["claims"]}
+    assert claims["headless_vs_vanilla_lm"]["control_values"] == [seed["lm"]["vanilla"]["next_token_acc"]]
+    assert json.loads((out / "seed0" / "gpt_vanilla" / "results.json").read_text())["global_step"] == 12
+    # `reproduce --quick` into the demo's folder takes it as its own finished run (other options are refused)
+    mtime = (out / "seed0" / "results.json").stat().st_mtime
+    assert main(["reproduce", "--quick", "true", "--output_dir", str(out)]) == 0
+    assert json.loads((out / "claims.json").read_text()) == data
+    assert (out / "seed0" / "results.json").stat().st_mtime == mtime
 
 
 def test_split_keeps_documents_whole_and_every_genre_on_both_sides():

@@ -89,8 +89,8 @@ def commands() -> list[Command]:
         Command(
             "demo",
             DemoConfig,
-            "headless_lm.demo:run_demo",
-            "tiny end-to-end run on the shipped text sample (under 2 minutes on a CPU)",
+            "headless_lm.reproduce:run_demo",
+            "reproduce --quick: one seed, tiny sizes, seconds (claims.json and report.md)",
             CONFIGS,
         ),
         Command(

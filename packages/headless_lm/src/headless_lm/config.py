@@ -325,17 +325,10 @@ class BenchConfig:
 
 @dataclass
 class DemoConfig:
+    """`demo` = `reproduce --quick` (one seed, tiny sizes, seconds) into --output_dir."""
+
     output_dir: str = option("where the demo writes", "results/demo/headless_lm")
-    steps: int = option("pre-training steps per model", 40, ge=1)
-    ft_steps: int = option("fine-tuning steps of the headless decoder", 10, ge=1)
-    vocab_size: int = option("BPE vocabulary trained on the sample", 1000, ge=1)
-    seq_len: int = option("packed row length", 64, ge=1)
-    batch_size: int = option("micro-batch (= in-batch negatives)", 8, ge=1)
-    hidden: int = option("model width", 64, ge=1)
-    layers: int = option("model depth", 2, ge=1)
-    mlm: bool = option("also pre-train vanilla and headless encoders + GLUE sample", False)
-    bench: bool = option("also run the CPU benchmark", False)
-    seed: int = option("seed", 0)
+    threads: int = option("torch threads (results repeat for a given count)", 1, ge=1)
 
 
 @dataclass

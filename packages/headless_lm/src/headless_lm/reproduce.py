@@ -21,6 +21,7 @@ Arms, each run once per seed through the real subcommands (`gpt`, `ft-gpt`, `mlm
 
 Each seed's metrics are written to `seed<k>/results.json` (read from the runs' own files); `claims.json` and
 `report.md` are built from those files. A rerun skips finished runs and seeds and resumes an interrupted run.
+`--quick` (QUICK) is the same code path at one seed and tiny sizes; the `demo` command (`run_demo`) runs it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 
 from lmlab.errors import LmlabError
 
-from headless_lm.config import ReproduceConfig
+from headless_lm.config import DemoConfig, ReproduceConfig
 
 PAPER_ID = "headless_lm"
 IMAGINATIVE = (
@@ -116,6 +117,42 @@ def headless_steps(lm_steps: int, ft_steps: int, cost_ratio: float) -> int:
     return round((lm_steps - ft_steps) * cost_ratio)
 
 
+def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path):
+    """A byte-level BPE tokenizer (GPT-2/Pythia style) with <|endoftext|>, <pad>, <mask> specials."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<pad>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        model_max_length=4096,
+    )
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def _cli(args: list[str]) -> None:
+    """Run a `headless-lm` subcommand in this process; a non-zero exit code is an error."""
+    from headless_lm.cli import main
+
+    code = main(args)
+    if code != 0:
+        raise LmlabError(f"`headless-lm {' '.join(args[:1])}` failed with exit code {code}")
+
+
 def _write_text(path: Path, docs: list[str]) -> None:
     path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
 
@@ -130,8 +167,6 @@ def _write_cls(folder: Path, split: str, rows: list[dict]) -> None:
 
 def prepare_data(cfg: ReproduceConfig, out: Path) -> dict:
     """Tokenizer, packed pre-training rows, held-out rows and the classification files (skipped when present)."""
-    from headless_lm.demo import _cli, train_tokenizer
-
     train, held = split_documents(load_brown(cfg.docs_per_genre), cfg.holdout_every)
     info_path = out / "data.json"
     if info_path.is_file():
@@ -244,8 +279,6 @@ def _run(args: list[str], run: Path) -> dict:
     """Run a training subcommand into `run` unless it has finished; its results.json."""
     from lmlab.io import is_done
 
-    from headless_lm.demo import _cli
-
     if not is_done(run):
         _cli(args)
     return json.loads((run / "results.json").read_text())
@@ -261,12 +294,19 @@ def _pretrain_stats(res: dict, cfg: ReproduceConfig) -> dict:
 
 
 def _next_token_accuracy(model_dir: Path, rows) -> float:
+    """Argmax next-token accuracy of the exported model in `model_dir` at every position of `rows` (16 a batch)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
-    from headless_lm.demo import next_token_accuracy
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, weights_only=True)
-    return next_token_accuracy(model, rows)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, weights_only=True).eval()
+    correct = total = 0
+    with torch.no_grad():
+        for start in range(0, len(rows), 16):
+            ids = torch.stack(rows[start : start + 16])
+            logits = model(input_ids=ids).logits[:, :-1]
+            correct += int((logits.argmax(-1) == ids[:, 1:]).sum())
+            total += ids[:, 1:].numel()
+    return correct / max(1, total)
 
 
 def run_seed(cfg: ReproduceConfig, out: Path, seed: int, heldout_rows, majority: float) -> dict:
@@ -372,8 +412,6 @@ def run_seed(cfg: ReproduceConfig, out: Path, seed: int, heldout_rows, majority:
 
 def _bench(cfg: ReproduceConfig, out: Path) -> dict:
     """This run's own measurement of the step-cost ratios (reported beside the fixed `cost_ratio`)."""
-    from headless_lm.demo import _cli
-
     rows = {}
     for task, arch in (("clm", _arch(cfg, "clm", out)), ("mlm", _arch(cfg, "mlm", out))):
         bench_dir = out / f"bench_{task}"
@@ -584,3 +622,8 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
     print((out / "report.md").read_text())
     print(f"[headless-lm reproduce] {out}/report.md, claims.json; {wall:.0f} s")
     return {"output_dir": str(out), "holds": {c.id: c.holds for c in claims}}
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """`demo`: the quick reproduction (`reproduce --quick`) into `cfg.output_dir`."""
+    return run_reproduce(ReproduceConfig(output_dir=cfg.output_dir, quick=True, threads=cfg.threads))
