@@ -277,13 +277,18 @@ def test_fine_tune_checkpoints_are_removed_with_the_results_and_crafted_ones_ref
     steps = [
         json.loads(line)["step"] for line in (out / "finetune" / "metrics.jsonl").read_text().splitlines()
     ]
-    assert main(_glue_args(student, out)) == 0  # a finished evaluation runs afresh, its log replaced
+    assert main(_glue_args(student, out)) == 1  # a finished fine-tune is refused without --overwrite ...
+    assert "--overwrite" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        main(_glue_args(student, out, "--overwrite", "true")) == 0
+    )  # ... and runs afresh with it, log replaced
     again = [
         json.loads(line)["step"] for line in (out / "finetune" / "metrics.jsonl").read_text().splitlines()
     ]
     assert again == steps
-    (out / "finetune" / "checkpoints").mkdir()
+    (out / "finetune" / "checkpoints").mkdir()  # an interrupted run: no results, no DONE, a checkpoint
     (out / "results.json").unlink()
+    (out / "DONE").unlink()
     marker = malicious_pickle(out / "finetune" / "checkpoints" / "last.ckpt")
     for command in ("eval-glue", "eval-ner", "eval-qa"):
         args = [command, "--model_name_or_path", str(student), "--output_dir", str(out), "--device", "cpu"]

@@ -308,6 +308,7 @@ class FinetuneOptions:
         ge=1,
     )
     resume: str = option("auto (from <output_dir>/checkpoints/last.ckpt if there) | never | PATH", "auto")
+    overwrite: bool = option("run again into an --output_dir that holds a finished run (DONE)", False)
     progress_bar: bool = option("show a progress bar while fine-tuning", True)
     compile: bool = option(
         "torch.compile the fine-tuned model (in place: checkpoints keep their keys); off by default", False

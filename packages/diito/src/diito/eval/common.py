@@ -64,12 +64,15 @@ def finetune_dir(cfg) -> Path:
 
 
 def resume_point(cfg) -> str | None:
-    """The checkpoint a fine-tune resumes from (`--resume auto|never|PATH`), checked to load as plain tensors.
-    Call it before writing anything."""
+    """The checkpoint a fine-tune resumes from (`--resume auto|never|PATH`), checked to load as plain tensors;
+    a folder holding a finished run is refused unless --overwrite (lmlab's one meaning of it). Call it before
+    writing anything."""
+    from lmlab.io import refuse_finished
     from lmlab.training import TrainerOptions, resume_checkpoint
 
     from diito.trainer import checked_checkpoint
 
+    refuse_finished(cfg.output_dir, cfg.overwrite)
     opts = TrainerOptions(output_dir=str(finetune_dir(cfg)), resume=cfg.resume)
     return checked_checkpoint(resume_checkpoint(opts))
 
@@ -77,10 +80,12 @@ def resume_point(cfg) -> str | None:
 def finetune(model, features: list[dict], cfg, ckpt: str | None) -> None:
     """Train `model` on `features` (dicts of tensors, labels included) for cfg.num_train_epochs passes counted
     in samples (batches run on across epoch ends), resuming from `ckpt` (see `resume_point`)."""
-    from lmlab.io import DONE_MARKER
+    from lmlab.io import prepare_run_dir
     from lmlab.training import TrainerOptions, build_trainer, compile_module
 
-    Path(cfg.output_dir, DONE_MARKER).unlink(missing_ok=True)  # a rerun: not finished until its results are
+    prepare_run_dir(
+        cfg.output_dir, cfg.overwrite, also=[finetune_dir(cfg)]
+    )  # --overwrite: the old run's outputs go
     total = max(1, math.ceil(len(features) * cfg.num_train_epochs / cfg.per_device_train_batch_size))
     opts = TrainerOptions(
         output_dir=str(finetune_dir(cfg)),
