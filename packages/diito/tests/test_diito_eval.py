@@ -50,6 +50,13 @@ def test_eval_mlm_perplexity_matches_manual(student, tmp_path):
     )
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["perplexity"] == pytest.approx(torch.tensor(res["eval_loss"]).exp().item(), rel=1e-6)
+    argv = ["eval-mlm", "--model_name_or_path", str(student), "--validation_file", str(text), "--max_seq_length",
+            "32", "--output_dir", str(tmp_path), "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 1  # a finished evaluation is refused without --overwrite ...
+    (tmp_path / "report.md").write_text("stale")
+    assert main([*argv, "--overwrite", "true"]) == 0  # ... and recomputed with it, the same seeded masks
+    assert json.loads((tmp_path / "results.json").read_text()) == res
+    assert (tmp_path / "report.md").read_text() != "stale"
     tok = AutoTokenizer.from_pretrained(student)
     ids = torch.tensor([[tok.cls_token_id] + [10] * 30 + [tok.sep_token_id]] * 50)
     x, labels = mask_tokens(ids, tok, 0.15, torch.Generator().manual_seed(0))

@@ -143,6 +143,12 @@ def _evaluate(tiny, out, path, method="adapter", eval_mode="rank"):
 def test_interpolate_ends_equal_evaluate_and_outputs(tiny, adapter_runs, tmp_path):
     p1, p2 = adapter_runs[20] / "checkpoint@4", adapter_runs[30] / "checkpoint@4"
     assert _interpolate(tiny, tmp_path / "itp", p1, p2, "--itpl_points", "6") == 0
+    done = (tmp_path / "itp" / "results.json").read_text()
+    assert (
+        _interpolate(tiny, tmp_path / "itp", p1, p2, "--itpl_points", "6") == 1
+    )  # finished: needs --overwrite
+    assert _interpolate(tiny, tmp_path / "itp", p1, p2, "--itpl_points", "6", "--overwrite", "true") == 0
+    assert (tmp_path / "itp" / "results.json").read_text() == done  # recomputed, the same sweep
     rows = _csv(tmp_path / "itp" / "result.csv")
     assert rows[0] == [
         "prefix",

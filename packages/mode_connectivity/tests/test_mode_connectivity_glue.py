@@ -172,6 +172,7 @@ def test_glue_interpolate_cli_same_task(glue, tmp_path):
     summary = json.loads((tmp_path / "gi" / "results.json").read_text())
     assert summary["head_policy"] == "interpolate" and "perf_barrier" in summary["validation_matched"]
     assert (tmp_path / "gi" / "path.png").is_file()
+    assert main(args) == 1  # a finished sweep is refused without --overwrite (one meaning in every command)
 
 
 def test_a_new_head_is_one_line_not_a_load_report(tmp_path):

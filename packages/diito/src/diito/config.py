@@ -286,6 +286,7 @@ class EvalMlmConfig:
     device: str = option("auto | cpu | cuda", "auto")
     output_dir: str = option("results folder", "runs/eval_mlm")
     seed: int = option("masking seed", 42)
+    overwrite: bool = option("run again into an --output_dir that holds a finished run (DONE)", False)
 
 
 @dataclass

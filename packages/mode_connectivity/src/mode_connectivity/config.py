@@ -159,6 +159,7 @@ class EvaluateConfig(TaskOptions, MethodOptions):
     itp_on_train: bool = option("evaluate the full train file instead of dev", False)
     device: str = option("auto | cpu | cuda", "auto")
     seed: int = option("seed (adapter init when no checkpoint is given)", 20)
+    overwrite: bool = option("run again into an --output_dir that holds a finished run (DONE)", False)
 
     def __post_init__(self) -> None:
         check_bounds(self)

@@ -26,7 +26,7 @@ import torch
 from lmlab.config import config_to_dict, save_config
 from lmlab.errors import LmlabError
 from lmlab.glue import GlueSplit, eval_splits, read_glue
-from lmlab.io import finish_run, is_done, refuse_finished, results_report
+from lmlab.io import finish_run, is_done, prepare_run_dir, refuse_finished, results_report
 from lmlab.logging import get_logger
 from lmlab.metrics import glue_metrics
 from lmlab.seed import seed_everything
@@ -428,13 +428,14 @@ def run_glue_interpolate(cfg) -> dict[str, Any]:
     from mode_connectivity.interpolate import plot_path
 
     out = Path(cfg.output_dir)
+    refuse_finished(out, cfg.overwrite)
     model, sweep, eval_task, policy, model_dir = glue_sweep(cfg)
     tok = AutoTokenizer.from_pretrained(model_dir)
     evals = {
         s: encode(load_glue_split(cfg.data_dir, eval_task, s, cfg.max_eval_samples), tok, cfg.max_seq_length)
         for s in eval_splits(eval_task)
     }
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(out, cfg.overwrite)
     save_config(cfg, out / "config.yaml")
     grid = interpolation_grid(cfg.itpl_points)
     main_key = MAIN_METRIC.get(eval_task, "accuracy")

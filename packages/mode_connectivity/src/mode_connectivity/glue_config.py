@@ -70,6 +70,7 @@ class GlueInterpolateConfig(GlueDataOptions):
     output_dir: str = option("result.csv, results.json, report.md, path.png", "runs/glue-interpolate")
     barrier_tol: float = option("connected = perf_barrier <= this", 0.01, ge=0)
     device: str = option("auto | cpu | cuda", "auto")
+    overwrite: bool = option("run again into an --output_dir that holds a finished run (DONE)", False)
 
     def __post_init__(self) -> None:
         check_bounds(self)

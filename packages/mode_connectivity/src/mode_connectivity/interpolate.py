@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from lmlab.config import save_config
 from lmlab.errors import LmlabError
-from lmlab.io import finish_run, results_report
+from lmlab.io import finish_run, prepare_run_dir, refuse_finished, results_report
 from lmlab.logging import get_logger
 
 from mode_connectivity.barriers import barrier_metrics
@@ -134,11 +134,12 @@ def load_endpoint(path: str, tune_method: str) -> tuple[dict[str, torch.Tensor],
 
 def run_evaluate(cfg) -> dict[str, Any]:
     out_dir = Path(cfg.output_dir)
+    refuse_finished(out_dir, cfg.overwrite)
     ctx = EvalContext.build(cfg)
     if cfg.load_PET_path:
         tensors, _ = load_endpoint(cfg.load_PET_path, cfg.tune_method)
         load_into(ctx.model, tensors, cfg.tune_method, cfg.load_PET_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(out_dir, cfg.overwrite)
     save_config(cfg, out_dir / "config.yaml")
     results = ctx.evaluate()
     summary: dict[str, Any] = {"task": ctx.task_name, "metric": ctx.metric, "checkpoint": cfg.load_PET_path}
@@ -313,13 +314,14 @@ def plot_path(path: Path, grid: list[float], summary: dict[str, Any], metric: st
 
 def run_interpolate(cfg) -> dict[str, Any]:
     out_dir = Path(cfg.output_dir)
+    refuse_finished(out_dir, cfg.overwrite)
     grid = interpolation_grid(cfg.itpl_points)
     theta1, _ = load_endpoint(cfg.load_PET_path_1, cfg.tune_method)
     theta2, _ = load_endpoint(cfg.load_PET_path_2, cfg.tune_method)
     check_same_keys(theta1, theta2, cfg.load_PET_path_1, cfg.load_PET_path_2)
     ctx = EvalContext.build(cfg)
     sweep = InterpolationSweep(delta_state(ctx.model, cfg.tune_method), theta1, theta2)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(out_dir, cfg.overwrite)
     save_config(cfg, out_dir / "config.yaml")
     rows = []
     from tqdm import tqdm

@@ -80,13 +80,14 @@ def mlm_perplexity(
 def run_eval_mlm(cfg: EvalMlmConfig) -> dict:
     from lmlab.data import load_corpus
     from lmlab.device import torch_device
-    from lmlab.io import finish_run, results_report
+    from lmlab.io import finish_run, prepare_run_dir, refuse_finished, results_report
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     from diito.loading import load_with_head
 
     if not cfg.model_name_or_path or not cfg.validation_file:
         raise LmlabError("--model_name_or_path and --validation_file are required")
+    refuse_finished(cfg.output_dir, cfg.overwrite)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
     model = load_with_head(
         AutoModelForMaskedLM, cfg.model_name_or_path, "model", "masked-LM head", "diito eval-mlm"
@@ -117,6 +118,7 @@ def run_eval_mlm(cfg: EvalMlmConfig) -> dict:
         f"Masked-LM perplexity of `{cfg.model_name_or_path}` on `{cfg.validation_file}`: exp(total NLL / masked "
         f"tokens), {cfg.mlm_probability:g} of the tokens masked (80/10/10), seed {cfg.seed}."
     )
+    prepare_run_dir(cfg.output_dir, cfg.overwrite)  # --overwrite: the finished run's outputs go first
     out = finish_run(cfg.output_dir, result, results_report("diito eval-mlm", result, text))
     print(f"[diito eval-mlm] perplexity {result['perplexity']:.3f} -> {out / 'results.json'}")
     return result
