@@ -3,7 +3,17 @@
 import json
 
 import pytest
-from lmlab.claims import Claim, claims_section, claims_table, holds, main, read_claims, write_claims
+from lmlab.claims import (
+    Claim,
+    claims_section,
+    claims_table,
+    holds,
+    main,
+    mean_std,
+    read_claims,
+    seeds_cell,
+    write_claims,
+)
 from lmlab.errors import LmlabError
 
 
@@ -71,3 +81,9 @@ def test_main_prints_each_papers_table(tmp_path, capsys):
     assert main([str(path)]) == 0
     assert capsys.readouterr().out == f"### paper\n\n{claims_table(claims)}\n\n"
     assert main([]) == 2
+
+
+def test_mean_std_and_seeds_cell():
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0) and mean_std([5.0]) == (5.0, 0.0)
+    assert seeds_cell([1.0, 2.0, 3.0]) == "2 ± 1 (1, 2, 3)"
+    assert seeds_cell([0.1234, 0.5678], ".3f", ".3f") == "0.346 ± 0.314 (0.123, 0.568)"

@@ -22,8 +22,16 @@ from lmlab.errors import LmlabError
 RULES = ("lower", "higher", "within")
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and the sample standard deviation (0 for a single value) of per-seed values."""
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def seeds_cell(values: Sequence[float], fmt: str = ".4g", std_fmt: str = ".2g") -> str:
+    """Per-seed values as a report cell: "mean ± std (each seed)", the mean and seeds in `fmt`, the std in
+    `std_fmt`."""
+    mean, std = mean_std(values)
+    return f"{mean:{fmt}} ± {std:{std_fmt}} ({', '.join(f'{v:{fmt}}' for v in values)})"
 
 
 def holds(
@@ -39,8 +47,8 @@ def holds(
         raise LmlabError("a claim needs at least one value per arm")
     if not all(math.isfinite(v) for v in (*method_values, *control_values)):
         return False
-    m_mean, m_std = _mean_std(method_values)
-    c_mean, c_std = _mean_std(control_values)
+    m_mean, m_std = mean_std(method_values)
+    c_mean, c_std = mean_std(control_values)
     if better == "within":
         if tolerance is None or c_mean == 0:
             raise LmlabError("a 'within' claim needs a tolerance and a non-zero control mean")
@@ -91,11 +99,6 @@ def read_claims(path: str | os.PathLike) -> tuple[str, list[Claim]]:
     return data["paper"], [Claim(**{k: v for k, v in c.items() if k in fields}) for c in data["claims"]]
 
 
-def _cell(values: Sequence[float]) -> str:
-    mean, std = _mean_std(values)
-    return f"{mean:.4g} ± {std:.2g} ({', '.join(f'{v:.4g}' for v in values)})"
-
-
 def claims_table(claims: Sequence[Claim]) -> str:
     """A markdown table: claim, metric, rule, method and control as mean ± std (every seed), holds or not."""
     lines = [
@@ -105,8 +108,8 @@ def claims_table(claims: Sequence[Claim]) -> str:
     for c in claims:
         rule = f"within {c.tolerance:.0%}" if c.better == "within" else c.better
         lines.append(
-            f"| `{c.id}`: {c.statement} | {c.metric} | {rule} | {c.method}: {_cell(c.method_values)} "
-            f"| {c.control}: {_cell(c.control_values)} | {'**holds**' if c.holds else 'does not hold'} |"
+            f"| `{c.id}`: {c.statement} | {c.metric} | {rule} | {c.method}: {seeds_cell(c.method_values)} "
+            f"| {c.control}: {seeds_cell(c.control_values)} | {'**holds**' if c.holds else 'does not hold'} |"
         )
     return "\n".join(lines)
 

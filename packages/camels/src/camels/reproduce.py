@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lmlab.claims import Claim, claims_section, write_claims
+from lmlab.claims import Claim, claims_section, seeds_cell, write_claims
 from lmlab.errors import LmlabError
 from lmlab.io import is_done, write_json, write_results
 
@@ -433,9 +433,7 @@ def build_claims(out: Path, seeds: list[int]) -> list[Claim]:
 
 
 def _stats(values: list[float], digits: int = 4) -> str:
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.{digits}f} ± {std:.{digits}f} ({', '.join(f'{v:.{digits}f}' for v in values)})"
+    return seeds_cell(values, f".{digits}f", f".{digits}f")
 
 
 def _mean(rows: list[dict[str, Any]], arm: str, key: str) -> float:

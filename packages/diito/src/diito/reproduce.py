@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from lmlab.claims import mean_std
 
 PAPER = "diito"
 ARMS = {  # arm -> (alpha_ce, alpha_mlm, alpha_cos, alpha_causal_ce)
@@ -447,7 +448,8 @@ def build_claims(results: dict[str, list[dict]]):
 def _cell(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4g}"
-    return f"{statistics.fmean(values):.4g} ± {statistics.stdev(values):.2g}"
+    mean, std = mean_std(values)
+    return f"{mean:.4g} ± {std:.2g}"
 
 
 def _report(

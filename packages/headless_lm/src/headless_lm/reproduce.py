@@ -35,6 +35,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from lmlab.claims import seeds_cell
 from lmlab.errors import LmlabError
 
 from headless_lm.config import DemoConfig, ReproduceConfig
@@ -468,9 +469,7 @@ def build_claims(seeds: list[dict]):
 
 
 def _cell(values: list[float], fmt: str = ".4f") -> str:
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:{fmt}} ± {std:{fmt}} ({', '.join(f'{v:{fmt}}' for v in values)})"
+    return seeds_cell(values, fmt, fmt)
 
 
 def report_markdown(

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lmlab.claims import seeds_cell
 
 from invariant_lm.config import ReproduceConfig, TrainConfig
 
@@ -308,11 +309,6 @@ def build_claims(out: Path, cfg: ReproduceConfig) -> list:
     return claims
 
 
-def _cell(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.4g} ± {sd:.2g} ({', '.join(f'{x:.4g}' for x in values)})"
-
-
 def reading(claims: list, rows: list[dict]) -> str:
     """The plain-words reading of what was measured, from the claims (and the stage-1 and ensembling rows)."""
     c = {x.id: x for x in claims}
@@ -402,7 +398,7 @@ def to_markdown(
     ]
     for arm in arms:
         rs = [r for r in rows if r["arm"] == arm]
-        lines.append(f"| {arm} | " + " | ".join(_cell([r[m] for r in rs]) for m in METRICS) + " |")
+        lines.append(f"| {arm} | " + " | ".join(seeds_cell([r[m] for r in rs]) for m in METRICS) + " |")
     lines += ["", *heads_table(out, cfg)]
     noisy = ", ".join(f"noisy{k}" for k in range(cfg.n_noisy_envs))
     lines += [

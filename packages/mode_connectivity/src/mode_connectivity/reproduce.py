@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lmlab.claims import seeds_cell
 from lmlab.errors import LmlabError
 from lmlab.logging import get_logger
 
@@ -270,8 +271,7 @@ def build_claims(arms: dict[str, list[Path]]):
 
 
 def _cell(xs: list[float]) -> str:
-    std = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{statistics.fmean(xs):.3f} ± {std:.3f} ({', '.join(f'{x:.3f}' for x in xs)})"
+    return seeds_cell(xs, ".3f", ".3f")
 
 
 def arms_table(arms: dict[str, list[Path]]) -> str:
