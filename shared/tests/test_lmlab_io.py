@@ -101,9 +101,8 @@ def test_run_dir_refuses_finished_run_unless_overwrite(tmp_path):
     assert not (run / "metrics.jsonl").exists() and not (run / "extra").exists()
     assert (run / "partial.txt").exists()  # files that are not run outputs stay
     (run / "metrics.jsonl").write_text('{"step": 1}\n')
-    assert (
-        prepare_run_dir(run, overwrite=True) == run and (run / "metrics.jsonl").exists()
-    )  # unfinished: kept
+    assert prepare_run_dir(run) == run and (run / "metrics.jsonl").exists()  # unfinished: resumes
+    assert prepare_run_dir(run, overwrite=True) == run and not (run / "metrics.jsonl").exists()  # afresh
 
 
 def test_results_json_and_csv(tmp_path):

@@ -79,11 +79,11 @@ def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, 
 def prepare_run_dir(path: str | os.PathLike, overwrite: bool = False, also: Iterable[Path] = ()) -> Path:
     """Create the run directory, with the one meaning of `--overwrite` in every command: a finished run (one with
     a DONE marker) is refused unless `overwrite`, so a finished result is never clobbered by accident; with it,
-    the finished run's outputs (`clear_run`, and `also`) are removed so the new run starts afresh. An unfinished
-    run is reused, which lets it resume."""
+    the earlier run's outputs (`clear_run`, and `also`) are removed so the new run starts afresh. Without it an
+    unfinished run is reused, which lets it resume."""
     path = Path(path)
     refuse_finished(path, overwrite)
-    if is_done(path):
+    if overwrite:
         clear_run(path, also)
     path.mkdir(parents=True, exist_ok=True)
     return path

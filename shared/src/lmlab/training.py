@@ -187,14 +187,10 @@ def quiet_lightning() -> None:
 
 def resume_checkpoint(opts: TrainerOptions, output_dir: str | os.PathLike | None = None) -> str | None:
     """The checkpoint to resume from: `last.ckpt` of the run directory when `resume=auto` and it exists,
-    nothing with `resume=never`, else the given path (which must exist). A finished run overwritten with
-    `--overwrite` starts afresh: its last.ckpt is not resumed (`lmlab.io.prepare_run_dir` removes it)."""
-    from lmlab.io import is_done
-
+    nothing with `resume=never`, else the given path (which must exist). With `--overwrite` the run starts
+    afresh: the folder's last.ckpt is not resumed (`lmlab.io.prepare_run_dir` removes it)."""
     folder = Path(output_dir if output_dir is not None else opts.output_dir)
-    if opts.resume == "never" or (
-        opts.resume == "auto" and getattr(opts, "overwrite", False) and is_done(folder)
-    ):
+    if opts.resume == "never" or (opts.resume == "auto" and getattr(opts, "overwrite", False)):
         return None
     if opts.resume == "auto":
         last = folder / "checkpoints" / "last.ckpt"

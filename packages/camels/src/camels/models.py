@@ -111,8 +111,6 @@ def checked_resume(cfg: Any, output_dir: str | os.PathLike, command: str, counte
     command (its "camels" entry holds `counter`). None with --overwrite, which starts afresh."""
     from lmlab.training import resume_checkpoint
 
-    if cfg.overwrite:
-        return None
     path = resume_checkpoint(cfg, output_dir)
     if path is not None:
         ckpt = load_torch_file(path, "checkpoint", mmap=True)
@@ -139,10 +137,7 @@ def open_run_folder(cfg: Any, output_dir: str | os.PathLike) -> Path:
     at the start without --overwrite: `lmlab.io.refuse_finished`; an unfinished one resumes from last.ckpt).
     --overwrite removes the outputs of the earlier run first (lmlab's layout plus camels' validation history and
     samples), so the run starts afresh."""
-    from lmlab.io import clear_run
+    from lmlab.io import prepare_run_dir
 
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.overwrite:
-        clear_run(out, also=[out / "val_history.json", out / "samples"])
-    return out
+    return prepare_run_dir(out, cfg.overwrite, also=[out / "val_history.json", out / "samples"])

@@ -190,7 +190,7 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
         )  # fmt: skip
         # an overwritten run starts fresh (its checkpoints are removed below); a torchrun worker may start
         # before rank 0 has removed them, so it must not resume from them either
-        ckpt = None if cfg.overwrite else resume_checkpoint(opts, out)
+        ckpt = resume_checkpoint(opts, out)
         resumed_step = None
         if ckpt is not None:
             state = load_weights_only(ckpt)
@@ -204,13 +204,9 @@ def run_train(cfg: TrainConfig, _stop_after: int | None = None) -> dict:
         model = _load_for_eval(cfg.model_name_or_path)
     # ------------------------------------------------------------------ every input is valid: write the run
     if is_main:
-        out = prepare_run_dir(out, overwrite=cfg.overwrite)
-        if cfg.overwrite:  # start fresh: no resume from an older run's checkpoints
-            import shutil
-
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
-            for stale in ("train_log.jsonl", "metrics.jsonl", "results.json", "report.md"):
-                (out / stale).unlink(missing_ok=True)
+        out = prepare_run_dir(
+            out, overwrite=cfg.overwrite, also=[out / "train_log.jsonl"]
+        )  # --overwrite: afresh
         save_config(cfg, out / "config.yaml")
     else:  # a data-parallel worker: rank 0 owns the run folder (and wrote it before launching this process)
         out.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,7 @@ def resume_point(cfg) -> str | None:
     from diito.trainer import checked_checkpoint
 
     refuse_finished(cfg.output_dir, cfg.overwrite)
-    opts = TrainerOptions(output_dir=str(finetune_dir(cfg)), resume=cfg.resume)
+    opts = TrainerOptions(output_dir=str(finetune_dir(cfg)), resume=cfg.resume, overwrite=cfg.overwrite)
     return checked_checkpoint(resume_checkpoint(opts))
 
 
